@@ -1,0 +1,48 @@
+"""DDPM engine: schedules, diffusion math, samplers, the UNet, training and metrics (pure PyTorch)."""
+
+from .diffusion import GaussianDiffusion, Prediction, Variance
+from .likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
+from .losses import loss_weights, sample_timesteps, simple_loss
+from .respace import RespacedSchedule, respace, select_timesteps
+from .sampling import (
+    SampleFrame,
+    SamplingPlan,
+    StepCoeffs,
+    draw_noise,
+    sample,
+    sample_iter,
+    sampling_step,
+    to_uint8,
+)
+from .schedule import NoiseSchedule
+from .unet import PRESETS, UNet, UNetConfig, build_model, count_parameters, preset_config
+
+__all__ = [
+    "PRESETS",
+    "GaussianDiffusion",
+    "NoiseSchedule",
+    "Prediction",
+    "RespacedSchedule",
+    "SampleFrame",
+    "SamplingPlan",
+    "StepCoeffs",
+    "UNet",
+    "UNetConfig",
+    "Variance",
+    "bits_per_dim",
+    "build_model",
+    "count_parameters",
+    "discretized_gaussian_log_likelihood",
+    "draw_noise",
+    "loss_weights",
+    "normal_kl",
+    "preset_config",
+    "respace",
+    "sample",
+    "sample_iter",
+    "sample_timesteps",
+    "sampling_step",
+    "select_timesteps",
+    "simple_loss",
+    "to_uint8",
+]

@@ -1,0 +1,70 @@
+"""UNet shapes, presets, conditioning and gradient flow."""
+
+import pytest
+import torch
+
+from engine import PRESETS, build_model, count_parameters, preset_config
+
+
+@pytest.mark.parametrize("name", ["tiny", "mnist", "seed"])
+def test_shapes(name):
+    cfg = preset_config(name)
+    m = build_model(cfg)
+    x = torch.randn(3, cfg.in_channels, cfg.image_size, cfg.image_size)
+    assert m(x, torch.tensor([0, 5, 999])).shape == (3, cfg.out_channels, cfg.image_size, cfg.image_size)
+
+
+def test_odd_and_rgb_sizes():
+    m = build_model(preset_config("tiny", image_size=12, in_channels=3, out_channels=3, ch_mult=(1, 2, 2)))
+    assert m(torch.randn(2, 3, 12, 12), torch.tensor([1, 2])).shape == (2, 3, 12, 12)
+
+
+def test_cifar10_preset_has_ho_et_al_parameter_count():
+    n = count_parameters(build_model(preset_config("cifar10")))
+    assert abs(n - 35.7e6) <= 0.5e6, n
+
+
+def test_output_depends_on_t():
+    torch.manual_seed(0)
+    for name in ("tiny", "seed"):
+        m = build_model(preset_config(name)).eval()
+        cfg = m.config
+        x = torch.randn(2, cfg.in_channels, cfg.image_size, cfg.image_size)
+        a, b = m(x, torch.tensor([10, 10])), m(x, torch.tensor([500, 500]))
+        assert (a - b).abs().max() > 1e-4
+
+
+def test_gradients_reach_every_parameter():
+    torch.manual_seed(0)
+    for name in ("tiny", "seed"):
+        m = build_model(preset_config(name))
+        cfg = m.config
+        x = torch.randn(2, cfg.in_channels, cfg.image_size, cfg.image_size)
+        m(x, torch.tensor([3, 700])).square().mean().backward()
+        missing = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().sum() == 0]
+        assert not missing, missing
+
+
+def test_channels_last_and_autocast():
+    torch.manual_seed(0)
+    m = build_model(preset_config("tiny")).eval()
+    x = torch.randn(2, 1, 8, 8)
+    t = torch.tensor([1, 2])
+    ref = m(x, t)
+    m_cl = m.to(memory_format=torch.channels_last)
+    torch.testing.assert_close(m_cl(x.to(memory_format=torch.channels_last), t), ref, atol=1e-5, rtol=1e-4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = m(x, t)
+    assert torch.isfinite(out).all() and (out.float() - ref).abs().max() < 0.1
+
+
+def test_config_validation_and_round_trip():
+    cfg = preset_config("mnist")
+    assert type(cfg).from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown model preset"):
+        preset_config("imagenet")
+    with pytest.raises(ValueError, match="ch must be"):
+        preset_config("tiny", ch=0)
+    with pytest.raises(ValueError, match="unknown model config keys"):
+        type(cfg).from_dict({**cfg.to_dict(), "bogus": 1})
+    assert set(PRESETS) >= {"seed", "mnist", "cifar10"}
