@@ -3,6 +3,16 @@
 from .diffusion import GaussianDiffusion, Prediction, Variance
 from .likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
 from .losses import loss_weights, sample_timesteps, simple_loss
+from .modelfile import (
+    DEFAULT_MODEL,
+    DiffusionConfig,
+    LoadedModel,
+    ModelCard,
+    ModelFileError,
+    load_model_file,
+    read_card,
+    save_model_file,
+)
 from .respace import RespacedSchedule, respace, select_timesteps
 from .sampling import (
     SampleFrame,
@@ -18,8 +28,13 @@ from .schedule import NoiseSchedule
 from .unet import PRESETS, UNet, UNetConfig, build_model, count_parameters, preset_config
 
 __all__ = [
+    "DEFAULT_MODEL",
     "PRESETS",
+    "DiffusionConfig",
     "GaussianDiffusion",
+    "LoadedModel",
+    "ModelCard",
+    "ModelFileError",
     "NoiseSchedule",
     "Prediction",
     "RespacedSchedule",
@@ -34,14 +49,17 @@ __all__ = [
     "count_parameters",
     "discretized_gaussian_log_likelihood",
     "draw_noise",
+    "load_model_file",
     "loss_weights",
     "normal_kl",
     "preset_config",
+    "read_card",
     "respace",
     "sample",
     "sample_iter",
     "sample_timesteps",
     "sampling_step",
+    "save_model_file",
     "select_timesteps",
     "simple_loss",
     "to_uint8",

@@ -1,0 +1,215 @@
+"""The model file: one ``.safetensors`` with the EMA UNet weights and a ``ddpm.config`` JSON.
+
+safetensors holds raw tensors only, so loading a model file never executes code. Every failure
+raises :class:`ModelFileError` with a one-line message that says what is wrong and where.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .diffusion import PREDICTIONS, VARIANCES, GaussianDiffusion
+from .schedule import NoiseSchedule
+from .unet import UNetConfig, build_model
+
+FORMAT = "ddpm-demo/1"
+META_KEY = "ddpm.config"
+DEFAULT_MODEL = Path(__file__).parent / "assets" / "mnist5k.safetensors"
+
+
+class ModelFileError(ValueError):
+    """A model file that is missing, unreadable, not ours, or does not match its config."""
+
+
+@dataclass
+class DiffusionConfig:
+    """How a model was trained: the schedule and the parameterization."""
+
+    schedule: Literal["linear", "cosine"] = "linear"
+    T: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    cosine_s: float = 0.008
+    max_beta: float = 0.999
+    prediction: Literal["eps", "x0", "v"] = "eps"
+    variance: Literal["fixed_small", "fixed_large"] = "fixed_small"
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("linear", "cosine"):
+            raise ValueError(f"schedule must be 'linear' or 'cosine', got {self.schedule!r}")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if self.variance not in VARIANCES:
+            raise ValueError(f"variance must be one of {VARIANCES}, got {self.variance!r}")
+        if int(self.T) < 1:
+            raise ValueError(f"T must be ≥ 1, got {self.T}")
+
+    def build_schedule(self) -> NoiseSchedule:
+        if self.schedule == "linear":
+            return NoiseSchedule.linear(self.T, self.beta_start, self.beta_end)
+        return NoiseSchedule.cosine(self.T, self.cosine_s, self.max_beta)
+
+    def build(self) -> GaussianDiffusion:
+        return GaussianDiffusion(self.build_schedule(), self.prediction, self.variance)
+
+
+@dataclass
+class ModelCard:
+    """Everything in ``ddpm.config``: architecture, diffusion, data and training facts."""
+
+    model: UNetConfig
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    name: str = "ddpm"
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "name": self.name,
+                "model": self.model.to_dict(),
+                "diffusion": self.diffusion.__dict__,
+                "data": self.data,
+                "training": self.training,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "model file") -> ModelCard:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ModelFileError(f"{where}: '{META_KEY}' metadata is not valid JSON ({e.msg})") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            got = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise ModelFileError(f"{where}: '{META_KEY}' has format {got!r}, expected {FORMAT!r}")
+        try:
+            return cls(
+                model=UNetConfig.from_dict(d["model"]),
+                diffusion=DiffusionConfig(**d.get("diffusion", {})),
+                data=dict(d.get("data", {})),
+                training=dict(d.get("training", {})),
+                name=str(d.get("name", "ddpm")),
+            )
+        except KeyError as e:
+            raise ModelFileError(f"{where}: '{META_KEY}' lacks the key {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise ModelFileError(f"{where}: '{META_KEY}' is invalid: {e}") from None
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        lo, hi = self.data.get("value_range", (-1.0, 1.0))
+        return float(lo), float(hi)
+
+
+@dataclass
+class LoadedModel:
+    """A model ready to sample: the network (eval mode), its diffusion and its card."""
+
+    net: nn.Module
+    diffusion: GaussianDiffusion
+    card: ModelCard
+    path: Path
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        c = self.card.model
+        return (c.in_channels, c.image_size, c.image_size)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.net.parameters())
+
+
+def save_model_file(path: str | os.PathLike, net: nn.Module, card: ModelCard) -> Path:
+    """Write ``net``'s weights and ``card`` atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={META_KEY: card.to_json()})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol ≥ 2, or torch.save's zip
+
+
+def read_card(path: str | os.PathLike) -> ModelCard:
+    """Read and validate only the metadata of a model file."""
+    path = _check_path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelFileError(f"{path}: not a readable safetensors file ({_first_line(e)})") from None
+    if META_KEY not in meta:
+        raise ModelFileError(f"{path}: safetensors file has no '{META_KEY}' metadata; export it with `ddpm export`")
+    return ModelCard.from_json(meta[META_KEY], str(path))
+
+
+def load_model_file(
+    path: str | os.PathLike | None = None, device: torch.device | str = "cpu"
+) -> LoadedModel:
+    """Load a model file (default: the bundled MNIST model) onto ``device`` in eval mode."""
+    path = _check_path(DEFAULT_MODEL if path is None else path)
+    card = read_card(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no items()
+    except (SafetensorError, OSError, ValueError) as e:
+        raise ModelFileError(f"{path}: tensors could not be read ({_first_line(e)})") from None
+    net = build_model(card.model)
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    extra = sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise ModelFileError(
+            f"{path}: weights do not match the config: {len(missing)} missing (e.g. {missing[:2]}), "
+            f"{len(extra)} unexpected (e.g. {extra[:2]})"
+        )
+    bad = [(k, tuple(tensors[k].shape), tuple(v.shape)) for k, v in expected.items() if tensors[k].shape != v.shape]
+    if bad:
+        k, got, want = bad[0]
+        raise ModelFileError(f"{path}: tensor {k!r} has shape {got}, the config needs {want} ({len(bad)} mismatched)")
+    net.load_state_dict(tensors)
+    net.to(device).eval().requires_grad_(False)
+    return LoadedModel(net=net, diffusion=card.diffusion.build(), card=card, path=path)
+
+
+def _check_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise ModelFileError(f"{p}: no such model file")
+    if not p.is_file():
+        raise ModelFileError(f"{p}: is not a file")
+    with open(p, "rb") as f:
+        head = f.read(8)
+    if head.startswith(_PICKLE_MAGIC):
+        raise ModelFileError(f"{p}: looks like a pickle/torch.save file; only .safetensors model files are loaded")
+    if len(head) < 8:
+        raise ModelFileError(f"{p}: file is truncated ({len(head)} bytes)")
+    return p
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

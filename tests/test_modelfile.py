@@ -1,0 +1,76 @@
+"""Model files: round trip, and refusal of anything that is not ours or does not match."""
+
+import json
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from engine import ModelCard, ModelFileError, build_model, load_model_file, preset_config, read_card, save_model_file
+from engine.modelfile import META_KEY
+
+
+def _card(**kw):
+    return ModelCard(model=preset_config("tiny", **kw), data={"dataset": "test", "value_range": [-1, 1]})
+
+
+def test_round_trip(tmp_path):
+    torch.manual_seed(0)
+    net = build_model(preset_config("tiny"))
+    path = save_model_file(tmp_path / "m.safetensors", net, _card())
+    loaded = load_model_file(path)
+    for k, v in net.state_dict().items():
+        assert torch.equal(loaded.net.state_dict()[k], v)
+    assert loaded.card.model == preset_config("tiny")
+    assert loaded.diffusion.T == 1000 and loaded.sample_shape == (1, 8, 8)
+    assert not loaded.net.training
+    assert not list(tmp_path.glob(".*tmp"))  # the atomic write left no temp file
+
+
+def test_refuses_pickle(tmp_path):
+    p = tmp_path / "evil.safetensors"
+    p.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(ModelFileError, match="pickle"):
+        load_model_file(p)
+    torch.save({"w": torch.zeros(1)}, tmp_path / "ckpt.pt")
+    with pytest.raises(ModelFileError, match="pickle"):
+        load_model_file(tmp_path / "ckpt.pt")
+
+
+def test_refuses_truncated_file(tmp_path):
+    path = save_model_file(tmp_path / "m.safetensors", build_model(preset_config("tiny")), _card())
+    data = path.read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelFileError, match=r"cut\.safetensors"):
+        load_model_file(tmp_path / "cut.safetensors")
+
+
+def test_refuses_missing_or_wrong_metadata(tmp_path):
+    w = {k: v.contiguous() for k, v in build_model(preset_config("tiny")).state_dict().items()}
+    save_file(w, tmp_path / "bare.safetensors")
+    with pytest.raises(ModelFileError, match=r"no .ddpm\.config."):
+        read_card(tmp_path / "bare.safetensors")
+    save_file(w, tmp_path / "json.safetensors", metadata={META_KEY: "{not json"})
+    with pytest.raises(ModelFileError, match="not valid JSON"):
+        read_card(tmp_path / "json.safetensors")
+    save_file(w, tmp_path / "fmt.safetensors", metadata={META_KEY: json.dumps({"format": "other"})})
+    with pytest.raises(ModelFileError, match="format"):
+        read_card(tmp_path / "fmt.safetensors")
+    bad = json.loads(_card().to_json())
+    bad["diffusion"]["prediction"] = "score"
+    save_file(w, tmp_path / "pred.safetensors", metadata={META_KEY: json.dumps(bad)})
+    with pytest.raises(ModelFileError, match="prediction"):
+        read_card(tmp_path / "pred.safetensors")
+
+
+def test_refuses_shapes_that_do_not_match(tmp_path):
+    net = build_model(preset_config("tiny", ch=16))
+    path = save_model_file(tmp_path / "m.safetensors", net, _card())  # card says ch=8
+    with pytest.raises(ModelFileError, match="shape"):
+        load_model_file(path)
+
+
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelFileError, match="no such model file"):
+        load_model_file(tmp_path / "nope.safetensors")
