@@ -7,6 +7,7 @@ raises :class:`ModelFileError` with a one-line message that says what is wrong a
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -43,6 +44,9 @@ class DiffusionConfig:
     max_beta: float = 0.999
     prediction: Literal["eps", "x0", "v"] = "eps"
     variance: Literal["fixed_small", "fixed_large"] = "fixed_small"
+    clip_sample: bool = True
+    clip_range: float = 1.0
+    betas: list[float] | None = None  # exact betas (e.g. from a diffusers config) override the named schedule
 
     def __post_init__(self) -> None:
         if self.schedule not in ("linear", "cosine"):
@@ -55,12 +59,16 @@ class DiffusionConfig:
             raise ValueError(f"T must be ≥ 1, got {self.T}")
 
     def build_schedule(self) -> NoiseSchedule:
+        if self.betas is not None:
+            return NoiseSchedule(self.betas)
         if self.schedule == "linear":
             return NoiseSchedule.linear(self.T, self.beta_start, self.beta_end)
         return NoiseSchedule.cosine(self.T, self.cosine_s, self.max_beta)
 
     def build(self) -> GaussianDiffusion:
-        return GaussianDiffusion(self.build_schedule(), self.prediction, self.variance)
+        # No clipping is clipping to (−∞, ∞): samplers keep one code path.
+        r = self.clip_range if self.clip_sample else math.inf
+        return GaussianDiffusion(self.build_schedule(), self.prediction, self.variance, clip_range=(-r, r))
 
 
 @dataclass
@@ -170,7 +178,16 @@ def read_card(path: str | os.PathLike) -> ModelCard:
 def load_model_file(
     path: str | os.PathLike | None = None, device: torch.device | str = "cpu"
 ) -> LoadedModel:
-    """Load a model file (default: the bundled MNIST model) onto ``device`` in eval mode."""
+    """Load a model file (default: the bundled MNIST model) onto ``device`` in eval mode.
+
+    A directory is taken as a diffusers pipeline folder (see :mod:`engine.diffusers_interop`).
+    """
+    if path is not None and Path(path).is_dir():
+        from .diffusers_interop import is_diffusers_folder, load_diffusers_folder
+
+        if not is_diffusers_folder(Path(path)):
+            raise ModelFileError(f"{path}: a directory, but not a diffusers pipeline folder (no model_index.json)")
+        return load_diffusers_folder(path, device)
     path = _check_path(DEFAULT_MODEL if path is None else path)
     card = read_card(path)
     try:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-Arch = Literal["unet", "seed"]
+Arch = Literal["unet", "seed", "diffusers"]
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -120,8 +120,8 @@ class UNetConfig:
     def __post_init__(self) -> None:
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
         self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
-        if self.arch not in ("unet", "seed"):
-            raise ValueError(f"arch must be 'unet' or 'seed', got {self.arch!r}")
+        if self.arch not in ("unet", "seed", "diffusers"):
+            raise ValueError(f"arch must be 'unet', 'seed' or 'diffusers', got {self.arch!r}")
         for name in ("image_size", "in_channels", "out_channels", "ch", "num_res_blocks", "num_heads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
@@ -266,6 +266,8 @@ def build_model(config: UNetConfig | dict[str, Any]) -> nn.Module:
     """Instantiate the network a config describes."""
     if isinstance(config, dict):
         config = UNetConfig.from_dict(config)
+    if config.arch == "diffusers":
+        raise ValueError("arch 'diffusers' describes a diffusers UNet2DModel; load its folder with load_model_file")
     return SeedUNet(config) if config.arch == "seed" else UNet(config)
 
 
