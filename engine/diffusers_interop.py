@@ -137,3 +137,141 @@ def load_diffusers_folder(path: str | Path, device: torch.device | str = "cpu") 
     )
     net = DiffusersUNet(unet).to(device).eval().requires_grad_(False)
     return LoadedModel(net=net, diffusion=diffusion.build(), card=card, path=path)
+
+
+# ----------------------------------------------------------------------------- export
+def _exact_export_blockers(loaded: LoadedModel) -> list[str]:
+    """Why our model cannot be written as an exactly equivalent UNet2DModel (empty: it can)."""
+    c, why = loaded.card.model, []
+    if c.arch != "unet":
+        why.append(f"arch {c.arch!r} has no UNet2DModel equivalent (only 'unet' does)")
+        return why
+    if c.num_heads != 1:
+        why.append("num_heads > 1 (UNet2DModel splits heads by a fixed head dim)")
+    widths = {c.ch * m for m in c.ch_mult}
+    if any(w % c.norm_groups for w in widths | {c.ch}):
+        why.append(f"norm_groups={c.norm_groups} does not divide every width {sorted(widths)}; ours falls back per layer")
+    if c.image_size % (2 ** (len(c.ch_mult) - 1)):
+        why.append(f"image_size {c.image_size} is not divisible by 2^{len(c.ch_mult) - 1}; UNet2DModel upsamples ×2")
+    return why
+
+
+def _map_state_dict(net: nn.Module, levels: int, num_res_blocks: int) -> dict[str, Tensor]:
+    """Rename our UNet's weights to UNet2DModel's keys (same math, different names)."""
+    sd = net.state_dict()
+    out: dict[str, Tensor] = {}
+
+    def res(src: str, dst: str) -> None:
+        for a, b in (("norm1", "norm1"), ("conv1", "conv1"), ("temb", "time_emb_proj"), ("norm2", "norm2"),
+                     ("conv2", "conv2"), ("skip", "conv_shortcut")):
+            for p in ("weight", "bias"):
+                if f"{src}.{a}.{p}" in sd:
+                    out[f"{dst}.{b}.{p}"] = sd[f"{src}.{a}.{p}"]
+
+    def attn(src: str, dst: str) -> None:
+        out[f"{dst}.group_norm.weight"], out[f"{dst}.group_norm.bias"] = sd[f"{src}.norm.weight"], sd[f"{src}.norm.bias"]
+        w, b = sd[f"{src}.qkv.weight"][:, :, 0, 0], sd[f"{src}.qkv.bias"]
+        for i, name in enumerate(("to_q", "to_k", "to_v")):
+            ch = w.shape[0] // 3
+            out[f"{dst}.{name}.weight"], out[f"{dst}.{name}.bias"] = w[i * ch:(i + 1) * ch], b[i * ch:(i + 1) * ch]
+        out[f"{dst}.to_out.0.weight"] = sd[f"{src}.proj.weight"][:, :, 0, 0]
+        out[f"{dst}.to_out.0.bias"] = sd[f"{src}.proj.bias"]
+
+    def copy(src: str, dst: str) -> None:
+        out[f"{dst}.weight"], out[f"{dst}.bias"] = sd[f"{src}.weight"], sd[f"{src}.bias"]
+
+    copy("time_mlp.0", "time_embedding.linear_1")
+    copy("time_mlp.2", "time_embedding.linear_2")
+    copy("conv_in", "conv_in")
+    i = 0
+    for level in range(levels):
+        for j in range(num_res_blocks):
+            res(f"down.{i}.0", f"down_blocks.{level}.resnets.{j}")
+            if f"down.{i}.1.qkv.weight" in sd:
+                attn(f"down.{i}.1", f"down_blocks.{level}.attentions.{j}")
+            i += 1
+        if level != levels - 1:
+            copy(f"down.{i}.0.conv", f"down_blocks.{level}.downsamplers.0.conv")
+            i += 1
+    res("mid.0", "mid_block.resnets.0")
+    attn("mid.1", "mid_block.attentions.0")
+    res("mid.2", "mid_block.resnets.1")
+    i = 0
+    for k in range(levels):
+        for j in range(num_res_blocks + 1):
+            res(f"up.{i}.0", f"up_blocks.{k}.resnets.{j}")
+            if f"up.{i}.1.qkv.weight" in sd:
+                attn(f"up.{i}.1", f"up_blocks.{k}.attentions.{j}")
+            i += 1
+        if k != levels - 1:
+            copy(f"up.{i}.0.conv", f"up_blocks.{k}.upsamplers.0.conv")
+            i += 1
+    copy("out.0", "conv_norm_out")
+    copy("out.2", "conv_out")
+    return out
+
+
+def _scheduler_config(d: DiffusionConfig) -> dict[str, Any]:
+    inverse_pred = {v: k for k, v in _PREDICTION.items()}
+    cfg: dict[str, Any] = {
+        "num_train_timesteps": d.T,
+        "prediction_type": inverse_pred[d.prediction],
+        "variance_type": d.variance,
+        "clip_sample": d.clip_sample,
+        "clip_sample_range": d.clip_range,
+        "beta_start": d.beta_start,
+        "beta_end": d.beta_end,
+    }
+    if d.betas is not None:
+        cfg.update(beta_schedule="linear", trained_betas=list(d.betas))
+    elif d.schedule == "linear":
+        cfg["beta_schedule"] = "linear"
+    elif d.cosine_s == 0.008 and d.max_beta == 0.999:
+        cfg["beta_schedule"] = "squaredcos_cap_v2"
+    else:
+        cfg.update(beta_schedule="linear", trained_betas=d.build_schedule().betas.tolist())
+    return cfg
+
+
+def export_diffusers(loaded: LoadedModel, out_dir: str | Path, atol: float = 1e-4) -> Path:
+    """Write ``loaded`` as a diffusers ``DDPMPipeline`` folder, only if the mapping is exact.
+
+    Exactness is checked, not assumed: both networks run on the same random inputs and the
+    export is refused if they differ by more than ``atol``.
+    """
+    blockers = _exact_export_blockers(loaded)
+    if blockers:
+        raise ModelFileError("cannot export to diffusers exactly: " + "; ".join(blockers))
+    diffusers = _require_diffusers()
+    c = loaded.card.model
+    levels = len(c.ch_mult)
+    res_per_level = [c.image_size // 2**i for i in range(levels)]
+    attn = [r in c.attn_resolutions for r in res_per_level]
+    unet = diffusers.UNet2DModel(
+        sample_size=c.image_size, in_channels=c.in_channels, out_channels=c.out_channels,
+        block_out_channels=tuple(c.ch * m for m in c.ch_mult), layers_per_block=c.num_res_blocks,
+        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        norm_num_groups=c.norm_groups, dropout=c.dropout, flip_sin_to_cos=False, freq_shift=0,
+        resnet_time_scale_shift="scale_shift" if c.scale_shift else "default", attention_head_dim=None,
+        downsample_padding=1, act_fn="silu", norm_eps=1e-5, attn_norm_num_groups=c.norm_groups,
+    )
+    net = loaded.net.cpu().float()
+    mapped = _map_state_dict(net, levels, c.num_res_blocks)
+    missing, unexpected = unet.load_state_dict(mapped, strict=False)
+    if missing or unexpected:
+        raise ModelFileError(f"cannot export to diffusers exactly: unmapped weights {list(missing)[:3]} "
+                             f"{list(unexpected)[:3]}")
+    unet.eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, c.in_channels, c.image_size, c.image_size, generator=g)
+    t = torch.tensor([0, loaded.diffusion.T // 2, loaded.diffusion.T - 1])
+    with torch.inference_mode():
+        diff = (unet(x, t).sample - net(x, t)).abs().max().item()
+    if diff > atol:
+        raise ModelFileError(f"cannot export to diffusers exactly: outputs differ by {diff:.2e} (> {atol:g})")
+    sched = diffusers.DDPMScheduler.from_config(_scheduler_config(loaded.card.diffusion))
+    out_dir = Path(out_dir)
+    diffusers.DDPMPipeline(unet=unet, scheduler=sched).save_pretrained(out_dir, safe_serialization=True)
+    (out_dir / "ddpm_card.json").write_text(loaded.card.to_json())
+    return out_dir

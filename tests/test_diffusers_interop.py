@@ -118,3 +118,41 @@ def test_clip_sample_false_disables_clipping(tmp_path):
 def test_directory_that_is_not_a_pipeline(tmp_path):
     with pytest.raises(ModelFileError, match="not a diffusers pipeline"):
         load_model_file(tmp_path)
+
+
+@pytest.mark.parametrize("overrides", [dict(), dict(scale_shift=False, attn_resolutions=(8,)),
+                                       dict(image_size=16, ch_mult=(1, 2, 2), norm_groups=4)])
+def test_export_round_trips(tmp_path, overrides):
+    from engine import ModelCard, build_model, preset_config, save_model_file
+    from engine.diffusers_interop import export_diffusers
+
+    torch.manual_seed(0)
+    cfg = preset_config("tiny", **overrides)
+    net = build_model(cfg)
+    for p in net.parameters():  # random weights everywhere, so no zero-initialised path hides a bug
+        p.data.normal_(0, 0.1)
+    path = save_model_file(tmp_path / "m.safetensors", net, ModelCard(model=cfg, data={"value_range": [-1, 1]}))
+    ours = load_model_file(path)
+    export_diffusers(ours, tmp_path / "pipe")
+    back = load_model_file(tmp_path / "pipe")
+    shape = (2, *ours.sample_shape)
+    for sampler in ("ddpm", "ddim"):
+        plan_a = SamplingPlan.build(ours.diffusion, sampler, 10)
+        plan_b = SamplingPlan.build(back.diffusion, sampler, 10)
+        a = sample(ours.net, ours.diffusion, plan_a, shape, torch.Generator().manual_seed(1))
+        b = sample(back.net, back.diffusion, plan_b, shape, torch.Generator().manual_seed(1))
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_export_refuses_inexact_models(tmp_path):
+    from engine import ModelCard, build_model, preset_config, save_model_file
+    from engine.diffusers_interop import export_diffusers
+
+    cfg = preset_config("seed", image_size=8)
+    path = save_model_file(tmp_path / "s.safetensors", build_model(cfg), ModelCard(model=cfg))
+    with pytest.raises(ModelFileError, match="arch 'seed'"):
+        export_diffusers(load_model_file(path), tmp_path / "out")
+    cfg = preset_config("tiny", image_size=7)
+    path = save_model_file(tmp_path / "o.safetensors", build_model(cfg), ModelCard(model=cfg))
+    with pytest.raises(ModelFileError, match="not divisible"):
+        export_diffusers(load_model_file(path), tmp_path / "out")
