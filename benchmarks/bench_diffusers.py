@@ -43,7 +43,7 @@ def main() -> None:
         sched = sched_cls.from_config(sched_cfg)
         plan = SamplingPlan.build(m.diffusion, "ddpm" if eta is None else "ddim", f"ddim{args.steps}", eta or 0.0)
 
-        def theirs() -> None:
+        def theirs(sched=sched, eta=eta) -> None:
             g = torch.Generator().manual_seed(0)
             x = torch.randn(shape, generator=g)
             sched.set_timesteps(args.steps)
@@ -51,10 +51,10 @@ def main() -> None:
                 for t in sched.timesteps:
                     out = unet(x, t).sample
                     kw = {"generator": g} if eta is None else {"eta": eta, "generator": g}
-                    x = sched.step(out, t, x, **kw).prev_sample  # noqa: B023
+                    x = sched.step(out, t, x, **kw).prev_sample
 
-        def ours() -> None:
-            sample(m.net, m.diffusion, plan, shape, torch.Generator().manual_seed(0))  # noqa: B023
+        def ours(plan=plan) -> None:
+            sample(m.net, m.diffusion, plan, shape, torch.Generator().manual_seed(0))
 
         ours(), theirs()  # warm-up
         t_ours, t_theirs = [], []

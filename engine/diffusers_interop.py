@@ -108,7 +108,8 @@ def load_diffusers_folder(path: str | Path, device: torch.device | str = "cpu") 
         raise ModelFileError(f"{path}: no UNet config at {unet_dir / 'config.json'}")
     unet_cfg = json.loads((unet_dir / "config.json").read_text())
     if unet_cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise ModelFileError(f"{unet_dir}: _class_name={unet_cfg.get('_class_name')!r}; only UNet2DModel is supported")
+        name = unet_cfg.get("_class_name")
+        raise ModelFileError(f"{unet_dir}: _class_name={name!r}; only UNet2DModel is supported")
     diffusion = diffusion_config_from_scheduler(json.loads(sched_file.read_text()), str(sched_file))
     diffusers = _require_diffusers()
     try:
@@ -150,7 +151,7 @@ def _exact_export_blockers(loaded: LoadedModel) -> list[str]:
         why.append("num_heads > 1 (UNet2DModel splits heads by a fixed head dim)")
     widths = {c.ch * m for m in c.ch_mult}
     if any(w % c.norm_groups for w in widths | {c.ch}):
-        why.append(f"norm_groups={c.norm_groups} does not divide every width {sorted(widths)}; ours falls back per layer")
+        why.append(f"norm_groups={c.norm_groups} does not divide every width {sorted(widths)}")
     if c.image_size % (2 ** (len(c.ch_mult) - 1)):
         why.append(f"image_size {c.image_size} is not divisible by 2^{len(c.ch_mult) - 1}; UNet2DModel upsamples ×2")
     return why
