@@ -170,7 +170,7 @@ def _map_state_dict(net: nn.Module, levels: int, num_res_blocks: int) -> dict[st
                     out[f"{dst}.{b}.{p}"] = sd[f"{src}.{a}.{p}"]
 
     def attn(src: str, dst: str) -> None:
-        out[f"{dst}.group_norm.weight"], out[f"{dst}.group_norm.bias"] = sd[f"{src}.norm.weight"], sd[f"{src}.norm.bias"]
+        copy(f"{src}.norm", f"{dst}.group_norm")
         w, b = sd[f"{src}.qkv.weight"][:, :, 0, 0], sd[f"{src}.qkv.bias"]
         for i, name in enumerate(("to_q", "to_k", "to_v")):
             ch = w.shape[0] // 3
