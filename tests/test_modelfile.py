@@ -74,3 +74,29 @@ def test_refuses_shapes_that_do_not_match(tmp_path):
 def test_missing_path_is_a_clear_error(tmp_path):
     with pytest.raises(ModelFileError, match="no such model file"):
         load_model_file(tmp_path / "nope.safetensors")
+
+
+class _Payload:
+    """Unpickling this would create a marker file: proof that code ran."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_pickle_payload_never_executes(tmp_path):
+    marker = tmp_path / "pwned"
+    for name, blob in (("a.safetensors", pickle.dumps(_Payload(str(marker)))),):
+        (tmp_path / name).write_bytes(blob)
+        with pytest.raises(ModelFileError):
+            load_model_file(tmp_path / name)
+    torch.save({"x": _Payload(str(marker))}, tmp_path / "b.safetensors")
+    with pytest.raises(ModelFileError):
+        load_model_file(tmp_path / "b.safetensors")
+    # a safetensors header that claims to be something else entirely
+    (tmp_path / "c.safetensors").write_bytes((2**40).to_bytes(8, "little") + b"{}")
+    with pytest.raises(ModelFileError):
+        load_model_file(tmp_path / "c.safetensors")
+    assert not marker.exists()
