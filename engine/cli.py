@@ -82,7 +82,7 @@ _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_sample]
 def _optional_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands from sibling modules (train, export, eval), each optional at import time."""
     out = []
-    for mod_name in ("train_cli", "export_cli", "eval_cli"):
+    for mod_name in ("cli_train", "eval_cli"):
         try:
             mod = __import__(f"{__package__}.{mod_name}", fromlist=["add_parser"])
         except ModuleNotFoundError as e:

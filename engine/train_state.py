@@ -1,0 +1,120 @@
+"""Run-directory checkpoints: atomic, resumable, and loadable without executing pickle code.
+
+Layout of ``RUN/checkpoints/step_000123/``: ``model.safetensors``, ``ema.safetensors`` (when the
+run keeps an EMA) and ``state.pt`` (optimizer, LR schedule, GradScaler, RNG states and data
+position; read back with ``torch.load(weights_only=True)``). A checkpoint is built in a temp
+directory, fsynced and renamed into place; ``RUN/checkpoints/latest`` names the newest one and is
+itself replaced atomically. A kill at any moment leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` via temp file + fsync + rename."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: dict[str, torch.Tensor],
+    ema: dict[str, torch.Tensor] | None,
+    state: dict[str, Any],
+    keep_last: int,
+) -> Path:
+    """Write checkpoint ``step`` atomically, point ``latest`` at it and prune to ``keep_last``."""
+    ckpt_root = run_dir / "checkpoints"
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    final = ckpt_root / f"step_{step:07d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.", dir=ckpt_root))
+    try:
+        save_file(_tensors(model), tmp / "model.safetensors")
+        if ema is not None:
+            save_file(_tensors(ema), tmp / "ema.safetensors")
+        torch.save(state, tmp / "state.pt")
+        for f in tmp.iterdir():
+            _fsync_file(f)
+        _fsync_dir(tmp)
+        if final.exists():  # a re-save of the same step after a resume: replace it whole
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(ckpt_root)
+        atomic_write_text(ckpt_root / "latest", final.name + "\n")
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    kept = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
+    for old in kept[:-keep_last]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint directory, or None.
+
+    ``latest`` is trusted when it points at a complete checkpoint; otherwise (a kill between the
+    rename and the pointer update) the newest complete ``step_*`` directory is used.
+    """
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return None
+    pointer = root / "latest"
+    if pointer.exists():
+        cand = root / pointer.read_text().strip()
+        if _complete(cand):
+            newest = _newest_complete(root)
+            return newest if newest is not None and newest.name > cand.name else cand
+    return _newest_complete(root)
+
+
+def _complete(path: Path) -> bool:
+    return path.is_dir() and (path / "model.safetensors").exists() and (path / "state.pt").exists()
+
+
+def _newest_complete(root: Path) -> Path | None:
+    done = sorted(p for p in root.glob("step_*") if _complete(p))
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None, dict[str, Any]]:
+    """``(model, ema or None, state)`` from a checkpoint directory, with no pickle code run."""
+    model = load_file(path / "model.safetensors")
+    ema = load_file(path / "ema.safetensors") if (path / "ema.safetensors").exists() else None
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    return model, ema, state

@@ -1,0 +1,352 @@
+"""The trainer: AdamW + warmup, EMA, AMP, a NaN guard, budgets, DDP and exact resume.
+
+Determinism: one CPU ``torch.Generator`` (saved in every checkpoint) draws the data order, flips,
+timesteps and noise for the *global* batch; under DDP each rank slices its share, so a run on
+N processes follows the same trajectory as one process with the same global batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .datasets import EpochSampler, ImageData, load_dataset
+from .images import make_grid, to_pil
+from .losses import sample_timesteps, simple_loss
+from .modelfile import ModelCard
+from .sampling import SamplingPlan, sample_iter, to_uint8
+from .train_config import TrainConfig
+from .train_state import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from .unet import build_model
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive non-finite steps; the last good checkpoint is left intact."""
+
+
+class EMA:
+    """An fp32 exponential moving average of a model's parameters and buffers.
+
+    With ``warmup`` the decay after n updates is min(decay, (1 + n) / (10 + n)), so a short run is
+    not dominated by the random initial weights.
+    """
+
+    def __init__(self, model: nn.Module, decay: float, warmup: bool = True) -> None:
+        self.decay, self.warmup, self.updates = decay, warmup, 0
+        self.shadow = {k: v.detach().float().clone() for k, v in model.state_dict().items()}
+
+    def current_decay(self) -> float:
+        if not self.warmup:
+            return self.decay
+        return min(self.decay, (1 + self.updates) / (10 + self.updates))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> float:
+        d = self.current_decay()
+        for k, v in model.state_dict().items():
+            s = self.shadow[k]
+            if v.dtype.is_floating_point:
+                s.lerp_(v.detach().float(), 1.0 - d)
+            else:
+                s.copy_(v)
+        self.updates += 1
+        return d
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.shadow
+
+
+@dataclass
+class RunResult:
+    step: int
+    images_seen: int
+    stopped_by: str
+    last_checkpoint: Path | None
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DDP
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """Trains ``config`` into ``run_dir``; :meth:`run` resumes from the latest checkpoint if told."""
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
+        self.cfg, self.run_dir, self.progress = config, Path(run_dir), progress
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = _resolve_device(config.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if config.batch_size % (self.world * config.grad_accum):
+            raise ValueError(f"batch_size {config.batch_size} must be divisible by world size × grad_accum "
+                             f"({self.world} × {config.grad_accum})")
+        self.is_main = self.rank == 0
+        self.data: ImageData = load_dataset(config.dataset, "train", config.data_root, config.download,
+                                            config.model.image_size)
+        if self.data.shape[0] != config.model.in_channels:
+            raise ValueError(f"dataset {config.dataset} has {self.data.shape[0]} channels, the model expects "
+                             f"{config.model.in_channels}")
+        self.diffusion = config.diffusion.build()
+        torch.manual_seed(config.seed)
+        self.model = build_model(config.model).to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup) if config.ema_decay else None
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.adam_betas,
+                                     weight_decay=config.weight_decay)
+        warm = config.warmup_steps
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.gen = torch.Generator().manual_seed(config.seed)
+        self.sampler = EpochSampler(len(self.data), config.batch_size, config.seed)
+        self.step, self.images_seen, self.bad_steps, self.attempts = 0, 0, 0, 0
+        self.last_ckpt: Path | None = None
+        if resume:
+            self._resume()
+        elif self.is_main and (self.run_dir / "checkpoints").exists() and latest_checkpoint(self.run_dir):
+            raise ValueError(f"{self.run_dir} already holds checkpoints; pass --resume or choose another --run-dir")
+        self.net: nn.Module = self.model
+        if self.world > 1:
+            self.net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if config.compile:
+            self.net = torch.compile(self.net)
+
+    # ------------------------------------------------------------------ setup helpers
+    def _amp_dtype(self) -> torch.dtype | None:
+        amp = self.cfg.amp
+        if self.device.type != "cuda" or amp == "off":
+            return None
+        if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
+            return torch.bfloat16
+        return torch.float16
+
+    def _resume(self) -> None:
+        ckpt = latest_checkpoint(self.run_dir)
+        if ckpt is None:
+            raise ValueError(f"--resume: no complete checkpoint in {self.run_dir / 'checkpoints'}")
+        model_sd, ema_sd, state = load_checkpoint(ckpt)
+        self.model.load_state_dict(model_sd)
+        if self.ema is not None:
+            if ema_sd is None:
+                raise ValueError(f"{ckpt}: the run uses EMA but the checkpoint has none")
+            self.ema.shadow = {k: v.float().to(self.device) for k, v in ema_sd.items()}
+            self.ema.updates = int(state["ema_updates"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["lr_schedule"])
+        if "scaler" in state and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.gen.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if torch.cuda.is_available() and "cuda_rng" in state:
+            torch.cuda.set_rng_state_all(list(state["cuda_rng"]))
+        self.sampler = EpochSampler(len(self.data), self.cfg.batch_size, self.cfg.seed,
+                                    int(state["data_epoch"]), int(state["data_cursor"]))
+        self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
+        self.last_ckpt = ckpt
+
+    # ------------------------------------------------------------------ one step
+    def _batch(self) -> tuple[Tensor, Tensor, Tensor]:
+        """The rank's slice of the global batch: images, timesteps and noise, all drawn globally."""
+        idx = self.sampler.next_indices()
+        x0 = self.data.images[idx]
+        if self.data.hflip:
+            flip = torch.rand(len(idx), generator=self.gen) < 0.5
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        t = sample_timesteps(self.diffusion, len(idx), self.cfg.timestep_sampling, generator=self.gen)
+        noise = torch.randn(x0.shape, generator=self.gen)
+        per = len(idx) // self.world
+        sl = slice(self.rank * per, (self.rank + 1) * per)
+        return x0[sl], t[sl], noise[sl]
+
+    def _train_step(self) -> dict[str, float]:
+        cfg = self.cfg
+        x0, t, noise = self._batch()
+        self.net.train()
+        self.opt.zero_grad(set_to_none=True)
+        micro = max(1, x0.shape[0] // cfg.grad_accum)
+        total = 0.0
+        for i in range(0, x0.shape[0], micro):
+            xb = x0[i : i + micro].to(self.device, non_blocking=True)
+            if cfg.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            tb, nb = t[i : i + micro].to(self.device), noise[i : i + micro].to(self.device)
+            amp = self.amp_dtype is not None
+            with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
+                loss = simple_loss(self.diffusion, self.net, xb, tb, nb, cfg.weighting, cfg.min_snr_gamma).mean()
+            if self.attempts + 1 in cfg.fault_nan_steps:
+                loss = loss * float("nan")
+            self.scaler.scale(loss / cfg.grad_accum).backward()
+            total += loss.detach().float().item() / cfg.grad_accum
+        self.attempts += 1
+        self.scaler.unscale_(self.opt)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip else float("inf"))
+        finite = math.isfinite(total) and bool(torch.isfinite(grad_norm))
+        if self.world > 1:  # every rank must agree to skip, or the replicas would diverge
+            flag = torch.tensor([1.0 if finite else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag.item() == 1.0)
+        if not finite:
+            self.opt.zero_grad(set_to_none=True)
+            if self.scaler.is_enabled():
+                self.scaler.update()
+            self.bad_steps += 1
+            warnings.warn(f"step {self.step + 1}: non-finite loss or gradient; step skipped "
+                          f"({self.bad_steps}/{cfg.nan_patience} in a row)", RuntimeWarning, stacklevel=2)
+            if self.bad_steps >= cfg.nan_patience:
+                where = f"; last good checkpoint: {self.last_ckpt}" if self.last_ckpt else ""
+                raise TrainingDiverged(f"{self.bad_steps} consecutive non-finite steps at step {self.step + 1}; "
+                                       f"stopping (lower --lr or check the data){where}")
+            return {"loss": float("nan"), "grad_norm": float("nan"), "skipped": 1.0}
+        self.bad_steps = 0
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        decay = self.ema.update(self.model) if self.ema is not None else 0.0
+        self.step += 1
+        self.images_seen += cfg.batch_size
+        return {"loss": total, "grad_norm": float(grad_norm), "ema_decay": decay}
+
+    # ------------------------------------------------------------------ outputs
+    def sampling_weights(self) -> dict[str, Tensor]:
+        """EMA weights when the run keeps an EMA, else the raw weights (the seed's recipe)."""
+        return self.ema.state_dict() if self.ema is not None else self.model.state_dict()
+
+    def checkpoint(self) -> Path | None:
+        if self.is_main:
+            state: dict[str, Any] = {
+                "step": self.step,
+                "images_seen": self.images_seen,
+                "optimizer": self.opt.state_dict(),
+                "lr_schedule": self.sched.state_dict(),
+                "generator": self.gen.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "data_epoch": self.sampler.epoch,
+                "data_cursor": self.sampler.cursor,
+                "ema_updates": self.ema.updates if self.ema is not None else 0,
+            }
+            if self.scaler.is_enabled():
+                state["scaler"] = self.scaler.state_dict()
+            if torch.cuda.is_available():
+                state["cuda_rng"] = torch.cuda.get_rng_state_all()
+            self.last_ckpt = save_checkpoint(self.run_dir, self.step, self.model.state_dict(),
+                                             self.ema.state_dict() if self.ema is not None else None,
+                                             state, self.cfg.keep_last)
+        if self.world > 1:
+            dist.barrier()
+        return self.last_ckpt
+
+    @torch.no_grad()
+    def write_samples(self, n: int = 16) -> Path:
+        """A 4×4 grid from the sampling weights, and a strip of intermediate x_t (seed §8.9)."""
+        net = build_model(self.cfg.model).to(self.device)
+        net.load_state_dict(self.sampling_weights())
+        net.eval()
+        plan = SamplingPlan.build(self.diffusion, "ddim", min(50, self.diffusion.T), 0.0)
+        shape = (n, *self.data.shape)
+        marks = {round(k * (plan.K - 1) / 7) + 1 for k in range(8)}
+        strip, final = [], None
+        for fr in sample_iter(net, self.diffusion, plan, shape, torch.Generator().manual_seed(0), self.device):
+            if fr.step in marks:
+                strip.append(fr.x_t[:1])
+            final = fr.x_t
+        out = self.run_dir / "samples"
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"step_{self.step:07d}.png"
+        to_pil(make_grid(to_uint8(final), nrow=4)).save(path)
+        to_pil(make_grid(to_uint8(torch.cat(strip)), nrow=len(strip))).save(out / f"strip_{self.step:07d}.png")
+        return path
+
+    def _log(self, row: dict[str, Any]) -> None:
+        with open(self.run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    # ------------------------------------------------------------------ the loop
+    def run(self) -> RunResult:
+        cfg = self.cfg
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else None
+        bar = None
+        if self.progress and self.is_main:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+        t_last, seen_last, last_ckpt_time = time.perf_counter(), self.images_seen, time.monotonic()
+        stopped_by = "max_steps"
+        try:
+            while self.step < cfg.max_steps:
+                if deadline is not None and self._agree(time.monotonic() >= deadline):
+                    stopped_by = "max_minutes"
+                    break
+                out = self._train_step()
+                if out.get("skipped"):
+                    continue
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{out['loss']:.4f}")
+                if self.is_main and self.step % cfg.log_every == 0:
+                    now = time.perf_counter()
+                    ips = (self.images_seen - seen_last) / max(now - t_last, 1e-9)
+                    t_last, seen_last = now, self.images_seen
+                    self._log({"step": self.step, "loss": out["loss"], "lr": self.sched.get_last_lr()[0],
+                               "grad_norm": out["grad_norm"], "img_per_s": round(ips, 2),
+                               "ema_decay": out["ema_decay"], "images_seen": self.images_seen})
+                timed = time.monotonic() - last_ckpt_time > cfg.ckpt_minutes * 60
+                if self.step % cfg.ckpt_every == 0 or self._agree(timed):
+                    self.checkpoint()
+                    last_ckpt_time = time.monotonic()
+                if self.is_main and cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self.write_samples()
+        finally:
+            if bar is not None:
+                bar.close()
+        if self.last_ckpt is None or self.last_ckpt.name != f"step_{self.step:07d}":
+            self.checkpoint()
+        if self.is_main and cfg.sample_every:
+            self.write_samples()
+        return RunResult(self.step, self.images_seen, stopped_by, self.last_ckpt)
+
+    def _agree(self, flag: bool) -> bool:
+        """All ranks take time-based decisions together (rank 0's clock decides)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+
+
+def model_card_for_run(run_dir: Path, config: TrainConfig, step: int, images_seen: int) -> ModelCard:
+    """The ``ddpm.config`` of a model exported from a run."""
+    return ModelCard(
+        model=config.model,
+        diffusion=config.diffusion,
+        data={"dataset": config.dataset, "channels": config.model.in_channels, "image_size": config.model.image_size,
+              "value_range": [-1.0, 1.0]},
+        training={"steps": step, "images_seen": images_seen, "preset": config.preset, "ema": config.ema_decay,
+                  "batch_size": config.batch_size, "lr": config.lr, "run_dir": run_dir.name},
+        name=f"{config.preset}-{config.dataset}",
+    )
