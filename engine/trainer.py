@@ -122,6 +122,7 @@ class Trainer:
         self.sampler = EpochSampler(len(self.data), config.batch_size, config.seed)
         self.step, self.images_seen, self.bad_steps, self.attempts = 0, 0, 0, 0
         self.last_ckpt: Path | None = None
+        self.last_ckpt_step = -1
         if resume:
             self._resume()
         elif self.is_main and (self.run_dir / "checkpoints").exists() and latest_checkpoint(self.run_dir):
@@ -164,7 +165,7 @@ class Trainer:
         self.sampler = EpochSampler(len(self.data), self.cfg.batch_size, self.cfg.seed,
                                     int(state["data_epoch"]), int(state["data_cursor"]))
         self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
-        self.last_ckpt = ckpt
+        self.last_ckpt, self.last_ckpt_step = ckpt, self.step
 
     # ------------------------------------------------------------------ one step
     def _batch(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -254,6 +255,7 @@ class Trainer:
             self.last_ckpt = save_checkpoint(self.run_dir, self.step, self.model.state_dict(),
                                              self.ema.state_dict() if self.ema is not None else None,
                                              state, self.cfg.keep_last)
+        self.last_ckpt_step = self.step
         if self.world > 1:
             dist.barrier()
         return self.last_ckpt
@@ -324,7 +326,7 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-        if self.last_ckpt is None or self.last_ckpt.name != f"step_{self.step:07d}":
+        if self.last_ckpt_step != self.step:
             self.checkpoint()
         if self.is_main and cfg.sample_every:
             self.write_samples()

@@ -1,0 +1,158 @@
+"""Trainer: exact resume after SIGKILL, atomic checkpoints, NaN guard, DDP, CLI round trip."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from engine.datasets import EpochSampler, load_dataset
+from engine.train_config import preset_train_config
+from engine.train_state import latest_checkpoint, load_checkpoint, save_checkpoint
+from engine.trainer import Trainer, TrainingDiverged
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", *args], capture_output=True, text=True, env=ENV,
+                          cwd=ROOT, check=check, timeout=240)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    ckpt = latest_checkpoint(run)
+    return {**load_file(ckpt / "model.safetensors"), **{f"ema.{k}": v for k, v in load_file(ckpt / "ema.safetensors").items()}}
+
+
+def test_dataset_split_is_disjoint_and_scaled():
+    train, test = load_dataset("mnist5k", "train"), load_dataset("mnist5k", "test")
+    assert len(train) == 4500 and len(test) == 500 and train.shape == (1, 28, 28)
+    assert train.images.min() >= -1 and train.images.max() <= 1 and not train.hflip
+    flat_train = {hash(x.numpy().tobytes()) for x in train.images[:4500]}
+    assert not any(hash(x.numpy().tobytes()) in flat_train for x in test.images)
+
+
+def test_epoch_sampler_resumes_exactly():
+    a = EpochSampler(10, 4, seed=3)
+    seq = [a.next_indices().tolist() for _ in range(7)]
+    b = EpochSampler(10, 4, seed=3)
+    for _ in range(3):
+        b.next_indices()
+    c = EpochSampler(10, 4, seed=3, **b.state())
+    assert [c.next_indices().tolist() for _ in range(4)] == seq[3:]
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
+    """SIGKILL during training, --resume, and the final weights equal an uninterrupted run's."""
+    common = ["--preset", "tiny", "--max-steps", "40", "--ckpt-every", "5", "--sample-every", "0"]
+    _cli("train", "--run-dir", str(tmp_path / "a"), *common)
+    proc = subprocess.Popen([sys.executable, "-m", "engine", "train", "--run-dir", str(tmp_path / "b"), *common],
+                            env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while latest_checkpoint(tmp_path / "b") is None or latest_checkpoint(tmp_path / "b").name < "step_0000015":
+        assert time.monotonic() < deadline and proc.poll() is None, "training never reached a checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = latest_checkpoint(tmp_path / "b").name
+    assert killed_at < "step_0000040", "the kill came too late to test anything"
+    _cli("train", "--run-dir", str(tmp_path / "b"), "--resume")
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=0, msg=f"{k} differs after resume from {killed_at}")
+
+
+def test_crash_mid_save_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    sd = {"w": torch.ones(3)}
+    state = {"step": 1, "images_seen": 1}
+    first = save_checkpoint(tmp_path, 1, sd, None, state, keep_last=3)
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError, match="No space"):
+        save_checkpoint(tmp_path, 2, {"w": torch.zeros(3)}, None, {"step": 2}, keep_last=3)
+    assert latest_checkpoint(tmp_path) == first
+    model, _, st = load_checkpoint(first)
+    assert torch.equal(model["w"], torch.ones(3)) and st["step"] == 1
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith(".")] == []
+
+
+def test_nan_guard_skips_then_stops(tmp_path):
+    cfg = preset_train_config("tiny", max_steps=12, fault_nan_steps=(3,))
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        res = Trainer(cfg, tmp_path / "skip", progress=False).run()
+    assert res.step == 12  # the bad attempt was skipped, not counted, and training went on
+    w = load_file(latest_checkpoint(tmp_path / "skip") / "model.safetensors")
+    assert all(torch.isfinite(v).all() for v in w.values())
+    cfg = preset_train_config("tiny", max_steps=30, nan_patience=3, fault_nan_steps=tuple(range(8, 40)))
+    t = Trainer(cfg, tmp_path / "stop", progress=False)
+    with pytest.warns(RuntimeWarning), pytest.raises(TrainingDiverged, match="3 consecutive non-finite"):
+        t.run()
+    good = latest_checkpoint(tmp_path / "stop")
+    assert good is not None and good.name == "step_0000005"
+    assert all(torch.isfinite(v).all() for v in load_file(good / "model.safetensors").values())
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    cfg = preset_train_config("tiny", max_steps=5)
+    Trainer(cfg, tmp_path, progress=False).run()
+    with pytest.raises(ValueError, match="--resume"):
+        Trainer(cfg, tmp_path, progress=False)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_one(tmp_path):
+    """torchrun --nproc_per_node 2 (gloo on CPU) vs one process, same global batch."""
+    common = ["--preset", "tiny", "--max-steps", "6", "--ckpt-every", "6", "--sample-every", "0",
+              "--ema-decay", "0.5"]
+    _cli("train", "--run-dir", str(tmp_path / "one"), *common)
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                        "29517", "-m", "engine", "train", "--run-dir", str(tmp_path / "two"), *common],
+                       env=ENV, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4, msg=k)
+
+
+def test_cli_train_export_sample_round_trip(tmp_path):
+    run = tmp_path / "run"
+    _cli("train", "--preset", "tiny", "--run-dir", str(run), "--max-steps", "6", "--sample-every", "3")
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["model"]["ch"] == 8 and cfg["preset"] == "tiny"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert {"step", "loss", "lr", "grad_norm", "img_per_s", "ema_decay"} <= rows[0].keys()
+    assert list((run / "samples").glob("step_*.png")) and list((run / "samples").glob("strip_*.png"))
+    out = _cli("export", str(run), "--out", str(tmp_path / "m.safetensors"))
+    assert "EMA" in out.stdout
+    _cli("sample", "--model", str(tmp_path / "m.safetensors"), "--n", "3", "--steps", "5", "--sampler", "ddim",
+         "--out", str(tmp_path / "s.npz"))
+    import numpy as np
+
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["images"].shape == (3, 8, 8, 1) and z["images"].dtype == np.uint8
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--preset", "nope"], "invalid choice"),
+    (["train", "--preset", "tiny", "--batch-size", "0"], "must be ≥ 1"),
+    (["export", "/no/such/run", "--out", "x.safetensors"], "not a run directory"),
+    (["sample", "--model", "/no/such.safetensors", "--out", "x.png"], "no such model file"),
+    (["train", "--preset", "tiny", "--resume", "--run-dir", "/no/such/run"], "does not exist"),
+])
+def test_cli_errors_are_one_line(args, needle):
+    r = _cli(*args, check=False)
+    assert r.returncode == 2
+    assert needle in r.stderr and "Traceback" not in r.stderr
