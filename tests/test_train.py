@@ -30,7 +30,8 @@ def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
     ckpt = latest_checkpoint(run)
-    return {**load_file(ckpt / "model.safetensors"), **{f"ema.{k}": v for k, v in load_file(ckpt / "ema.safetensors").items()}}
+    ema = {f"ema.{k}": v for k, v in load_file(ckpt / "ema.safetensors").items()}
+    return {**load_file(ckpt / "model.safetensors"), **ema}
 
 
 def test_dataset_split_is_disjoint_and_scaled():
