@@ -1,0 +1,58 @@
+"""The ``ddpm`` console script: the engine's subcommands plus ``serve``."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+from engine.cli import UserError, build_parser, dispatch
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve the model, the page and the streaming API (env: DDPM_*)")
+    p.add_argument("--model", help="model file or diffusers folder (env DDPM_MODEL; default: the bundled model)")
+    p.add_argument("--host", help="bind address (env DDPM_HOST; default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (env DDPM_PORT; default 8000)")
+    p.add_argument("--device", help="auto, cpu or cuda (env DDPM_DEVICE; default auto)")
+    p.add_argument("--max-batch", type=int, help="samples per forward and max n per job (env DDPM_MAX_BATCH)")
+    p.add_argument("--max-active-jobs", type=int, help="jobs stepped together (env DDPM_MAX_ACTIVE_JOBS)")
+    p.add_argument("--max-queue", type=int, help="waiting jobs before 429 (env DDPM_MAX_QUEUE)")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from pydantic import ValidationError
+
+    from engine import DEFAULT_MODEL, read_card
+
+    from .main import create_app
+    from .settings import Settings
+
+    try:
+        settings = Settings.load(model=args.model, host=args.host, port=args.port, device=args.device,
+                                 max_batch=args.max_batch, max_active_jobs=args.max_active_jobs,
+                                 max_queue=args.max_queue)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+    from pathlib import Path
+
+    model = Path(settings.model) if settings.model else DEFAULT_MODEL
+    if not model.is_dir():
+        read_card(model)  # fail fast with a one-line message, before uvicorn starts
+    print(f"Serving {model} on http://{settings.host}:{settings.port}", flush=True)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
+                timeout_graceful_shutdown=5)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser, sub = build_parser("ddpm")
+    _add_serve(sub)
+    return dispatch(parser, parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""The app factory: load the model once, start the worker, mount the API and the page."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from engine import LoadedModel, load_model_file
+from engine.datasets import BUNDLED
+
+from .frames import data_url
+from .routes import api, new_noised_store, root, schedule_info
+from .settings import Settings
+from .worker import SamplingWorker
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("ddpm")
+PAGE_DEFAULTS = {"sampler": "ddim", "steps": 50, "eta": 0.0, "n": 16, "frame_every": 1}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def model_info(m: LoadedModel, device: torch.device, max_batch: int) -> dict[str, Any]:
+    c, d = m.card, m.card.diffusion
+    return {
+        "name": c.name, "parameters": m.num_parameters, "dataset": c.data.get("dataset", "unknown"),
+        "steps": c.training.get("steps"), "images_seen": c.training.get("images_seen"), "device": str(device),
+        "image_size": m.sample_shape[1], "channels": m.sample_shape[0], "T": m.diffusion.T,
+        "schedule": "custom" if d.betas is not None else d.schedule, "prediction": d.prediction,
+        "variance": d.variance, "value_range": list(c.value_range), "arch": c.model.arch, "max_batch": max_batch,
+        "file": m.path.name,
+    }
+
+
+def _examples(m: LoadedModel, n: int = 32) -> list[str]:
+    """Held-out digits for the page's "pick a dataset sample", when the model is an MNIST-5k one."""
+    if m.card.data.get("dataset") != "mnist5k" or m.sample_shape != (1, 28, 28):
+        return []
+    from engine.datasets import load_dataset
+    from engine.images import png_bytes
+
+    test = load_dataset("mnist5k", "test")
+    picks = [int(np.nonzero(test.labels.numpy() == d)[0][k]) for k in range(n // 10 + 1) for d in range(10)][:n]
+    u8 = ((test.images[picks] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return [data_url(png_bytes(u8[i])) for i in range(len(picks))]
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings.load()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        device = resolve_device(settings.device)
+        m = load_model_file(settings.model, device)
+        worker = SamplingWorker(m, device, settings.max_batch, settings.max_active_jobs, settings.max_queue,
+                                settings.event_buffer, settings.job_ttl_s)
+        worker.start()
+        st = app.state
+        st.settings, st.model, st.worker, st.device = settings, m, worker, device
+        st.model_info = model_info(m, device, settings.max_batch)
+        st.schedule_info = schedule_info(m.diffusion.schedule, st.model_info["schedule"])
+        st.defaults = {**PAGE_DEFAULTS, "steps": min(PAGE_DEFAULTS["steps"], m.diffusion.T),
+                       "n": min(PAGE_DEFAULTS["n"], settings.max_batch)}
+        st.noised = new_noised_store()
+        st.examples = _examples(m) if BUNDLED.exists() else []
+        log.info("model %s (%d parameters) on %s", m.path, m.num_parameters, device)
+        try:
+            yield
+        finally:
+            worker.stop()
+
+    app = FastAPI(title="DDPM streaming demo", version="0.1.0", lifespan=lifespan,
+                  description="Watch x_t and the predicted x̂0 form step by step. SSE events: queued, started, "
+                              "frame, done, cancelled, error.")
+    app.state.templates = Jinja2Templates(directory=str(ROOT / "templates"))
+    app.include_router(api)
+    app.include_router(root)
+    app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
+    return app

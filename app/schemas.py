@@ -1,0 +1,69 @@
+"""Request and response models. Ranges here are the API's limits: outside them is a 422."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MAX_SEED = 2**63 - 1
+
+
+class SampleRequest(BaseModel):
+    """What to sample. ``steps`` ≤ the model's T; ``n`` ≤ the server's max batch (both checked at run time)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"n": 16, "steps": 50, "sampler": "ddim", "eta": 0.0, "seed": 42}]})
+
+    n: int = Field(16, ge=1, le=4096, description="images to generate")
+    steps: int = Field(50, ge=1, le=100_000, description="reverse steps (T for full DDPM)")
+    sampler: Literal["ddpm", "ddim"] = Field("ddim", description="ddpm: ancestral (respaced if steps < T); ddim")
+    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM noise: 0 deterministic, 1 DDPM-like")
+    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null: a random seed, returned with the result")
+    clip: bool = Field(True, description="clip the predicted x̂0 to the data range")
+    init: str | None = Field(None, max_length=64, description="id from POST /noise: start from that x_t")
+
+
+class JobRequest(SampleRequest):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"n": 16, "steps": 50, "sampler": "ddim", "eta": 0.0, "seed": 42, "frame_every": 1}]})
+
+    frame_every: int = Field(1, ge=1, le=100_000, description="send a frame every k steps (the last always)")
+
+
+class JobCreated(BaseModel):
+    id: str
+    position: int = Field(description="jobs ahead of this one in the queue (0: running)")
+
+
+class JobState(BaseModel):
+    id: str
+    state: Literal["queued", "running", "done", "cancelled", "error"]
+    step: int
+    of: int
+    n: int
+    sampler: str
+    seed: int
+    position: int
+    elapsed_ms: float | None = None
+    error: str | None = None
+
+
+class SamplesResponse(BaseModel):
+    images: list[str] = Field(description="one base64-encoded PNG per image")
+    grid: str = Field(description="base64-encoded PNG of all images tiled")
+    seed: int
+    elapsed_ms: float
+
+
+class NoiseResponse(BaseModel):
+    id: str = Field(description="pass as `init` to /jobs, /samples or /stream to denoise from this x_t")
+    t: int
+    alpha_bar: float
+    snr: float
+    x0: str = Field(description="the uploaded image as the model sees it (PNG data URL)")
+    xt: str = Field(description="a draw from q(x_t | x0) (PNG data URL)")
+
+
+class ErrorResponse(BaseModel):
+    detail: str

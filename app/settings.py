@@ -1,0 +1,37 @@
+"""Server settings: CLI flags override environment variables (DDPM_*), which override defaults."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+ENV_PREFIX = "DDPM_"
+
+
+class Settings(BaseModel):
+    """Everything ``ddpm serve`` can be told; each field is also read from ``DDPM_<NAME>``."""
+
+    model: str | None = Field(None, description="model file or diffusers folder; default: the bundled MNIST model")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    device: str = "auto"
+    max_batch: int = Field(64, ge=1, le=4096, description="samples per UNet forward, and the cap on a job's n")
+    max_active_jobs: int = Field(32, ge=1, le=4096, description="jobs stepped round-robin; more wait in the queue")
+    max_queue: int = Field(64, ge=0, le=100_000, description="jobs waiting beyond the active ones; then 429")
+    max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_upload_pixels: int = Field(4096 * 4096, ge=64)
+    event_buffer: int = Field(64, ge=2, description="frames kept per job for slow clients and Last-Event-ID replay")
+    job_ttl_s: float = Field(600.0, gt=0, description="finished jobs are forgotten after this long")
+
+    @classmethod
+    def load(cls, **overrides: Any) -> Settings:
+        """Defaults, then ``DDPM_*`` environment variables, then non-None ``overrides``."""
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            env = os.environ.get(ENV_PREFIX + name.upper())
+            if env is not None and env != "":
+                values[name] = env
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)

@@ -1,0 +1,294 @@
+"""The sampling worker: one thread owns the model and batches every live job into each forward.
+
+Each tick takes live jobs round-robin until ``max_batch`` samples, concatenates their x_t and
+per-sample step coefficients (each job at its own step of its own plan), runs ONE UNet forward,
+and applies :func:`engine.sampling_step` once for the whole batch. Jobs join and leave between
+ticks. Every job draws x_T and its per-step noise from its own generator in the same order as
+:func:`engine.sample_iter`, so a seed gives the same images however jobs are batched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import secrets
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from torch import Tensor
+
+from engine import LoadedModel, SamplingPlan, StepCoeffs, draw_noise, sampling_step, to_uint8
+from engine.images import make_grid, png_bytes
+
+from .frames import EventLog, FrameEncoder, data_url, grid_png
+
+log = logging.getLogger(__name__)
+JobStatus = Literal["queued", "running", "done", "cancelled", "error"]
+
+
+class QueueFull(Exception):
+    """The queue is at its limit; the client should retry later (HTTP 429)."""
+
+
+@dataclass
+class Job:
+    """One request: ``n`` samples following ``plan`` from a seeded generator."""
+
+    id: str
+    n: int
+    plan: SamplingPlan
+    seed: int
+    frame_every: int
+    clip: bool
+    sampler: str
+    events: EventLog
+    x_start: Tensor | None = None
+    status: JobStatus = "queued"
+    step: int = 0
+    x: Tensor | None = None
+    gen: torch.Generator = field(default_factory=torch.Generator)
+    created: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    finished: float | None = None
+    error: str | None = None
+    cancel_requested: bool = False
+    result: list[bytes] | None = None  # one PNG per image, once done
+    grid_png: bytes | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("done", "cancelled", "error")
+
+    @property
+    def elapsed_ms(self) -> float | None:
+        if self.started is None:
+            return None
+        return ((self.finished or time.monotonic()) - self.started) * 1000.0
+
+
+class Metrics:
+    """Prometheus series of one server (its own registry, so apps never collide)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.queue_depth = Gauge("ddpm_queue_depth", "jobs waiting to start", registry=r)
+        self.active_jobs = Gauge("ddpm_active_jobs", "jobs being stepped", registry=r)
+        self.active_samples = Gauge("ddpm_active_samples", "samples in live jobs", registry=r)
+        self.batch_size = Histogram("ddpm_batch_size", "samples per UNet forward", registry=r,
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
+        self.step_seconds = Histogram("ddpm_step_seconds", "worker tick latency (forward + update)", registry=r,
+                                      buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.frames_dropped = Counter("ddpm_frames_dropped_total", "frames a slow client skipped", registry=r)
+        self.jobs = Counter("ddpm_jobs_total", "finished jobs by outcome", ["outcome"], registry=r)
+
+
+class SamplingWorker:
+    """Owns ``model`` on its device; thread-safe ``submit``/``cancel`` from request handlers."""
+
+    def __init__(self, model: LoadedModel, device: torch.device, max_batch: int, max_active_jobs: int,
+                 max_queue: int, event_buffer: int, job_ttl_s: float = 600.0) -> None:
+        self.model, self.device = model, device
+        self.max_batch, self.max_active, self.max_queue = max_batch, max_active_jobs, max_queue
+        self.event_buffer, self.job_ttl_s = event_buffer, job_ttl_s
+        self.metrics = Metrics()
+        self.encoder = FrameEncoder()
+        self.jobs: dict[str, Job] = {}
+        self._pending: deque[Job] = deque()
+        self._live: list[Job] = []
+        self._rr = 0
+        self._cv = threading.Condition()
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="sampling-worker", daemon=True)
+        self.ticks = itertools.count()
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self._warm_up()
+        self._thread.start()
+
+    @torch.inference_mode()
+    def _warm_up(self) -> None:
+        x = torch.zeros(1, *self.model.sample_shape, device=self.device)
+        self.model.net(x, torch.zeros(1, dtype=torch.long, device=self.device))
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._stop
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the loop; every unfinished job gets an ``error`` event so clients are not left hanging."""
+        with self._cv:
+            self._stop = True
+            self._cv.notify_all()
+        self._thread.join(timeout)
+        for job in list(self.jobs.values()):
+            if not job.done:
+                self._finish(job, "error", "the server is shutting down")
+        self.encoder.close()
+
+    # ---------------------------------------------------------------- API for handlers
+    def submit(self, n: int, plan: SamplingPlan, seed: int, frame_every: int, clip: bool, sampler: str,
+               x_start: Tensor | None = None) -> Job:
+        with self._cv:
+            if len(self._live) >= self.max_active and len(self._pending) >= self.max_queue:
+                raise QueueFull(f"{len(self._pending)} jobs are already waiting (max_queue={self.max_queue})")
+            self._gc()
+            job = Job(id=secrets.token_hex(8), n=n, plan=plan, seed=seed, frame_every=frame_every, clip=clip,
+                      sampler=sampler, events=EventLog(self.event_buffer, self.metrics.frames_dropped.inc),
+                      x_start=x_start)
+            job.gen.manual_seed(seed)
+            self.jobs[job.id] = job
+            self._pending.append(job)
+            job.events.append(0, "queued", {"id": job.id, "position": self.position(job)})
+            self.metrics.queue_depth.set(len(self._pending))
+            self._cv.notify_all()
+        return job
+
+    def cancel(self, job_id: str) -> Job | None:
+        with self._cv:
+            job = self.jobs.get(job_id)
+            if job is not None and not job.done:
+                job.cancel_requested = True
+                if job in self._pending:  # never started: cancel now
+                    self._pending.remove(job)
+                    self._finish(job, "cancelled")
+                self._cv.notify_all()
+        return job
+
+    def position(self, job: Job) -> int:
+        """Jobs ahead of ``job`` in the queue; 0 once it is being stepped."""
+        try:
+            return self._pending.index(job) + 1 if len(self._live) >= self.max_active else self._pending.index(job)
+        except ValueError:
+            return 0
+
+    # ---------------------------------------------------------------- the loop
+    def _loop(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not self._stop and not self._live and not self._pending:
+                        self._cv.wait(timeout=1.0)
+                    if self._stop:
+                        return
+                    self._admit()
+                    batch = self._select()
+                if batch:
+                    self._tick(batch)
+
+    def _admit(self) -> None:
+        for job in [j for j in self._live if j.cancel_requested]:
+            self._live.remove(job)
+            self._finish(job, "cancelled")
+        while self._pending and len(self._live) < self.max_active:
+            job = self._pending.popleft()
+            try:
+                shape = (job.n, *self.model.sample_shape)
+                job.x = draw_noise(shape, job.gen, self.device) if job.x_start is None else job.x_start.to(self.device)
+            except Exception as e:
+                self._finish(job, "error", f"could not start: {e}")
+                continue
+            job.status, job.started = "running", time.monotonic()
+            job.events.append(0, "started", {"id": job.id, "steps": job.plan.K, "n": job.n, "seed": job.seed})
+            self._live.append(job)
+        for i, job in enumerate(self._pending):
+            job.events.append(0, "queued", {"id": job.id, "position": i + 1})
+        self.metrics.queue_depth.set(len(self._pending))
+        self.metrics.active_jobs.set(len(self._live))
+        self.metrics.active_samples.set(sum(j.n for j in self._live))
+
+    def _select(self) -> list[Job]:
+        """Live jobs round-robin up to ``max_batch`` samples; a job's samples stay together."""
+        if not self._live:
+            return []
+        order = self._live[self._rr % len(self._live):] + self._live[: self._rr % len(self._live)]
+        picked, total = [], 0
+        for job in order:
+            if total + job.n <= self.max_batch:
+                picked.append(job)
+                total += job.n
+        self._rr = (self._rr + len(picked)) % max(1, len(self._live))
+        return picked
+
+    def _tick(self, jobs: list[Job]) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._step(jobs)
+        except Exception:
+            for job in jobs:
+                try:
+                    self._step([job])
+                except Exception as e:
+                    log.exception("job %s failed", job.id)
+                    with self._cv:
+                        if job in self._live:
+                            self._live.remove(job)
+                    self._finish(job, "error", f"sampling failed: {type(e).__name__}: {e}")
+        self.metrics.batch_size.observe(sum(j.n for j in jobs))
+        self.metrics.step_seconds.observe(time.perf_counter() - t0)
+        next(self.ticks)
+
+    def _step(self, jobs: list[Job]) -> None:
+        m = self.model
+        coeffs = StepCoeffs.cat([j.plan.coeffs(j.step, j.n, self.device, j.clip) for j in jobs])
+        x = torch.cat([j.x for j in jobs]) if len(jobs) > 1 else jobs[0].x
+        out = m.net(x, coeffs.t)
+        noise = [draw_noise(tuple(j.x.shape), j.gen, self.device) for j in jobs]
+        noise_t = torch.cat(noise) if len(noise) > 1 else noise[0]
+        x_prev, x0 = sampling_step(m.diffusion.prediction, out, x, coeffs, noise_t, m.diffusion.clip_range)
+        a = 0
+        for job in jobs:
+            b = a + job.n
+            job.x = x_prev[a:b]
+            job.step += 1
+            last = job.step == job.plan.K
+            if last or job.step % job.frame_every == 0:
+                self._emit_frame(job, job.x, x0[a:b], last)
+            if last:
+                with self._cv:
+                    self._live.remove(job)
+            a = b
+
+    def _emit_frame(self, job: Job, x_t: Tensor, x0: Tensor, last: bool) -> None:
+        # Host copies are the only work here; PNG encoding happens on the encoder thread.
+        x_t, x0 = x_t.detach().to("cpu", copy=True), x0.detach().to("cpu", copy=True)
+        step, of, t = job.step, job.plan.K, int(job.plan.timesteps[job.step - 1])
+        vr = self.model.card.value_range
+
+        def encode() -> None:
+            frame = {"step": step, "of": of, "t": t, "xt": data_url(grid_png(x_t, vr)),
+                     "x0": data_url(grid_png(x0, vr))}
+            job.events.append(step, "frame", frame, keep=last)
+            if last:
+                u8 = to_uint8(x_t, vr).numpy()
+                job.result = [png_bytes(u8[i]) for i in range(u8.shape[0])]
+                job.grid_png = png_bytes(make_grid(u8))
+                self._finish(job, "done")
+
+        self.encoder.submit(encode)
+
+    def _finish(self, job: Job, status: JobStatus, error: str | None = None) -> None:
+        if job.done:
+            return
+        job.status, job.error, job.finished = status, error, time.monotonic()
+        sse_id = job.plan.K + 1
+        if status == "done":
+            job.events.append(sse_id, "done", {"images": [data_url(p) for p in job.result or []], "seed": job.seed,
+                                                "elapsed_ms": round(job.elapsed_ms or 0.0, 1)}, close=True)
+        elif status == "cancelled":
+            job.events.append(sse_id, "cancelled", {"step": job.step}, close=True)
+        else:
+            job.events.append(sse_id, "error", {"message": error or "failed"}, close=True)
+        self.metrics.jobs.labels(outcome=status).inc()
+
+    def _gc(self) -> None:
+        """Forget finished jobs after their TTL (callers hold ``_cv``)."""
+        now = time.monotonic()
+        for jid in [j.id for j in self.jobs.values() if j.done and j.finished and now - j.finished > self.job_ttl_s]:
+            del self.jobs[jid]

@@ -1,0 +1,108 @@
+"""A real uvicorn server in a subprocess on 127.0.0.1, and a small SSE reader over httpx."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+from engine import ModelCard, build_model, preset_config, save_model_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def tiny_model_file(path: Path, image_size: int = 8, seed: int = 0) -> Path:
+    import torch
+
+    torch.manual_seed(seed)
+    cfg = preset_config("tiny", image_size=image_size)
+    return save_model_file(path, build_model(cfg), ModelCard(model=cfg, data={"dataset": "test", "value_range": [-1, 1]},
+                                                             name="tiny-test"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def start_server(model: Path, log: Path, *extra: str, timeout: float = 60.0) -> Server:
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "app.cli", "serve", "--model", str(model), "--port", str(port), "--log-level",
+           "warning", *extra]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return Server(url, proc, log)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"server did not become ready: {log.read_text()[-2000:]}")
+
+
+@dataclass
+class SSE:
+    event: str
+    id: str | None
+    data: dict
+
+
+def sse_events(response: httpx.Response) -> Iterator[SSE]:
+    """Parse a streaming text/event-stream response into events (comments/pings skipped)."""
+    event, eid, data = "message", None, []
+    for line in response.iter_lines():
+        if line == "":
+            if data:
+                yield SSE(event, eid, json.loads("\n".join(data)))
+            event, eid, data = "message", None, []
+        elif line.startswith(":"):
+            continue
+        else:
+            key, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if key == "event":
+                event = value
+            elif key == "id":
+                eid = value
+            elif key == "data":
+                data.append(value)
+
+
+def decode_png(s: str) -> np.ndarray:
+    """A PNG given as a data URL or plain base64 → uint8 (H, W) or (H, W, C)."""
+    b64 = s.split(",", 1)[1] if s.startswith("data:") else s
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))

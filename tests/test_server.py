@@ -1,0 +1,226 @@
+"""The streaming server, against a real uvicorn on 127.0.0.1 read by a real streaming client."""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.server_utils import ROOT, decode_png, sse_events, start_server, tiny_model_file
+
+API = "/api/v1"
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    return tiny_model_file(tmp_path_factory.mktemp("m") / "tiny.safetensors")
+
+
+@pytest.fixture(scope="module")
+def server(model_file, tmp_path_factory):
+    s = start_server(model_file, tmp_path_factory.mktemp("log") / "server.log", "--max-batch", "32")
+    yield s
+    s.stop()
+
+
+def _stream(url: str, **params) -> list:
+    with httpx.stream("GET", url + API + "/stream", params=params, timeout=60) as r:
+        assert r.status_code == 200, r.read()
+        return list(sse_events(r))
+
+
+def _metric(url: str, name: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    m = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+@pytest.mark.parametrize("steps,frame_every", [(7, 1), (10, 3), (5, 10)])
+def test_events_in_order_with_expected_frames(server, steps, frame_every):
+    evs = _stream(server.url, n=2, steps=steps, sampler="ddim", seed=3, frame_every=frame_every)
+    kinds = [e.event for e in evs]
+    assert kinds[0] == "queued" and kinds[1] == "started" and kinds[-1] == "done"
+    frames = [e for e in evs if e.event == "frame"]
+    assert len(frames) == math.ceil(steps / frame_every)
+    assert [f.data["step"] for f in frames] == sorted(f.data["step"] for f in frames)
+    assert frames[-1].data["step"] == steps == frames[-1].data["of"]
+    assert [int(f.id) for f in frames] == [f.data["step"] for f in frames]
+    ts = [f.data["t"] for f in frames]
+    assert ts == sorted(ts, reverse=True) and ts[-1] == 0
+    for f in frames:
+        assert decode_png(f.data["xt"]).shape == decode_png(f.data["x0"]).shape
+    assert len(evs[-1].data["images"]) == 2 and evs[-1].data["seed"] == 3
+
+
+def test_same_seed_same_images_everywhere(server, model_file, tmp_path):
+    params = dict(n=3, steps=12, sampler="ddpm", eta=0.0, seed=77)
+    done = _stream(server.url, **params, frame_every=4)[-1]
+    via_stream = np.stack([decode_png(u) for u in done.data["images"]])
+    r = httpx.post(server.url + API + "/samples", json=params, timeout=60)
+    assert r.status_code == 200
+    via_samples = np.stack([decode_png(b) for b in r.json()["images"]])
+    subprocess.run([sys.executable, "-m", "engine", "sample", "--model", str(model_file), "--n", "3", "--steps", "12",
+                    "--sampler", "ddpm", "--seed", "77", "--out", str(tmp_path / "s.npz")], cwd=ROOT, check=True,
+                   capture_output=True)
+    via_cli = np.load(tmp_path / "s.npz")["images"][..., 0]
+    assert via_stream.shape == via_samples.shape == via_cli.shape == (3, 8, 8)
+    assert np.array_equal(via_stream, via_samples) and np.array_equal(via_stream, via_cli)
+    png = httpx.post(server.url + API + "/samples", json=params, headers={"Accept": "image/png"}, timeout=60)
+    assert png.headers["content-type"] == "image/png" and png.headers["x-seed"] == "77"
+    Image.open(io.BytesIO(png.content)).verify()
+
+
+def test_disconnect_cancels_the_job(server):
+    with httpx.stream("GET", server.url + API + "/stream", params=dict(n=1, steps=1000, sampler="ddpm", seed=1),
+                      timeout=60) as r:
+        it = sse_events(r)
+        job_id = next(e for e in it if e.event == "started").data["id"]
+        next(e for e in it if e.event == "frame")
+    deadline = time.monotonic() + 20
+    while httpx.get(f"{server.url}{API}/jobs/{job_id}").json()["state"] != "cancelled":
+        assert time.monotonic() < deadline, "the job kept running after its client left"
+        time.sleep(0.1)
+    state = httpx.get(f"{server.url}{API}/jobs/{job_id}").json()
+    assert state["step"] < 1000
+    deadline = time.monotonic() + 10
+    while _metric(server.url, "ddpm_active_jobs") != 0:
+        assert time.monotonic() < deadline, "the slot was not freed"
+        time.sleep(0.1)
+
+
+def test_last_event_id_replays_missed_events(server):
+    job = httpx.post(server.url + API + "/jobs", json=dict(n=1, steps=8, seed=5, frame_every=1)).json()
+    assert set(job) == {"id", "position"}
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{server.url}{API}/jobs/{job['id']}").json()["state"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    with httpx.stream("GET", f"{server.url}{API}/jobs/{job['id']}/events", headers={"Last-Event-ID": "5"},
+                      timeout=30) as r:
+        evs = list(sse_events(r))
+    assert [e.data["step"] for e in evs if e.event == "frame"] == [6, 7, 8]
+    assert evs[-1].event == "done"
+    with httpx.stream("GET", f"{server.url}{API}/jobs/{job['id']}/events", timeout=30) as r:
+        full = list(sse_events(r))
+    assert [e.data["step"] for e in full if e.event == "frame"] == list(range(1, 9))
+
+
+def test_delete_cancels_only_that_job(server):
+    a = httpx.post(server.url + API + "/jobs", json=dict(n=1, steps=1000, sampler="ddpm", seed=1)).json()["id"]
+    b = httpx.post(server.url + API + "/jobs", json=dict(n=1, steps=30, seed=2)).json()["id"]
+    r = httpx.delete(f"{server.url}{API}/jobs/{a}")
+    assert r.status_code == 200
+    with httpx.stream("GET", f"{server.url}{API}/jobs/{b}/events", timeout=60) as resp:
+        assert list(sse_events(resp))[-1].event == "done"
+    assert httpx.get(f"{server.url}{API}/jobs/{a}").json()["state"] == "cancelled"
+    assert httpx.get(f"{server.url}{API}/jobs/nope").status_code == 404
+
+
+def test_concurrent_streams_are_batched(server):
+    before = _metric(server.url, "ddpm_batch_size_count") - _metric(server.url, 'ddpm_batch_size_bucket{le="1.0"}')
+    results: list[list] = [None] * 8  # type: ignore[list-item]
+
+    def run(i: int) -> None:
+        results[i] = _stream(server.url, n=1, steps=40, sampler="ddim", seed=i, frame_every=10)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(r and r[-1].event == "done" for r in results)
+    after = _metric(server.url, "ddpm_batch_size_count") - _metric(server.url, 'ddpm_batch_size_bucket{le="1.0"}')
+    assert after > before, "no UNet forward ever held more than one sample"
+
+
+def test_full_queue_gets_429(model_file, tmp_path):
+    s = start_server(model_file, tmp_path / "log", "--max-active-jobs", "1", "--max-queue", "1")
+    try:
+        body = dict(n=1, steps=1000, sampler="ddpm", seed=1)
+        codes = [httpx.post(s.url + API + "/jobs", json=body).status_code for _ in range(2)]
+        assert codes == [202, 202]
+        r = httpx.post(s.url + API + "/jobs", json=body)
+        assert r.status_code == 429 and int(r.headers["retry-after"]) > 0
+    finally:
+        s.stop()
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"n": 0}, "n"), ({"n": 33}, "n"), ({"steps": 0}, "steps"), ({"steps": 1001}, "steps"),
+    ({"sampler": "euler"}, "sampler"), ({"eta": 1.5}, "eta"), ({"seed": -1}, "seed"),
+    ({"frame_every": 0}, "frame_every"), ({"bogus": 1}, "bogus"), ({"init": "nope"}, "init"),
+    ({"n": "many"}, "n"),
+])
+def test_bad_job_requests_get_422_naming_the_field(server, body, field):
+    r = httpx.post(server.url + API + "/jobs", json=body)
+    assert r.status_code == 422
+    assert any(field in [str(p) for p in d["loc"]] for d in r.json()["detail"]), r.json()
+
+
+def test_bad_stream_query_gets_422(server):
+    r = httpx.get(server.url + API + "/stream", params={"n": 0})
+    assert r.status_code == 422
+
+
+def _png(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (w, h), 128).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_noise_and_denoise_from_here(server):
+    r = httpx.post(server.url + API + "/noise", files={"image": ("d.png", _png(20, 30), "image/png")},
+                   data={"t": "300", "seed": "1"})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["t"] == 300 and 0 < out["alpha_bar"] < 1
+    assert decode_png(out["xt"]).shape == (12, 12)  # an 8×8 image in a grid with a 2-pixel border
+    evs = _stream(server.url, n=2, steps=10, seed=1, init=out["id"])
+    frames = [e for e in evs if e.event == "frame"]
+    assert frames[0].data["t"] == 300 and evs[-1].event == "done"
+    r = httpx.post(server.url + API + "/jobs", json={"init": out["id"], "steps": 302})
+    assert r.status_code == 422 and "steps" in r.text
+
+
+@pytest.mark.parametrize("payload,codes", [
+    (b"not an image at all", {415, 422}),
+    (_png(4000, 4000)[:200], {413, 422}),  # a truncated PNG that declares 16M pixels
+    (_png(64, 64)[:-30], {422}),  # truncated body
+])
+def test_bad_uploads_get_4xx(server, payload, codes):
+    r = httpx.post(server.url + API + "/noise", files={"image": ("x.png", payload, "image/png")}, data={"t": "10"})
+    assert r.status_code in codes, (r.status_code, r.text)
+
+
+def test_upload_limits(server):
+    r = httpx.post(server.url + API + "/noise", files={"image": ("x.png", b"0" * (9 * 1024 * 1024), "image/png")},
+                   data={"t": "10"})
+    assert r.status_code == 413
+    r = httpx.post(server.url + API + "/noise", files={"image": ("x.png", _png(8, 8), "image/png")},
+                   data={"t": "1000"})
+    assert r.status_code == 422 and "t" in r.text
+
+
+def test_model_schedule_health_metrics_docs(server):
+    m = httpx.get(server.url + API + "/model").json()
+    assert m["parameters"] == 48401 and m["T"] == 1000 and m["image_size"] == 8
+    s = httpx.get(server.url + API + "/schedule").json()
+    assert len(s["alpha_bars"]) == 1000 and set(s["compare"]) == {"linear", "cosine"}
+    assert httpx.get(server.url + "/healthz").status_code == 200
+    assert httpx.get(server.url + "/readyz").json() == {"ready": True}
+    text = httpx.get(server.url + "/metrics").text
+    for name in ("ddpm_queue_depth", "ddpm_active_samples", "ddpm_batch_size", "ddpm_step_seconds",
+                 "ddpm_frames_dropped_total"):
+        assert name in text
+    spec = httpx.get(server.url + "/openapi.json").json()
+    assert spec["components"]["schemas"]["JobRequest"].get("examples")
+    assert httpx.get(server.url + "/docs").status_code == 200
