@@ -28,8 +28,8 @@ def tiny_model_file(path: Path, image_size: int = 8, seed: int = 0) -> Path:
 
     torch.manual_seed(seed)
     cfg = preset_config("tiny", image_size=image_size)
-    return save_model_file(path, build_model(cfg), ModelCard(model=cfg, data={"dataset": "test", "value_range": [-1, 1]},
-                                                             name="tiny-test"))
+    card = ModelCard(model=cfg, data={"dataset": "test", "value_range": [-1, 1]}, name="tiny-test")
+    return save_model_file(path, build_model(cfg), card)
 
 
 def free_port() -> int:
@@ -58,7 +58,8 @@ def start_server(model: Path, log: Path, *extra: str, timeout: float = 60.0) -> 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "app.cli", "serve", "--model", str(model), "--port", str(port), "--log-level",
            "warning", *extra]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    with open(log, "w") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
