@@ -309,7 +309,10 @@ class Trainer:
                     continue
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{out['loss']:.4f}")
+                    post = {"loss": f"{out['loss']:.4f}"}
+                    if deadline is not None:  # the step ETA is moot when time is the budget
+                        post["time_left"] = f"{max(0.0, deadline - time.monotonic()) / 60:.1f}min"
+                    bar.set_postfix(post)
                 if self.is_main and self.step % cfg.log_every == 0:
                     now = time.perf_counter()
                     ips = (self.images_seen - seen_last) / max(now - t_last, 1e-9)
