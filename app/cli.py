@@ -17,6 +17,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch", type=int, help="samples per forward and max n per job (env DDPM_MAX_BATCH)")
     p.add_argument("--max-active-jobs", type=int, help="jobs stepped together (env DDPM_MAX_ACTIVE_JOBS)")
     p.add_argument("--max-queue", type=int, help="waiting jobs before 429 (env DDPM_MAX_QUEUE)")
+    p.add_argument("--frame-every-min", type=int, help="floor on jobs' frame_every (env DDPM_FRAME_EVERY_MIN)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=_run_serve)
 
@@ -33,7 +34,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings.load(model=args.model, host=args.host, port=args.port, device=args.device,
                                  max_batch=args.max_batch, max_active_jobs=args.max_active_jobs,
-                                 max_queue=args.max_queue)
+                                 max_queue=args.max_queue, frame_every_min=args.frame_every_min)
     except ValidationError as e:
         err = e.errors()[0]
         raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None

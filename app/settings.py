@@ -22,6 +22,7 @@ class Settings(BaseModel):
     max_queue: int = Field(64, ge=0, le=100_000, description="jobs waiting beyond the active ones; then 429")
     max_upload_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_upload_pixels: int = Field(4096 * 4096, ge=64)
+    frame_every_min: int = Field(1, ge=1, description="floor on a job's frame_every, to cap frames per job")
     event_buffer: int = Field(64, ge=2, description="frames kept per job for slow clients and Last-Event-ID replay")
     job_ttl_s: float = Field(600.0, gt=0, description="finished jobs are forgotten after this long")
 

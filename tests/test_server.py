@@ -224,3 +224,20 @@ def test_model_schedule_health_metrics_docs(server):
     spec = httpx.get(server.url + "/openapi.json").json()
     assert spec["components"]["schemas"]["JobRequest"].get("examples")
     assert httpx.get(server.url + "/docs").status_code == 200
+
+
+def test_frame_every_min_from_the_environment_caps_frames(model_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_FRAME_EVERY_MIN", "4")
+    s = start_server(model_file, tmp_path / "log")
+    try:
+        evs = _stream(s.url, n=1, steps=10, sampler="ddim", seed=1, frame_every=1)
+        assert [e.data["step"] for e in evs if e.event == "frame"] == [4, 8, 10]
+    finally:
+        s.stop()
+
+
+def test_serve_with_a_missing_model_is_a_one_line_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--model", str(tmp_path / "nope.safetensors")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "nope.safetensors" in r.stderr and len(r.stderr.strip().splitlines()) == 1

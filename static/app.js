@@ -1,0 +1,24 @@
+// Entry point: read the boot data the server rendered, then wire up the panels.
+
+import { showError } from "./api.js";
+import { initGenerate } from "./generate.js";
+import { initNoise } from "./noise.js";
+import { initSchedule } from "./schedule.js";
+
+async function main() {
+  const boot = JSON.parse(document.getElementById("boot").textContent);
+  // both viewers move the marker; draw the plots first so there is a marker to move
+  let markT = () => {};
+  const mark = (t) => markT(t);
+  const abandonGen = initGenerate(boot, mark);
+  const abandonNoise = initNoise(boot, mark);
+  markT = await initSchedule();
+  // leaving the page must not leave the server sampling for nobody
+  window.addEventListener("pagehide", () => {
+    abandonGen();
+    abandonNoise();
+  });
+  document.body.dataset.ready = "true";
+}
+
+main().catch((e) => showError(document.getElementById("page-error"), `The page failed to start: ${e.message}`));

@@ -1,0 +1,107 @@
+// The Generate panel: read the controls, run a job into its viewer, Cancel it.
+
+import { showError } from "./api.js";
+import { Job } from "./job.js";
+import { FrameViewer } from "./viewer.js";
+
+const $ = (id) => document.getElementById(id);
+
+/**
+ * The request body from the form. Fields are sent as typed, not pre-validated: the server is the one
+ * authority on limits, and its 422 (naming the field and the limit) is shown on the page.
+ * @param {number} T the model's number of diffusion steps
+ */
+export function readGenerateForm(T) {
+  const sampler = $("gen-sampler").value;
+  const num = (id) => ($(id).value.trim() === "" ? null : Number($(id).value));
+  const body = {
+    n: num("gen-n"),
+    sampler: sampler === "ddpm-full" ? "ddpm" : sampler,
+    steps: sampler === "ddpm-full" ? T : num("gen-steps"),
+    frame_every: num("gen-stride"),
+  };
+  if (sampler === "ddim") body.eta = num("gen-eta");
+  // seeds go up to 2^63-1, beyond what a JS number holds exactly; the server parses numeric strings
+  if ($("gen-seed-fixed").checked) body.seed = $("gen-seed").value.trim();
+  for (const k of Object.keys(body)) if (body[k] === null) delete body[k];
+  return body;
+}
+
+function syncSamplerFields(T) {
+  const sampler = $("gen-sampler").value;
+  const steps = $("gen-steps");
+  if (sampler === "ddpm-full") {
+    steps.dataset.kept = steps.dataset.kept || steps.value;
+    steps.value = T;
+    steps.disabled = true;
+  } else if (steps.disabled) {
+    steps.value = steps.dataset.kept || steps.value;
+    delete steps.dataset.kept;
+    steps.disabled = false;
+  }
+  $("gen-eta").disabled = sampler !== "ddim";
+}
+
+/**
+ * @param {{model: object, defaults: object}} boot the page's boot data
+ * @param {(t: number|null) => void} markT the schedule marker
+ */
+export function initGenerate(boot, markT) {
+  const T = boot.model.T;
+  const err = $("gen-error");
+  const viewer = new FrameViewer($("gen-viewer"), markT);
+  const go = $("gen-go");
+  const cancel = $("gen-cancel");
+  const seedFixed = $("gen-seed-fixed");
+  const seed = $("gen-seed");
+  let job = null;
+
+  $("gen-sampler").value = boot.defaults.sampler === "ddpm" && boot.defaults.steps >= T ? "ddpm-full"
+    : boot.defaults.sampler;
+  syncSamplerFields(T);
+  $("gen-sampler").addEventListener("change", () => syncSamplerFields(T));
+  seedFixed.addEventListener("change", () => {
+    seed.disabled = !seedFixed.checked;
+    if (seedFixed.checked && !seed.value && viewer.seed !== null) seed.value = String(viewer.seed);
+    if (seedFixed.checked) seed.focus();
+  });
+
+  const busy = (on) => {
+    go.disabled = on;
+    cancel.disabled = !on;
+  };
+
+  $("gen-form").addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    if (job && !job.ended) return;
+    showError(err, null);
+    busy(true);
+    job = new Job(readGenerateForm(T), viewer, {
+      onEnd: (state) => {
+        busy(false);
+        if (state === "done" && !seedFixed.checked) seed.placeholder = `random (last: ${viewer.seed})`;
+      },
+      onError: (msg) => showError(err, msg),
+    });
+    try {
+      await job.start();
+    } catch (e) {
+      showError(err, e.message);
+      viewer.failed(e.message);
+      job.ended = true;
+      busy(false);
+    }
+  });
+
+  cancel.addEventListener("click", async () => {
+    if (!job) return;
+    cancel.disabled = true;
+    try {
+      await job.cancel();
+    } catch (e) {
+      showError(err, e.message);
+    }
+  });
+
+  return () => job && job.abandon();
+}

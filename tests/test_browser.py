@@ -1,0 +1,418 @@
+"""The demo page in real headless Chromium against a real server with a tiny random model.
+
+What is checked is what a person sees: frames appearing, the final grid being the seed's images, the
+slider moving through frames, Cancel stopping the server's work, the noise panel, errors on the page.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import re
+import shutil
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.server_utils import ROOT, Server, decode_png, start_server
+
+pytestmark = pytest.mark.browser
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+API = "/api/v1"
+ARTIFACTS = ROOT / "artifacts"
+TIMEOUT_MS = 30_000
+MAX_BATCH = 16
+
+if not Path(CHROMIUM).exists():  # CI (.ci/run) installs it; say how rather than fail obscurely
+    pytest.skip(f"{CHROMIUM} missing: apt-get install -y chromium", allow_module_level=True)
+
+from playwright.sync_api import Browser, ConsoleMessage, Page, sync_playwright  # noqa: E402
+
+
+def browser_model_file(path: Path) -> Path:
+    """A tiny random 28×28 model whose card says MNIST-5k, so the page also offers dataset samples."""
+    import torch
+
+    from engine import ModelCard, build_model, preset_config, save_model_file
+
+    torch.manual_seed(0)
+    cfg = preset_config("tiny", image_size=28)
+    card = ModelCard(model=cfg, data={"dataset": "mnist5k", "value_range": [-1, 1]}, name="tiny-browser-test")
+    return save_model_file(path, build_model(cfg), card)
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    return browser_model_file(tmp_path_factory.mktemp("m") / "tiny28.safetensors")
+
+
+@pytest.fixture(scope="module")
+def server(model_file, tmp_path_factory) -> Iterator[Server]:
+    # two jobs stepped at once and one waiting: small enough that a test can fill the queue and see a 429
+    s = start_server(model_file, tmp_path_factory.mktemp("log") / "server.log", "--max-batch", str(MAX_BATCH),
+                     "--max-active-jobs", "2", "--max-queue", "1")
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+class Console:
+    """Everything the page reported as an error: console.error, uncaught exceptions, failed loads."""
+
+    def __init__(self, page: Page) -> None:
+        self.errors: list[str] = []
+        page.on("console", self._on_console)
+        page.on("pageerror", lambda e: self.errors.append(f"uncaught: {e}"))
+
+    def _on_console(self, msg: ConsoleMessage) -> None:
+        if msg.type == "error":
+            self.errors.append(msg.text)
+
+    def unexpected(self, *allowed: str) -> list[str]:
+        return [e for e in self.errors if not any(a in e for a in allowed)]
+
+
+@pytest.fixture
+def page(browser, server) -> Iterator[tuple[Page, Console]]:
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
+    pg = ctx.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    console = Console(pg)
+    pg.goto(server.url + "/")
+    pg.wait_for_selector("body[data-ready=true]")
+    yield pg, console
+    ctx.close()
+
+
+def record_srcs(pg: Page, selector: str) -> None:
+    """Collect every distinct src the element is given, in order, into window.__srcs[selector]."""
+    pg.evaluate("""(sel) => {
+        window.__srcs = window.__srcs || {};
+        const seen = window.__srcs[sel] = [];
+        const el = document.querySelector(sel);
+        new MutationObserver(() => { if (seen[seen.length - 1] !== el.src) seen.push(el.src); })
+            .observe(el, {attributes: true, attributeFilter: ["src"]});
+    }""", selector)
+
+
+def srcs(pg: Page, selector: str) -> list[str]:
+    return pg.evaluate("(sel) => window.__srcs[sel]", selector)
+
+
+def frame_count(pg: Page, prefix: str) -> int:
+    scrub = pg.locator(f"#{prefix}-scrub")
+    return 0 if scrub.is_disabled() else int(scrub.get_attribute("max") or 0) + 1
+
+
+def img(pg: Page, selector: str) -> np.ndarray:
+    """The pixels an <img> shows, from its data URL."""
+    return decode_png(pg.get_attribute(selector, "src")).astype(np.int16)
+
+
+def png_array(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data))).astype(np.int16)
+
+
+def fill_generate(pg: Page, *, n: int, sampler: str, steps: int | None = None, stride: int = 1,
+                  seed: int | None = None) -> None:
+    pg.fill("#gen-n", str(n))
+    pg.select_option("#gen-sampler", sampler)
+    if steps is not None:
+        pg.fill("#gen-steps", str(steps))
+    pg.fill("#gen-stride", str(stride))
+    if seed is not None:
+        pg.check("#gen-seed-fixed")
+        pg.fill("#gen-seed", str(seed))
+
+
+# ---------------------------------------------------------------------------------------------- tests
+def test_page_loads_with_model_card_plots_and_no_console_errors(page, server):
+    pg, console = page
+    model = httpx.get(server.url + API + "/model").json()
+    assert pg.inner_text("#model-name") == "tiny-browser-test"
+    assert pg.inner_text("#model-params") == f"{model['parameters']:,}"
+    assert pg.inner_text("#model-device") == model["device"]
+    for dt in ("Dataset", "Trained steps", "Device", "Parameters"):
+        assert pg.locator("#model dt", has_text=dt).count() == 1
+    # three curves per plot: this model, linear, cosine
+    assert pg.locator("#plot-alpha path.curve").count() == 3
+    assert pg.locator("#plot-snr path.curve").count() == 3
+    assert pg.locator("#noise-examples button.example").count() == 10
+    # every control has an accessible name
+    unnamed = pg.evaluate("""() => [...document.querySelectorAll('input, select, button')]
+        .filter(e => e.type !== 'hidden' && !e.labels?.length && !e.getAttribute('aria-label') && !e.textContent.trim())
+        .map(e => e.id || e.outerHTML)""")
+    assert unnamed == []
+    # selecting full DDPM pins steps to T
+    pg.select_option("#gen-sampler", "ddpm-full")
+    assert pg.input_value("#gen-steps") == str(model["T"]) and pg.is_disabled("#gen-steps")
+    assert pg.is_disabled("#gen-eta")
+    assert console.errors == []
+
+
+def test_usable_at_phone_width(browser, server):
+    ctx = browser.new_context(viewport={"width": 375, "height": 740}, is_mobile=True, has_touch=True)
+    pg = ctx.new_page()
+    try:
+        pg.goto(server.url + "/")
+        pg.wait_for_selector("body[data-ready=true]")
+        overflow = pg.evaluate("() => document.documentElement.scrollWidth - window.innerWidth")
+        assert overflow <= 0, f"the page is {overflow}px wider than a phone"
+        # the two grids still sit side by side, each inside the screen
+        xt, x0 = pg.locator("#gen-xt").bounding_box(), pg.locator("#gen-x0").bounding_box()
+        assert xt["x"] + xt["width"] <= x0["x"] and x0["x"] + x0["width"] <= 375
+        assert pg.locator("#gen-go").bounding_box()["height"] >= 30  # a tappable button
+    finally:
+        ctx.close()
+
+
+def test_generate_streams_frames_then_the_seeds_images_and_the_slider_scrubs(page, server, tmp_path):
+    pg, console = page
+    steps = 12
+    record_srcs(pg, "#gen-xt")
+    record_srcs(pg, "#gen-x0")
+    pg.evaluate("""() => { window.__marks = [];
+        new MutationObserver(() => window.__marks.push(document.getElementById('plot-alpha').dataset.markerT))
+            .observe(document.getElementById('plot-alpha'), {attributes: true, attributeFilter: ['data-marker-t']});
+    }""")
+    fill_generate(pg, n=4, sampler="ddim", steps=steps, seed=7)
+    pg.click("#gen-go")
+    pg.wait_for_selector("#gen-viewer[data-state=done]")
+
+    xt_seen, x0_seen = srcs(pg, "#gen-xt"), srcs(pg, "#gen-x0")
+    assert len(set(xt_seen)) >= steps and len(set(x0_seen)) >= steps, (len(set(xt_seen)), len(set(x0_seen)))
+    assert frame_count(pg, "gen") == steps
+    assert pg.get_attribute("#gen-bar", "value") == str(steps)
+    assert "done" in pg.inner_text("#gen-status") and "seed 7" in pg.inner_text("#gen-status")
+    # the schedule marker followed t down to 0 and was hidden at the end
+    marks = [int(m) for m in pg.evaluate("window.__marks")]
+    assert len(marks) >= steps and marks == sorted(marks, reverse=True) and marks[-1] == 0
+
+    # the final image on the page is the seed's images, as /samples makes them
+    final = img(pg, "#gen-xt")
+    r = httpx.post(server.url + API + "/samples", json=dict(n=4, steps=steps, sampler="ddim", eta=0.0, seed=7),
+                   headers={"Accept": "image/png"}, timeout=60)
+    assert r.status_code == 200
+    assert np.array_equal(final, png_array(r.content))
+
+    # the slider goes back to the first frame and forward again, by keyboard as a person would
+    pg.focus("#gen-scrub")
+    pg.keyboard.press("Home")
+    assert pg.get_attribute("#gen-xt", "src") == xt_seen[0]
+    assert pg.get_attribute("#gen-x0", "src") == x0_seen[0]
+    assert pg.inner_text("#gen-scrub-out").startswith(f"frame 1/{steps}")
+    assert pg.get_attribute("#plot-alpha", "data-marker-t") == str(marks[0])
+    pg.keyboard.press("ArrowRight")
+    assert pg.get_attribute("#gen-xt", "src") == xt_seen[1]
+    pg.keyboard.press("End")
+    assert np.array_equal(img(pg, "#gen-xt"), final)
+
+    # downloads: the final PNG and a zip of every frame (CRCs checked by zipfile)
+    assert pg.get_attribute("#gen-dl-png", "href") == xt_seen[-1]
+    with pg.expect_download() as dl:
+        pg.click("#gen-dl-zip")
+    path = tmp_path / "frames.zip"
+    dl.value.save_as(path)
+    with zipfile.ZipFile(path) as z:
+        assert z.testzip() is None
+        names = z.namelist()
+        assert len(names) == 2 * steps and f"xt_{steps:04d}.png" in names
+        assert np.array_equal(png_array(z.read(f"xt_{steps:04d}.png")), final)
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "browser-generate.png"
+    pg.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000 and shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert console.errors == []
+
+
+def test_cancel_stops_the_stream_and_the_server_job(page, server):
+    pg, console = page
+    fill_generate(pg, n=1, sampler="ddpm-full", stride=1)
+    pg.click("#gen-go")
+    pg.wait_for_function("() => Number(document.getElementById('gen-scrub').max) >= 2")
+    job_id = pg.get_attribute("#gen-viewer", "data-job-id")
+    assert job_id
+    status = pg.inner_text("#gen-status")
+    assert re.fullmatch(r"step \d+/1000 · [\d.]+ it/s · ETA .+", status), status
+    pg.click("#gen-cancel")
+    pg.wait_for_selector("#gen-viewer[data-state=cancelled]")
+    state = httpx.get(f"{server.url}{API}/jobs/{job_id}").json()
+    assert state["state"] == "cancelled" and state["step"] < state["of"] == 1000
+    assert "cancelled at step" in pg.inner_text("#gen-status")
+    frames = frame_count(pg, "gen")
+    pg.wait_for_timeout(500)
+    assert frame_count(pg, "gen") == frames, "frames kept arriving after Cancel"
+    assert pg.is_enabled("#gen-go") and pg.is_disabled("#gen-cancel")
+    assert console.errors == []
+
+
+def test_leaving_the_page_cancels_its_job(page, server):
+    pg, _ = page
+    fill_generate(pg, n=1, sampler="ddpm-full", stride=1)
+    pg.click("#gen-go")
+    pg.wait_for_function("() => Number(document.getElementById('gen-scrub').max) >= 1")
+    job_id = pg.get_attribute("#gen-viewer", "data-job-id")
+    pg.goto("about:blank")
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{server.url}{API}/jobs/{job_id}").json()["state"] != "cancelled":
+        assert time.monotonic() < deadline, "the job kept running after its page was closed"
+        time.sleep(0.05)
+
+
+def test_noise_panel_noises_and_denoises_back(page, server):
+    pg, console = page
+    sched = httpx.get(server.url + API + "/schedule").json()
+    pg.click("#noise-examples button.example >> nth=2")
+    pg.wait_for_selector("#noise-xt[data-t='300']")
+    x0 = img(pg, "#noise-x0")
+    assert x0.std() > 10  # a digit, not a blank
+
+    def noise_at(t: int) -> np.ndarray:
+        before = pg.get_attribute("#noise-xt", "src")
+        pg.evaluate("""(t) => { const s = document.getElementById('noise-t');
+            s.value = t; s.dispatchEvent(new Event('input', {bubbles: true})); }""", t)
+        pg.wait_for_selector(f"#noise-xt[data-t='{t}']")
+        assert t == 300 or pg.get_attribute("#noise-xt", "src") != before
+        assert f"ᾱ = {sched['alpha_bars'][t]:.4f}" in pg.inner_text("#noise-facts")
+        return img(pg, "#noise-xt")
+
+    # q(x_t | x0): at t = 0 the image survives (noise scale √β₀ = 0.01); at t = T-1 nothing of it does
+    assert np.abs(noise_at(0) - x0).mean() < 4
+    far = noise_at(sched["T"] - 1)
+    assert abs(np.corrcoef(far.ravel(), x0.ravel())[0, 1]) < 0.3
+    mid = noise_at(150)
+    assert 0.3 < np.corrcoef(mid.ravel(), x0.ravel())[0, 1] < 0.999
+
+    # "denoise from here": the reverse process streams back from t = 150
+    pg.fill("#noise-n", "2")
+    pg.select_option("#noise-sampler", "ddpm")
+    pg.fill("#noise-steps", "10")
+    record_srcs(pg, "#noise-xt")  # the noised input must stay put while the reverse process plays below it
+    record_srcs(pg, "#noise-viewer .xt")
+    pg.click("#noise-go")
+    pg.wait_for_selector("#noise-viewer[data-state=done]")
+    assert frame_count(pg, "noise") == 10
+    assert len(set(srcs(pg, "#noise-viewer .xt"))) >= 10
+    assert srcs(pg, "#noise-xt") == []  # the noised input stayed as it was
+    pg.focus("#noise-scrub")
+    pg.keyboard.press("Home")
+    assert "t = 150" in pg.inner_text("#noise-scrub-out")  # the first step starts from the noised image's t
+    pg.keyboard.press("End")
+    assert "t = 0" in pg.inner_text("#noise-scrub-out")
+    assert pg.is_visible("#noise-dl-png")
+
+    # your own file: a bright bar on black, 60×40, center-cropped and resized to the model's 28×28
+    bar = np.zeros((40, 60), np.uint8)
+    bar[:, 25:35] = 255
+    buf = io.BytesIO()
+    Image.fromarray(bar).save(buf, "PNG")
+    before = pg.get_attribute("#noise-x0", "src")
+    pg.set_input_files("#noise-file", files=[{"name": "bar.png", "mimeType": "image/png", "buffer": buf.getvalue()}])
+    pg.wait_for_function("(b) => document.getElementById('noise-x0').src !== b", arg=before)
+    mine = img(pg, "#noise-x0")
+    assert mine.shape == x0.shape
+    inner = mine[2:-2, 2:-2]  # the grid's border
+    assert inner[:, 12:16].mean() > 200 and inner[:, :6].mean() < 30  # the bar stayed in the middle
+    # not an image: the server's 415 is on the page
+    pg.set_input_files("#noise-file", files=[{"name": "notes.png", "mimeType": "image/png", "buffer": b"hello"}])
+    pg.wait_for_function("() => document.getElementById('noise-error').textContent.includes('not a recognised')")
+    assert console.unexpected("status of 415") == []
+
+
+def test_api_errors_are_shown_on_the_page(page, server):
+    pg, console = page
+    fill_generate(pg, n=MAX_BATCH + 1, sampler="ddim", steps=5)
+    pg.click("#gen-go")
+    err = pg.locator("#gen-error")
+    err.wait_for(state="visible")
+    assert "n:" in err.inner_text() and str(MAX_BATCH) in err.inner_text()
+    assert pg.get_attribute("#gen-error", "role") == "alert"
+    assert pg.is_enabled("#gen-go")  # the page recovered and can try again
+
+    fill_generate(pg, n=2, sampler="ddim", steps=5000)
+    pg.click("#gen-go")
+    pg.wait_for_function("() => document.getElementById('gen-error').textContent.includes('steps')")
+    assert "1000" in err.inner_text()
+
+    fill_generate(pg, n=2, sampler="ddim", steps=3, seed=-5)  # not a valid seed
+    pg.click("#gen-go")
+    pg.wait_for_function("() => document.getElementById('gen-error').textContent.includes('seed')")
+
+    fill_generate(pg, n=2, sampler="ddim", steps=3, seed=3)
+    pg.click("#gen-go")
+    pg.wait_for_selector("#gen-viewer[data-state=done]")
+    assert err.is_hidden()  # a good run clears the old error
+    # the only console noise is Chromium's own note of the refused requests
+    assert console.unexpected("status of 422") == []
+
+
+def _wait_state(url: str, job_id: str, want: str) -> None:
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{url}{API}/jobs/{job_id}").json()["state"] != want:
+        assert time.monotonic() < deadline, f"job {job_id} never reached {want}"
+        time.sleep(0.05)
+
+
+def test_queue_position_and_429_are_shown_on_the_page(page, server):
+    """The module's server steps 2 jobs and queues 1 more: fill it with long jobs, then ask from the page."""
+    pg, console = page
+    long_job = dict(n=MAX_BATCH, steps=1000, sampler="ddpm", seed=1, frame_every=1000)  # tens of seconds each
+    running = [httpx.post(server.url + API + "/jobs", json=long_job).json()["id"] for _ in range(2)]
+    try:
+        for job_id in running:
+            _wait_state(server.url, job_id, "running")
+        waiting = httpx.post(server.url + API + "/jobs", json=long_job).json()["id"]
+        fill_generate(pg, n=1, sampler="ddim", steps=5)
+        pg.click("#gen-go")
+        pg.wait_for_function("() => document.getElementById('gen-error').textContent.includes('busy')")
+        assert "retry after" in pg.inner_text("#gen-error")
+        assert pg.is_enabled("#gen-go")
+
+        httpx.delete(f"{server.url}{API}/jobs/{waiting}")
+        pg.click("#gen-go")
+        pg.wait_for_selector("#gen-viewer[data-state=queued]")
+        assert pg.inner_text("#gen-status") == "queued: position 1"
+        assert pg.is_hidden("#gen-error")
+    finally:
+        for job_id in running:
+            httpx.delete(f"{server.url}{API}/jobs/{job_id}")
+    pg.wait_for_selector("#gen-viewer[data-state=done]")  # the slot freed up and our job ran
+    assert console.unexpected("status of 429") == []
+
+
+def test_screenshot_script_drives_the_page_to_a_png(browser, server, tmp_path):
+    """scripts/screenshot.py makes the README's picture; run its driver small here so it cannot rot."""
+    spec = importlib.util.spec_from_file_location("screenshot", ROOT / "scripts" / "screenshot.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        pg = ctx.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        out = tmp_path / "shot.png"
+        errors = script.drive_and_shoot(pg, server.url, out, n=4, steps=8, noise_t=50)
+        assert errors == []
+        assert pg.get_attribute("#gen-viewer", "data-state") == "done"
+        assert pg.get_attribute("#noise-viewer", "data-state") == "done"
+        assert pg.input_value("#gen-scrub") == "5"  # round(0.7 × 7): 70% of the way through frames 0..7
+    finally:
+        ctx.close()
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    ARTIFACTS.mkdir(exist_ok=True)
+    shutil.copy(out, ARTIFACTS / "browser-screenshot-script.png")

@@ -1,0 +1,236 @@
+"""Metrics against closed forms and properties, the shipped digit classifier on real data, and `eval`."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine import ModelCard, build_model, load_model_file, preset_config, save_model_file
+from engine.metrics import (
+    DigitMetrics,
+    MetricsError,
+    class_entropy,
+    confident_share,
+    copy_threshold,
+    evaluate_model,
+    feature_distance,
+    fid_from_local_weights,
+    frechet_distance,
+    gaussian_stats,
+    generate,
+    nearest_distances,
+    quantize,
+)
+from engine.modelfile import DiffusionConfig
+from engine.sampling import SamplingPlan, sample
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+
+
+# ------------------------------------------------------------------------------ Fréchet distance
+def test_frechet_distance_closed_form_diagonal():
+    mu1, mu2 = torch.tensor([0.0, 1.0, 2.0]), torch.tensor([3.0, -1.0, 2.0])
+    v1, v2 = torch.tensor([4.0, 1.0, 0.25]), torch.tensor([1.0, 9.0, 0.25])
+    # commuting covariances: ‖Δμ‖² + Σ (σ1 − σ2)²
+    expected = (9 + 4 + 0) + ((2 - 1) ** 2 + (1 - 3) ** 2 + 0)
+    assert frechet_distance(mu1, torch.diag(v1), mu2, torch.diag(v2)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_frechet_distance_closed_form_non_commuting():
+    # For 2×2 M = Σ1Σ2 with eigenvalues λ1, λ2 ≥ 0: tr √M = √λ1 + √λ2 = √(tr M + 2√det M).
+    c1 = torch.tensor([[2.0, 0.6], [0.6, 1.0]], dtype=torch.float64)
+    c2 = torch.tensor([[0.5, -0.3], [-0.3, 3.0]], dtype=torch.float64)
+    mu1, mu2 = torch.tensor([0.5, -1.0]), torch.tensor([0.0, 1.0])
+    m = c1 @ c2
+    tr_sqrt = math.sqrt(float(m.trace()) + 2 * math.sqrt(float(torch.linalg.det(m))))
+    expected = 0.25 + 4.0 + float(c1.trace() + c2.trace()) - 2 * tr_sqrt
+    assert frechet_distance(mu1, c1, mu2, c2) == pytest.approx(expected, rel=1e-10)
+    assert frechet_distance(mu2, c2, mu1, c1) == pytest.approx(expected, rel=1e-10)
+
+
+def test_frechet_distance_self_zero_symmetric_and_grows_with_shift():
+    g = torch.Generator().manual_seed(0)
+    a = (torch.randn(600, 12, generator=g) @ torch.randn(12, 12, generator=g)).double()
+    b = torch.randn(400, 12, generator=g) * 2 + 0.3
+    assert abs(feature_distance(a, a)) < 1e-8
+    assert feature_distance(a, b) == pytest.approx(feature_distance(b, a), rel=1e-10)
+    # a constant shift s leaves the covariance alone: the distance is exactly ‖s‖²
+    dists = [feature_distance(a, a + s) for s in (0.1, 0.5, 1.0, 2.0)]
+    assert dists == pytest.approx([12 * s**2 for s in (0.1, 0.5, 1.0, 2.0)], abs=1e-7)
+    assert dists == sorted(dists)
+
+
+def test_gaussian_stats_rejects_a_single_row():
+    with pytest.raises(MetricsError, match="≥ 2"):
+        gaussian_stats(torch.zeros(1, 4))
+
+
+# ------------------------------------------------------------------------------ entropy, confidence
+def test_class_entropy_bounds():
+    assert class_entropy(torch.eye(10).repeat(7, 1)) == pytest.approx(1.0, abs=1e-12)
+    one = torch.zeros(20, 10)
+    one[:, 3] = 1
+    assert class_entropy(one) == 0.0
+    two = torch.eye(10)[[0, 1] * 10]
+    assert class_entropy(two) == pytest.approx(math.log(2) / math.log(10), rel=1e-12)
+
+
+def test_confident_share_counts_the_top_class():
+    probs = torch.tensor([[0.95] + [0.05 / 9] * 9, [0.5, 0.5] + [0.0] * 8, [0.0] * 9 + [0.9]])
+    assert confident_share(probs) == pytest.approx(2 / 3)
+    assert confident_share(probs, threshold=0.99) == 0.0
+
+
+def test_quantize_is_the_png_grid():
+    x = torch.tensor([-1.2, -1.0, 0.1234, 0.999, 1.5]).reshape(1, 1, 1, 5)
+    q = quantize(x).flatten()
+    assert q.tolist() == pytest.approx([-1.0, -1.0, round(1.1234 * 127.5) / 127.5 - 1, 1.0, 1.0], abs=1e-6)
+    assert torch.equal(quantize(q.reshape(1, 1, 1, 5)), q.reshape(1, 1, 1, 5))
+
+
+# ------------------------------------------------------------------------------ memorization
+def test_nearest_distances_match_brute_force():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(7, 1, 3, 3, generator=g), torch.randn(11, 1, 3, 3, generator=g)
+    brute = torch.tensor([min(float((a - b).norm()) for b in t) for a in s], dtype=torch.float64)
+    assert torch.allclose(nearest_distances(s, t, batch=3), brute, atol=1e-10)
+
+
+@pytest.fixture(scope="module")
+def digits() -> DigitMetrics:
+    return DigitMetrics()
+
+
+def test_percentile_threshold_holds_on_unseen_real_digits(digits):
+    # Threshold from one half of the held-out digits, share measured on the other half:
+    # unseen real digits fall below the p-th percentile about p% of the time.
+    a, b = digits.test.images[0::2], digits.test.images[1::2]  # interleaved: the file is sorted by class
+    for p in (5.0, 20.0):
+        thr = copy_threshold(a, digits.train.images, p)
+        share = float((nearest_distances(b, digits.train.images) < thr).double().mean())
+        assert abs(share - p / 100) < 3 * math.sqrt(p / 100 * (1 - p / 100) / 250) + 0.004, (p, share)
+
+
+def test_training_images_are_near_copies_and_held_out_are_not(digits):
+    ref = digits.reference()
+    assert ref["near_copy_share"] == 0.0  # default threshold: the closest any held-out digit comes
+    assert ref["copy_threshold"] > 1.0
+    assert digits.evaluate(digits.train.images[:50])["near_copy_share"] == 1.0
+    one = digits.evaluate(torch.cat([digits.train.images[:1], digits.test.images[:99]]))
+    assert one["near_copy_share"] == pytest.approx(0.01) and one["nn_distance_min"] < 1e-3
+
+
+# ------------------------------------------------------------------------------ the classifier on real data
+def test_classifier_is_accurate_on_held_out_digits(digits):
+    acc = digits.accuracy()
+    assert acc >= 0.95, acc
+    assert acc == pytest.approx(digits.facts["held_out_accuracy"], abs=2e-3)  # the shipped weights are the trained ones
+
+
+def test_real_reference_figures(digits):
+    ref = digits.reference()
+    assert ref["confident_share"] >= 0.9, ref
+    assert ref["class_entropy"] >= 0.98, ref
+    assert ref["images"] == 500
+    # noise, and one repeated class, are told apart from real digits
+    noise = torch.rand(200, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    bad = digits.evaluate(quantize(noise))
+    assert bad["fld"] > 10 * ref["fld"] and bad["confident_share"] < ref["confident_share"]
+    ones = digits.test.images[digits.test.labels == 1]
+    collapsed = digits.evaluate(ones)
+    assert collapsed["class_entropy"] < 0.2 and collapsed["fld"] > 5 * ref["fld"]
+
+
+# ------------------------------------------------------------------------------ FID
+def test_fid_errors_name_what_is_missing(tmp_path):
+    x = torch.zeros(4, 3, 8, 8)
+    with pytest.raises(MetricsError, match="--fid-weights: no such file"):
+        fid_from_local_weights(x, x, tmp_path / "absent.pth")
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}      ")
+    try:
+        import torch_fidelity  # noqa: F401
+    except ImportError:
+        with pytest.raises(MetricsError, match="pip install torch-fidelity"):
+            fid_from_local_weights(x, x, weights)
+    else:
+        with pytest.raises(MetricsError, match="--fid-weights"):
+            fid_from_local_weights(x, x, weights)
+
+
+# ------------------------------------------------------------------------------ sampling and evaluate_model
+def _tiny(path: Path, image_size: int, T: int = 40) -> Path:
+    torch.manual_seed(0)
+    cfg = preset_config("tiny", image_size=image_size)
+    card = ModelCard(model=cfg, diffusion=DiffusionConfig(T=T), name="tiny-eval",
+                     data={"dataset": "mnist5k", "channels": 1, "image_size": image_size, "value_range": [-1, 1]})
+    return save_model_file(path, build_model(cfg), card)
+
+
+def test_generate_batches_are_jobs_with_seed_plus_index(tmp_path):
+    m = load_model_file(_tiny(tmp_path / "t.safetensors", 8))
+    imgs = generate(m, 5, "ddim", 4, 0.5, seed=7, batch_size=3, device="cpu", progress=False)
+    plan = SamplingPlan.build(m.diffusion, "ddim", 4, 0.5)
+    for start, n, seed in ((0, 3, 7), (3, 2, 8)):
+        ref = sample(m.net, m.diffusion, plan, (n, 1, 8, 8), torch.Generator().manual_seed(seed), "cpu")
+        assert torch.equal(imgs[start : start + n], quantize(ref))
+
+
+def test_evaluate_model_on_a_non_digit_size_skips_digit_metrics(tmp_path):
+    m = load_model_file(_tiny(tmp_path / "t.safetensors", 8))
+    out = evaluate_model(m, 6, "ddpm", 3, 0.0, 0, 4, "cpu", bpd_images=3, bpd_timesteps=2, progress=False)
+    assert "fld" not in out and any(s.startswith("digit metrics") for s in out["skipped"])
+    assert 0.0 <= out["near_copy_share"] <= 1.0 and out["nn_distance_min"] > 0
+    assert out["bits_per_dim"] > 0 and out["bits_per_dim_images"] == 3 and out["bits_per_dim_stderr"] >= 0
+    json.dumps(out)
+    with pytest.raises(MetricsError, match="steps must lie in \\[1, 40\\]"):
+        evaluate_model(m, 6, "ddpm", 41, progress=False)
+    with pytest.raises(MetricsError, match="eta must lie in \\[0, 1\\]"):
+        evaluate_model(m, 6, "ddim", 3, eta=1.5, progress=False)
+
+
+def _eval(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "engine", "eval", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_eval_cli_prints_json_with_every_metric(tmp_path):
+    model = _tiny(tmp_path / "m.safetensors", 28)
+    out_file = tmp_path / "metrics.json"
+    r = _eval("--model", str(model), "--n", "12", "--steps", "3", "--batch-size", "8", "--bpd-images", "4",
+              "--bpd-timesteps", "2", "--device", "cpu", "--out", str(out_file))
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)  # stdout is exactly the JSON; progress goes to stderr
+    assert json.loads(out_file.read_text()) == out
+    for key in ("fld", "confident_share", "class_entropy", "near_copy_share", "nn_distance_median", "bits_per_dim",
+                "real_fld", "real_confident_share", "real_class_entropy", "real_near_copy_share",
+                "classifier_held_out_accuracy", "copy_threshold"):
+        assert key in out, key
+    assert all(not isinstance(v, dict) for v in out.values())  # flat
+    assert out["samples"] == 12 and out["steps"] == 3 and out["sampler"] == "ddim"
+    assert 0 <= out["confident_share"] <= 1 and 0 <= out["class_entropy"] <= 1 and out["bits_per_dim"] > 0
+    # an untrained net makes blobs, not digits: far from real data
+    assert out["fld"] > 3 * out["real_fld"]
+
+
+def test_eval_cli_bad_input_is_one_line(tmp_path, capsys):
+    from engine.cli import main
+
+    model = _tiny(tmp_path / "m.safetensors", 8)
+    for args, needle in ((["--n", "0"], "--n must be ≥ 1"), (["--eta", "2"], "--eta must lie in [0, 1]"),
+                         (["--steps", "41"], "--steps must lie in [0, 40]"),
+                         (["--copy-percentile", "101"], "--copy-percentile must lie in [0, 100]"),
+                         (["--fid-weights", str(tmp_path / "none.pth")], "--fid-weights: no such file"),
+                         (["--model", str(tmp_path / "missing.safetensors")], "no such model file")):
+        rc = main(["eval", "--model", str(model), "--n", "2", "--steps", "2", "--bpd-images", "0", "--device", "cpu",
+                   *args])
+        err = capsys.readouterr().err
+        assert rc == 2 and needle in err and len(err.strip().splitlines()) == 1, (args, err)
