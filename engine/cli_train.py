@@ -102,6 +102,9 @@ def run_train(args: argparse.Namespace) -> int:
             cfg.max_steps = args.max_steps
         if args.max_minutes:
             cfg.max_minutes = args.max_minutes
+        # Speed-only switches may change between sessions; they never change the numbers' meaning.
+        cfg.channels_last = cfg.channels_last or args.channels_last
+        cfg.compile = cfg.compile or args.compile
     else:
         cfg = _config_from_args(args)
     t0 = time.perf_counter()

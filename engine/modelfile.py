@@ -220,10 +220,14 @@ def _check_path(path: str | os.PathLike) -> Path:
     if not p.is_file():
         raise ModelFileError(f"{p}: is not a file")
     with open(p, "rb") as f:
-        head = f.read(8)
-    if head.startswith(_PICKLE_MAGIC):
+        head = f.read(9)
+    # A safetensors header length can itself start with 0x80 (e.g. 6528 bytes), so the pickle
+    # sniff only applies to files that do not frame a JSON header the safetensors way.
+    header_len = int.from_bytes(head[:8], "little") if len(head) == 9 else -1
+    framed = head[8:9] == b"{" and 0 < header_len <= p.stat().st_size - 8
+    if not framed and head.startswith(_PICKLE_MAGIC):
         raise ModelFileError(f"{p}: looks like a pickle/torch.save file; only .safetensors model files are loaded")
-    if len(head) < 8:
+    if len(head) < 9:
         raise ModelFileError(f"{p}: file is truncated ({len(head)} bytes)")
     return p
 

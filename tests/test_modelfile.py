@@ -38,6 +38,20 @@ def test_refuses_pickle(tmp_path):
         load_model_file(tmp_path / "ckpt.pt")
 
 
+def test_header_length_starting_with_pickle_byte_is_still_safetensors(tmp_path):
+    # A 6528-byte header is b"\x80\x19..." on disk, the same first byte as a pickle.
+    net = build_model(preset_config("tiny"))
+    for pad in range(0, 512):
+        card = ModelCard(model=preset_config("tiny"), data={"dataset": "t" * (pad + 1), "value_range": [-1, 1]})
+        p = save_model_file(tmp_path / "m.safetensors", net, card)
+        if p.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no padding produced a header length whose low byte is 0x80")
+    loaded = load_model_file(p)
+    assert torch.equal(loaded.net.state_dict()["conv_in.weight"], net.state_dict()["conv_in.weight"])
+
+
 def test_refuses_truncated_file(tmp_path):
     path = save_model_file(tmp_path / "m.safetensors", build_model(preset_config("tiny")), _card())
     data = path.read_bytes()
