@@ -17,6 +17,7 @@ from engine import LoadedModel, load_model_file
 from engine.datasets import BUNDLED
 
 from .frames import data_url
+from .limits import UploadLimit
 from .routes import api, new_noised_store, root, schedule_info
 from .settings import Settings
 from .worker import SamplingWorker
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Watch x_t and the predicted x̂0 form step by step. SSE events: queued, started, "
                               "frame, done, cancelled, error.")
     app.state.templates = Jinja2Templates(directory=str(ROOT / "templates"))
+    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes, paths=(api.prefix + "/noise",))
     app.include_router(api)
     app.include_router(root)
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")

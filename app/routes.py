@@ -10,6 +10,7 @@ import secrets
 from collections import OrderedDict
 from typing import Annotated, Any
 
+import anyio
 import numpy as np
 import torch
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
@@ -23,13 +24,32 @@ from engine import NoiseSchedule, SamplingPlan
 from engine.images import from_uint8
 
 from .frames import data_url, grid_png
-from .schemas import JobCreated, JobRequest, JobState, NoiseResponse, SampleRequest, SamplesResponse
+from .schemas import (
+    ErrorResponse,
+    JobCreated,
+    JobRequest,
+    JobState,
+    NoiseResponse,
+    SampleRequest,
+    SamplesResponse,
+    ValidationErrorResponse,
+)
 from .worker import Job, QueueFull, SamplingWorker
 
 api = APIRouter(prefix="/api/v1")
+SHUTTING_DOWN = "the server is shutting down"
+SHUTDOWN_GRACE_S = 3.0  # streams get this long to say goodbye; uvicorn's own graceful timeout is longer (5 s)
 root = APIRouter()
-ERRORS: dict[int | str, dict[str, Any]] = {422: {"description": "a field is out of range"},
-                                             429: {"description": "queue full; retry after Retry-After seconds"}}
+# Every status a route can answer is declared with its body, so clients (and the schemathesis suite) can rely on it.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    422: {"model": ValidationErrorResponse, "description": "a field is out of range; `loc` names it"},
+    429: {"model": ErrorResponse, "description": "queue full; retry after Retry-After seconds"},
+}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"model": ErrorResponse, "description": "no such job (finished jobs are forgotten after a while)"}}
+SSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"text/event-stream": {}},
+          "description": "events: queued, started, frame, done, cancelled, error"}}
 
 
 def _state(request: Request) -> Any:
@@ -75,18 +95,32 @@ def _job_state(worker: SamplingWorker, job: Job) -> JobState:
                     seed=job.seed, position=worker.position(job), elapsed_ms=job.elapsed_ms, error=job.error)
 
 
-async def _sse(request: Request, job: Job, last_id: int | None, cancel_on_disconnect: bool):
+async def _sse(request: Request, job: Job, last_id: int | None, cancel_on_disconnect: bool, shutdown: anyio.Event):
     cursor = job.events.after_sse_id(last_id) if last_id is not None else 0
+    open_streams = _state(request).worker.metrics.sse_clients
+    open_streams.inc()  # a stream whose task leaks would keep this above zero forever
     try:
-        async for ev in job.events.follow(cursor, timeout=5.0):
+        # The short timeout bounds how long a quiet stream takes to notice a disconnect or a shutdown.
+        async for ev in job.events.follow(cursor, timeout=1.0):
+            if shutdown.is_set():
+                yield ServerSentEvent(data=json.dumps({"message": SHUTTING_DOWN}), event="error")
+                return
             if await request.is_disconnected():
                 break
             if ev is None:
                 continue
             yield ServerSentEvent(data=json.dumps(ev.data), event=ev.event, id=str(ev.id))
     finally:
+        open_streams.dec()
         if cancel_on_disconnect and not job.done:
             _state(request).worker.cancel(job.id)
+
+
+def _event_stream(request: Request, job: Job, last_id: int | None, cancel_on_disconnect: bool) -> EventSourceResponse:
+    """An SSE response that, on SIGTERM, ends with an ``error`` event instead of a cut connection."""
+    shutdown = anyio.Event()
+    return EventSourceResponse(_sse(request, job, last_id, cancel_on_disconnect, shutdown), ping=10,
+                               shutdown_event=shutdown, shutdown_grace_period=SHUTDOWN_GRACE_S)
 
 
 # ------------------------------------------------------------------------------ model facts
@@ -112,7 +146,10 @@ def schedule_info(s: NoiseSchedule, name: str) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ sampling
 @api.post("/samples", summary="sample and wait; a PNG grid for Accept: image/png, else JSON",
-          response_model=SamplesResponse, responses={**ERRORS, 200: {"content": {"image/png": {}}}})
+          response_model=SamplesResponse, responses={
+              **ERRORS, 200: {"content": {"image/png": {}}},
+              409: {"model": ErrorResponse, "description": "the job was cancelled"},
+              503: {"model": ErrorResponse, "description": "the job failed or the server is shutting down"}})
 async def post_samples(request: Request, req: SampleRequest) -> Any:
     job = _submit(request, req, frame_every=10**9)
     try:
@@ -146,19 +183,20 @@ def _get_job(request: Request, job_id: str) -> Job:
     return job
 
 
-@api.get("/jobs/{job_id}", response_model=JobState, summary="a job's state")
+@api.get("/jobs/{job_id}", response_model=JobState, summary="a job's state", responses=NOT_FOUND)
 def get_job(request: Request, job_id: str) -> JobState:
     return _job_state(_state(request).worker, _get_job(request, job_id))
 
 
-@api.delete("/jobs/{job_id}", response_model=JobState, summary="cancel this job only")
+@api.delete("/jobs/{job_id}", response_model=JobState, summary="cancel this job only", responses=NOT_FOUND)
 def delete_job(request: Request, job_id: str) -> JobState:
     job = _get_job(request, job_id)
     _state(request).worker.cancel(job_id)
     return _job_state(_state(request).worker, job)
 
 
-@api.get("/jobs/{job_id}/events", summary="the job's server-sent events; honours Last-Event-ID")
+@api.get("/jobs/{job_id}/events", summary="the job's server-sent events; honours Last-Event-ID",
+         response_class=EventSourceResponse, responses={**SSE, **NOT_FOUND, 422: ERRORS[422]})
 async def job_events(request: Request, job_id: str,
                      last_event_id: Annotated[int | None, Query(alias="lastEventId", ge=0)] = None):
     job = _get_job(request, job_id)
@@ -168,35 +206,45 @@ async def job_events(request: Request, job_id: str,
             last_event_id = int(header)
         except ValueError:
             raise _invalid("Last-Event-ID", "must be an integer step index", header) from None
-    return EventSourceResponse(_sse(request, job, last_event_id, cancel_on_disconnect=False), ping=10)
+    return _event_stream(request, job, last_event_id, cancel_on_disconnect=False)
 
 
 @api.get("/stream", summary="one-shot SSE stream for EventSource; the job is cancelled on disconnect",
-         responses=ERRORS)
+         response_class=EventSourceResponse, responses={**SSE, **ERRORS})
 async def stream(request: Request, q: Annotated[JobRequest, Query()]):
     job = _submit(request, q, q.frame_every)
-    return EventSourceResponse(_sse(request, job, None, cancel_on_disconnect=True), ping=10)
+    return _event_stream(request, job, None, cancel_on_disconnect=True)
 
 
 # ------------------------------------------------------------------------------ noise your own image
-def _decode_upload(data: bytes, max_pixels: int) -> Image.Image:
+def _decode_upload(data: bytes, max_pixels: int, mode: str, size: int) -> Image.Image:
+    """Decode, centre-crop and resize an upload; any failure is the client's file, never a 5xx."""
     try:
         img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise HTTPException(415, "image: not a recognised image file (PNG, JPEG, GIF, WebP, BMP)") from None
+    except Image.DecompressionBombError:  # Pillow refuses before we see the size; never decode it
+        raise HTTPException(413, f"image: declares more than {max_pixels} pixels (the limit)") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise _invalid("image", f"could not be read ({type(e).__name__})", None) from None
     w, h = img.size
     if w * h > max_pixels:
         raise HTTPException(413, f"image: {w}×{h} pixels exceeds the limit of {max_pixels} pixels")
     try:
         img.load()
-    except (OSError, Image.DecompressionBombError, ValueError) as e:
-        raise HTTPException(422, f"image: could not be decoded ({type(e).__name__})") from None
-    return img
+        img = img.convert(mode)
+        s = min(img.size)
+        left, top = (img.width - s) // 2, (img.height - s) // 2
+        return img.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
+    except (OSError, Image.DecompressionBombError, ValueError, SyntaxError) as e:
+        raise _invalid("image", f"could not be decoded ({type(e).__name__})", None) from None
 
 
 @api.post("/noise", response_model=NoiseResponse, summary="q(x_t | x0) of an uploaded image",
-          responses={413: {"description": "too many bytes or pixels"}, 415: {"description": "not an image"},
-                     422: {"description": "bad t or undecodable image"}})
+          responses={413: {"model": ErrorResponse, "description": "too many bytes or pixels"},
+                     415: {"model": ErrorResponse, "description": "not an image"},
+                     422: {"model": ValidationErrorResponse,
+                           "description": "bad t, or an image that cannot be decoded; `loc` names the field"}})
 async def post_noise(request: Request, image: Annotated[UploadFile, File(description="PNG/JPEG image")],
                      t: Annotated[int, Form(ge=0, description="timestep, 0 ≤ t < T")],
                      seed: Annotated[int, Form(ge=0, le=2**63 - 1)] = 0) -> NoiseResponse:
@@ -207,12 +255,8 @@ async def post_noise(request: Request, image: Annotated[UploadFile, File(descrip
     data = await image.read(st.settings.max_upload_bytes + 1)
     if len(data) > st.settings.max_upload_bytes:
         raise HTTPException(413, f"image: more than {st.settings.max_upload_bytes} bytes")
-    img = await asyncio.to_thread(_decode_upload, data, st.settings.max_upload_pixels)
     c, size, _ = m.sample_shape
-    img = img.convert("L" if c == 1 else "RGB")
-    s = min(img.size)
-    left, top = (img.width - s) // 2, (img.height - s) // 2
-    img = img.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
+    img = await asyncio.to_thread(_decode_upload, data, st.settings.max_upload_pixels, "L" if c == 1 else "RGB", size)
     arr = np.asarray(img)
     arr = arr[None, ..., None] if arr.ndim == 2 else arr[None]
     x0 = from_uint8(arr, m.card.value_range)

@@ -67,3 +67,15 @@ class NoiseResponse(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(description="where the bad value is, e.g. [\"body\", \"n\"]")
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(BaseModel):
+    """A 422: every field that is wrong, each with its location and the limit it broke."""
+
+    detail: list[FieldError]

@@ -85,6 +85,7 @@ class Metrics:
         self.step_seconds = Histogram("ddpm_step_seconds", "worker tick latency (forward + update)", registry=r,
                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.frames_dropped = Counter("ddpm_frames_dropped_total", "frames a slow client skipped", registry=r)
+        self.sse_clients = Gauge("ddpm_sse_clients", "open server-sent event streams", registry=r)
         self.jobs = Counter("ddpm_jobs_total", "finished jobs by outcome", ["outcome"], registry=r)
 
 
@@ -199,6 +200,11 @@ class SamplingWorker:
             self._live.append(job)
         for i, job in enumerate(self._pending):
             job.events.append(0, "queued", {"id": job.id, "position": i + 1})
+        self._update_gauges()
+
+    def _update_gauges(self) -> None:
+        """Callers hold ``_cv``. Also run after every tick: jobs that finish there leave ``_live`` without
+        another ``_admit`` (the loop sleeps once nothing is live), and the gauges must not stay stale."""
         self.metrics.queue_depth.set(len(self._pending))
         self.metrics.active_jobs.set(len(self._live))
         self.metrics.active_samples.set(sum(j.n for j in self._live))
@@ -232,6 +238,8 @@ class SamplingWorker:
                     self._finish(job, "error", f"sampling failed: {type(e).__name__}: {e}")
         self.metrics.batch_size.observe(sum(j.n for j in jobs))
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
+        with self._cv:
+            self._update_gauges()
         next(self.ticks)
 
     def _step(self, jobs: list[Job]) -> None:

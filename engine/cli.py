@@ -106,7 +106,8 @@ def dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Run the chosen subcommand, turning user errors into one-line messages (exit 2)."""
     try:
         return int(args.handler(args) or 0)
-    except (UserError, ModelFileError, ValueError, FileNotFoundError, PermissionError) as e:
+    # OSError covers a full disk or a read-only directory, wherever it strikes: the message says which.
+    except (UserError, ModelFileError, ValueError, OSError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"{parser.prog} {args.command}: error: {msg}", file=sys.stderr)
         return 2

@@ -4,11 +4,14 @@ Layout of ``RUN/checkpoints/step_000123/``: ``model.safetensors``, ``ema.safeten
 run keeps an EMA) and ``state.pt`` (optimizer, LR schedule, GradScaler, RNG states and data
 position; read back with ``torch.load(weights_only=True)``). A checkpoint is built in a temp
 directory, fsynced and renamed into place; ``RUN/checkpoints/latest`` names the newest one and is
-itself replaced atomically. A kill at any moment leaves the previous checkpoint intact.
+itself replaced atomically. A kill at any moment leaves the previous checkpoint intact, and a save
+that fails (a full disk, a read-only directory) raises :class:`CheckpointError` naming the cause
+and the checkpoint that is still good.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -16,7 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+
+class CheckpointError(OSError):
+    """A checkpoint could not be written; the message names the cause and the last good checkpoint."""
 
 
 def _fsync_dir(path: Path) -> None:
@@ -58,11 +66,57 @@ def save_checkpoint(
     state: dict[str, Any],
     keep_last: int,
 ) -> Path:
-    """Write checkpoint ``step`` atomically, point ``latest`` at it and prune to ``keep_last``."""
+    """Write checkpoint ``step`` atomically, point ``latest`` at it and prune to ``keep_last``.
+
+    Raises :class:`CheckpointError` when anything cannot be written; the previous checkpoint and
+    ``latest`` are then untouched.
+    """
     ckpt_root = run_dir / "checkpoints"
-    ckpt_root.mkdir(parents=True, exist_ok=True)
     final = ckpt_root / f"step_{step:07d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".step_{step:07d}.", dir=ckpt_root))
+    try:
+        _write_checkpoint(ckpt_root, final, model, ema, state)
+    except (OSError, RuntimeError, SafetensorError) as e:  # torch.save reports a failed write as RuntimeError
+        raise CheckpointError(f"could not save checkpoint {final.name} in {ckpt_root}: {_reason(e)}; "
+                              f"{_still_good(run_dir)}") from e
+    kept = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
+    for old in kept[:-keep_last]:
+        with contextlib.suppress(OSError):  # pruning is best effort: an old checkpoint left over harms nothing
+            _discard(old)
+    return final
+
+
+def _discard(path: Path) -> None:
+    """Remove a checkpoint so that a kill midway never leaves a half-deleted ``step_*`` behind."""
+    aside = path.with_name(f".{path.name}.old")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.strerror} (errno {e.errno})"
+    return str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+
+
+def _still_good(run_dir: Path) -> str:
+    good = latest_checkpoint(run_dir)
+    return f"the last good checkpoint, {good.name}, is intact" if good else "no earlier checkpoint exists"
+
+
+def _remove_stale_temps(ckpt_root: Path) -> None:
+    """Drop what a kill mid-save left behind; one process saves per run, so no temp here is live."""
+    for p in ckpt_root.glob(".step_*"):
+        shutil.rmtree(p, ignore_errors=True)
+    for p in ckpt_root.glob(".latest.*"):
+        p.unlink(missing_ok=True)
+
+
+def _write_checkpoint(ckpt_root: Path, final: Path, model: dict[str, torch.Tensor],
+                      ema: dict[str, torch.Tensor] | None, state: dict[str, Any]) -> None:
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temps(ckpt_root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=ckpt_root))
     try:
         save_file(_tensors(model), tmp / "model.safetensors")
         if ema is not None:
@@ -72,17 +126,13 @@ def save_checkpoint(
             _fsync_file(f)
         _fsync_dir(tmp)
         if final.exists():  # a re-save of the same step after a resume: replace it whole
-            shutil.rmtree(final)
+            _discard(final)
         os.replace(tmp, final)
         _fsync_dir(ckpt_root)
         atomic_write_text(ckpt_root / "latest", final.name + "\n")
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    kept = sorted(p for p in ckpt_root.glob("step_*") if p.is_dir())
-    for old in kept[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:

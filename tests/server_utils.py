@@ -18,17 +18,19 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from engine import ModelCard, build_model, preset_config, save_model_file
+from engine import DiffusionConfig, ModelCard, build_model, preset_config, save_model_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tiny_model_file(path: Path, image_size: int = 8, seed: int = 0) -> Path:
+def tiny_model_file(path: Path, image_size: int = 8, seed: int = 0, T: int = 1000) -> Path:
+    """An untrained tiny UNet; a small ``T`` bounds how long any request to its server can run."""
     import torch
 
     torch.manual_seed(seed)
     cfg = preset_config("tiny", image_size=image_size)
-    card = ModelCard(model=cfg, data={"dataset": "test", "value_range": [-1, 1]}, name="tiny-test")
+    card = ModelCard(model=cfg, diffusion=DiffusionConfig(T=T), data={"dataset": "test", "value_range": [-1, 1]},
+                     name="tiny-test")
     return save_model_file(path, build_model(cfg), card)
 
 
@@ -107,3 +109,23 @@ def decode_png(s: str) -> np.ndarray:
     """A PNG given as a data URL or plain base64 → uint8 (H, W) or (H, W, C)."""
     b64 = s.split(",", 1)[1] if s.startswith("data:") else s
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))))
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """Numeric fields of /proc/<pid>/status (VmRSS and VmHWM in kB, Threads) plus open fds."""
+    out: dict[str, int] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "Threads"):
+            out[key] = int(value.split()[0])
+    out["fds"] = len(os.listdir(f"/proc/{pid}/fd"))
+    return out
+
+
+def metric(url: str, name: str) -> float:
+    """One unlabelled Prometheus sample from the server's /metrics (0 when absent)."""
+    import re
+
+    text = httpx.get(url + "/metrics", timeout=10).text
+    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
