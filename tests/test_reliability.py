@@ -221,8 +221,13 @@ def test_no_space_left_in_process(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ts, "save_file", fill_disk_at_step_10)
     cfg = preset_train_config("tiny", max_steps=10, ckpt_every=5)
-    with pytest.raises(CheckpointError, match=r"step_0000010 .*No space left on device.*step_0000005, is intact"):
-        Trainer(cfg, tmp_path, progress=False).run()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model gains nothing from two threads, and loses 20× when the cores are busy
+    try:
+        with pytest.raises(CheckpointError, match=r"step_0000010 .*No space left on device.*step_0000005, is intact"):
+            Trainer(cfg, tmp_path, progress=False).run()
+    finally:
+        torch.set_num_threads(threads)
     _assert_step5_intact(tmp_path)
 
 
@@ -247,7 +252,7 @@ def server(model_file, tmp_path) -> Iterator[Server]:
 
 # ====================================================================================== API fuzzing
 def _fuzz(op: Any, mode: Any, base_url: str, failures: list[str], codes: Counter[int]) -> int:
-    """Run 40 derandomized examples of one operation in one mode; the number actually sent."""
+    """Run 30 derandomized examples of one operation in one mode; the number actually sent."""
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis.errors import Unsatisfiable
     from schemathesis import checks
@@ -255,7 +260,7 @@ def _fuzz(op: Any, mode: Any, base_url: str, failures: list[str], codes: Counter
     wanted = [checks.not_a_server_error, checks.response_schema_conformance]
     sent = 0
 
-    @settings(max_examples=40, deadline=None, database=None, derandomize=True,
+    @settings(max_examples=30, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck), phases=[Phase.explicit, Phase.generate])
     @given(case=op.as_strategy(generation_mode=mode))
     def call(case: Any) -> None:
@@ -274,7 +279,7 @@ def _fuzz(op: Any, mode: Any, base_url: str, failures: list[str], codes: Counter
 
 
 def test_schemathesis_finds_no_5xx_and_no_schema_mismatch(short_model_file, tmp_path):
-    """Every operation of the live OpenAPI, positive and negative inputs, 40 examples each, fixed seed.
+    """Every operation of the live OpenAPI, positive and negative inputs, 30 examples each, fixed seed.
 
     Nothing is excluded: the SSE routes are fuzzed too (a valid /stream request runs a job of at most
     100 steps to its end, so each call is bounded); their 200 body is text/event-stream, which has no
