@@ -1,7 +1,7 @@
 // The Generate panel: read the controls, run a job into its viewer, Cancel it.
 
 import { showError } from "./api.js";
-import { Job } from "./job.js";
+import { Job, startJob, wireCancel } from "./job.js";
 import { FrameViewer } from "./viewer.js";
 
 const $ = (id) => document.getElementById(id);
@@ -83,25 +83,9 @@ export function initGenerate(boot, markT) {
       },
       onError: (msg) => showError(err, msg),
     });
-    try {
-      await job.start();
-    } catch (e) {
-      showError(err, e.message);
-      viewer.failed(e.message);
-      job.ended = true;
-      busy(false);
-    }
+    await startJob(job, err, busy);
   });
-
-  cancel.addEventListener("click", async () => {
-    if (!job) return;
-    cancel.disabled = true;
-    try {
-      await job.cancel();
-    } catch (e) {
-      showError(err, e.message);
-    }
-  });
+  wireCancel(cancel, () => job, err);
 
   return () => job && job.abandon();
 }

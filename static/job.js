@@ -2,7 +2,7 @@
 // We POST first (rather than GET /stream) so a bad request comes back as a readable 422/429 and the page
 // knows the job id, which Cancel needs.
 
-import { API, postJson, request } from "./api.js";
+import { API, postJson, request, showError } from "./api.js";
 
 export class Job {
   /**
@@ -85,4 +85,40 @@ export class Job {
     fetch(`${API}/jobs/${encodeURIComponent(this.id)}`, { method: "DELETE", keepalive: true }).catch(() => {});
     if (this.source) this.source.close();
   }
+}
+
+/**
+ * Start ``job``; a refusal (422, 429, …) is shown in ``errEl`` and on the viewer, and ``busy(false)`` frees the form.
+ * @param {Job} job
+ * @param {HTMLElement} errEl
+ * @param {(on: boolean) => void} busy
+ */
+export async function startJob(job, errEl, busy) {
+  try {
+    await job.start();
+  } catch (e) {
+    showError(errEl, e.message);
+    job.viewer.failed(e.message);
+    job.ended = true;
+    busy(false);
+  }
+}
+
+/**
+ * Make ``button`` cancel whichever job ``current()`` returns; a failed DELETE is shown in ``errEl``.
+ * @param {HTMLButtonElement} button
+ * @param {() => Job|null} current
+ * @param {HTMLElement} errEl
+ */
+export function wireCancel(button, current, errEl) {
+  button.addEventListener("click", async () => {
+    const job = current();
+    if (!job) return;
+    button.disabled = true;
+    try {
+      await job.cancel();
+    } catch (e) {
+      showError(errEl, e.message);
+    }
+  });
 }

@@ -1,7 +1,7 @@
 // Noise your own image: upload or pick a sample → q(x_t | x0) at the slider's t → "Denoise from here".
 
 import { request, showError } from "./api.js";
-import { Job } from "./job.js";
+import { Job, startJob, wireCancel } from "./job.js";
 import { FrameViewer } from "./viewer.js";
 import { dataUrlBytes } from "./zip.js";
 
@@ -131,25 +131,9 @@ export function initNoise(boot, markT) {
       frame_every: 1,
     };
     job = new Job(body, viewer, { onEnd: () => busy(false), onError: (msg) => showError(err, msg) });
-    try {
-      await job.start();
-    } catch (e) {
-      showError(err, e.message);
-      viewer.failed(e.message);
-      job.ended = true;
-      busy(false);
-    }
+    await startJob(job, err, busy);
   });
-
-  cancel.addEventListener("click", async () => {
-    if (!job) return;
-    cancel.disabled = true;
-    try {
-      await job.cancel();
-    } catch (e) {
-      showError(err, e.message);
-    }
-  });
+  wireCancel(cancel, () => job, err);
 
   return () => job && job.abandon();
 }

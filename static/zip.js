@@ -42,20 +42,24 @@ export function zipBlob(files, when = new Date()) {
   const parts = [];
   const central = [];
   let offset = 0;
+  // The local header and the central directory share this run of fields, two bytes apart.
+  const writeEntryFields = (view, at, crc, size, nameLength) => {
+    view.setUint16(at, 0x0800, true); // names are UTF-8
+    view.setUint16(at + 2, 0, true); // method: stored
+    view.setUint16(at + 4, time, true);
+    view.setUint16(at + 6, date, true);
+    view.setUint32(at + 8, crc, true);
+    view.setUint32(at + 12, size, true); // compressed = uncompressed: stored
+    view.setUint32(at + 16, size, true);
+    view.setUint16(at + 20, nameLength, true);
+  };
   for (const f of files) {
     const name = enc.encode(f.name);
     const crc = crc32(f.data);
     const local = new DataView(new ArrayBuffer(30));
     local.setUint32(0, 0x04034b50, true);
     local.setUint16(4, 20, true); // version needed: 2.0
-    local.setUint16(6, 0x0800, true); // names are UTF-8
-    local.setUint16(8, 0, true); // method: stored
-    local.setUint16(10, time, true);
-    local.setUint16(12, date, true);
-    local.setUint32(14, crc, true);
-    local.setUint32(18, f.data.length, true);
-    local.setUint32(22, f.data.length, true);
-    local.setUint16(26, name.length, true);
+    writeEntryFields(local, 6, crc, f.data.length, name.length);
     local.setUint16(28, 0, true);
     parts.push(local, name, f.data);
 
@@ -63,14 +67,7 @@ export function zipBlob(files, when = new Date()) {
     cd.setUint32(0, 0x02014b50, true);
     cd.setUint16(4, 20, true);
     cd.setUint16(6, 20, true);
-    cd.setUint16(8, 0x0800, true);
-    cd.setUint16(10, 0, true);
-    cd.setUint16(12, time, true);
-    cd.setUint16(14, date, true);
-    cd.setUint32(16, crc, true);
-    cd.setUint32(20, f.data.length, true);
-    cd.setUint32(24, f.data.length, true);
-    cd.setUint16(28, name.length, true);
+    writeEntryFields(cd, 8, crc, f.data.length, name.length);
     // extra, comment, disk, internal and external attributes stay 0
     cd.setUint32(42, offset, true);
     central.push(cd, name);

@@ -241,13 +241,19 @@ def test_generate_streams_frames_then_the_seeds_images_and_the_slider_scrubs(pag
     assert console.errors == []
 
 
-def test_cancel_stops_the_stream_and_the_server_job(page, server):
-    pg, console = page
+def start_long_job(pg, min_frames: int) -> str:
+    """Start a 1000-step DDPM job on the Generate panel; return its id once ``min_frames`` frames arrived."""
     fill_generate(pg, n=1, sampler="ddpm-full", stride=1)
     pg.click("#gen-go")
-    pg.wait_for_function("() => Number(document.getElementById('gen-scrub').max) >= 2")
+    pg.wait_for_function(f"() => Number(document.getElementById('gen-scrub').max) >= {min_frames}")
     job_id = pg.get_attribute("#gen-viewer", "data-job-id")
     assert job_id
+    return job_id
+
+
+def test_cancel_stops_the_stream_and_the_server_job(page, server):
+    pg, console = page
+    job_id = start_long_job(pg, min_frames=2)
     status = pg.inner_text("#gen-status")
     assert re.fullmatch(r"step \d+/1000 · [\d.]+ it/s · ETA .+", status), status
     pg.click("#gen-cancel")
@@ -264,10 +270,7 @@ def test_cancel_stops_the_stream_and_the_server_job(page, server):
 
 def test_leaving_the_page_cancels_its_job(page, server):
     pg, _ = page
-    fill_generate(pg, n=1, sampler="ddpm-full", stride=1)
-    pg.click("#gen-go")
-    pg.wait_for_function("() => Number(document.getElementById('gen-scrub').max) >= 1")
-    job_id = pg.get_attribute("#gen-viewer", "data-job-id")
+    job_id = start_long_job(pg, min_frames=1)
     pg.goto("about:blank")
     deadline = time.monotonic() + 10
     while httpx.get(f"{server.url}{API}/jobs/{job_id}").json()["state"] != "cancelled":
