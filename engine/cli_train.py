@@ -35,6 +35,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--lr", type=_positive_float)
     p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--lr-decay", choices=["constant", "cosine"], help="after warmup (default constant)")
+    p.add_argument("--lr-min-ratio", type=float, help="cosine decay ends at lr × this at --max-steps (default 0.1)")
+    p.add_argument("--init-from", metavar="MODEL_FILE",
+                   help="start from this model file's weights (same network and schedule), e.g. to fine-tune")
     p.add_argument("--grad-clip", type=float, help="0 disables clipping")
     p.add_argument("--ema-decay", type=float, help="0 disables the EMA")
     p.add_argument("--max-steps", type=_positive_int)
@@ -67,7 +71,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def _config_from_args(args: argparse.Namespace) -> TrainConfig:
     over = {
         "dataset": args.dataset, "data_root": args.data_root, "batch_size": args.batch_size, "lr": args.lr,
-        "warmup_steps": args.warmup_steps, "max_steps": args.max_steps, "max_minutes": args.max_minutes,
+        "warmup_steps": args.warmup_steps, "lr_decay": args.lr_decay, "lr_min_ratio": args.lr_min_ratio,
+        "init_from": args.init_from, "max_steps": args.max_steps, "max_minutes": args.max_minutes,
         "timestep_sampling": args.timestep_sampling, "weighting": args.weighting, "grad_accum": args.grad_accum,
         "seed": args.seed, "device": args.device, "amp": args.amp, "channels_last": args.channels_last,
         "compile": args.compile, "sample_every": args.sample_every, "ckpt_every": args.ckpt_every,

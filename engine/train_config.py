@@ -27,6 +27,8 @@ class TrainConfig:
     weight_decay: float = 0.0
     adam_betas: tuple[float, float] = (0.9, 0.999)
     warmup_steps: int = 200
+    lr_decay: Literal["constant", "cosine"] = "constant"  # cosine: down to lr × lr_min_ratio at max_steps
+    lr_min_ratio: float = 0.1
     grad_clip: float | None = 1.0
     ema_decay: float | None = 0.999  # None: no EMA, the raw weights are exported (the seed's recipe)
     ema_warmup: bool = True  # decay_n = min(ema_decay, (1 + n) / (10 + n))
@@ -37,6 +39,7 @@ class TrainConfig:
     max_minutes: float | None = None
     grad_accum: int = 1
     seed: int = 0
+    init_from: str | None = None  # a model file whose weights start the model and its EMA (fine-tuning)
     device: str = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = False
@@ -65,6 +68,8 @@ class TrainConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"{name} is out of range: {getattr(self, name)!r}")
+        if not 0.0 <= self.lr_min_ratio <= 1.0:
+            raise ValueError(f"lr_min_ratio must lie in [0, 1], got {self.lr_min_ratio}")
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must lie in (0, 1) or be None, got {self.ema_decay}")
         if self.grad_clip is not None and self.grad_clip <= 0:

@@ -12,7 +12,7 @@ import math
 import os
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -111,11 +111,14 @@ class Trainer:
         self.model = build_model(config.model).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema = EMA(self.model, config.ema_decay, config.ema_warmup) if config.ema_decay else None
+        if config.init_from and not resume:
+            self._init_weights(config.init_from)
+        # The EMA warmup exists to forget a random init; a fine-tuning run starts from good weights.
+        ema_warmup = config.ema_warmup and not config.init_from
+        self.ema = EMA(self.model, config.ema_decay, ema_warmup) if config.ema_decay else None
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.adam_betas,
                                      weight_decay=config.weight_decay)
-        warm = config.warmup_steps
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(config, s))
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.gen = torch.Generator().manual_seed(config.seed)
@@ -142,6 +145,22 @@ class Trainer:
         if amp == "bf16" or (amp == "auto" and torch.cuda.is_bf16_supported()):
             return torch.bfloat16
         return torch.float16
+
+    def _init_weights(self, path: str) -> None:
+        """Start from a model file's weights; its network and diffusion must be this run's."""
+        from .modelfile import load_model_file
+
+        loaded = load_model_file(path)
+        for what, theirs, ours in (("model", loaded.card.model.to_dict(), self.cfg.model.to_dict()),
+                                   ("diffusion", asdict(loaded.card.diffusion), asdict(self.cfg.diffusion))):
+            # Dropout is a training choice, not part of the network's shape.
+            diff = sorted(k for k in set(theirs) | set(ours) if k != "dropout" and theirs.get(k) != ours.get(k))
+            if diff:
+                k = diff[0]
+                raise ValueError(f"init_from {path}: its {what} config differs from this run's in {diff} "
+                                 f"(e.g. {k}: {theirs.get(k)!r} vs {ours.get(k)!r})")
+        self.model.load_state_dict(loaded.net.state_dict())
+        self.init_card = loaded.card
 
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.run_dir)
@@ -344,6 +363,16 @@ class Trainer:
         return bool(t.item())
 
 
+def lr_factor(config: TrainConfig, step: int) -> float:
+    """The learning-rate multiplier after ``step`` optimizer steps: linear warmup, then constant or cosine."""
+    warm = config.warmup_steps
+    f = min(1.0, (step + 1) / warm) if warm else 1.0
+    if config.lr_decay == "cosine":
+        progress = min(step, config.max_steps) / config.max_steps
+        f *= config.lr_min_ratio + (1.0 - config.lr_min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return f
+
+
 def model_card_for_run(run_dir: Path, config: TrainConfig, step: int, images_seen: int) -> ModelCard:
     """The ``ddpm.config`` of a model exported from a run."""
     return ModelCard(
@@ -352,6 +381,22 @@ def model_card_for_run(run_dir: Path, config: TrainConfig, step: int, images_see
         data={"dataset": config.dataset, "channels": config.model.in_channels, "image_size": config.model.image_size,
               "value_range": [-1.0, 1.0]},
         training={"steps": step, "images_seen": images_seen, "preset": config.preset, "ema": config.ema_decay,
-                  "batch_size": config.batch_size, "lr": config.lr, "run_dir": run_dir.name},
+                  "batch_size": config.batch_size, "lr": config.lr, "lr_decay": config.lr_decay,
+                  "run_dir": run_dir.name, **_init_record(config)},
         name=f"{config.preset}-{config.dataset}",
     )
+
+
+def _init_record(config: TrainConfig) -> dict[str, Any]:
+    """Where a fine-tuning run started: the model file and the steps and images behind it."""
+    if not config.init_from:
+        return {}
+    from .modelfile import read_card
+
+    rec: dict[str, Any] = {"init_from": Path(config.init_from).name}
+    try:
+        before = read_card(config.init_from).training
+        rec["init_steps"], rec["init_images_seen"] = before.get("steps"), before.get("images_seen")
+    except (OSError, ValueError):  # the starting file may be gone by export time; the name still says it
+        pass
+    return rec

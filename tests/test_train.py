@@ -157,3 +157,58 @@ def test_cli_errors_are_one_line(args, needle):
     r = _cli(*args, check=False)
     assert r.returncode == 2
     assert needle in r.stderr and "Traceback" not in r.stderr
+
+
+def test_init_from_starts_at_the_model_file_and_records_it(tmp_path):
+    from engine.modelfile import load_model_file, read_card, save_model_file
+    from engine.trainer import model_card_for_run
+    from engine.unet import build_model
+
+    base = preset_train_config("tiny", max_steps=4, sample_every=0)
+    Trainer(base, tmp_path / "a", progress=False).run()
+    ema = load_file(latest_checkpoint(tmp_path / "a") / "ema.safetensors")
+    net = build_model(base.model)
+    net.load_state_dict(ema)
+    mf = save_model_file(tmp_path / "a.safetensors", net, model_card_for_run(tmp_path / "a", base, 4, 64))
+
+    cfg = preset_train_config("tiny", max_steps=3, init_from=str(mf), lr=1e-9, warmup_steps=0, sample_every=0)
+    t = Trainer(cfg, tmp_path / "b", progress=False)
+    assert t.ema is not None and t.ema.current_decay() == cfg.ema_decay  # no EMA warmup from good weights
+    for k, v in t.model.state_dict().items():
+        torch.testing.assert_close(v, ema[k], msg=k)
+        torch.testing.assert_close(t.ema.shadow[k], ema[k], msg=k)
+    t.run()
+    after = load_file(latest_checkpoint(tmp_path / "b") / "model.safetensors")
+    assert max((after[k] - ema[k]).abs().max().item() for k in ema) < 1e-6  # lr 1e-9: a start, not a reset
+
+    out = _cli("export", str(tmp_path / "b"), "--out", str(tmp_path / "b.safetensors"))
+    assert "EMA" in out.stdout
+    rec = read_card(tmp_path / "b.safetensors").training
+    assert rec["init_from"] == "a.safetensors" and rec["init_steps"] == 4 and rec["steps"] == 3
+    assert load_model_file(tmp_path / "b.safetensors").num_parameters == sum(v.numel() for v in ema.values())
+
+    other = preset_train_config("tiny", max_steps=3, init_from=str(mf), diffusion_overrides={"T": 50})
+    with pytest.raises(ValueError, match=r"diffusion config differs .*\['T'\]"):
+        Trainer(other, tmp_path / "c", progress=False)
+    wider = preset_train_config("tiny", max_steps=3, init_from=str(mf), model_overrides={"ch": 16})
+    with pytest.raises(ValueError, match=r"model config differs .*ch"):
+        Trainer(wider, tmp_path / "d", progress=False)
+
+
+def test_cosine_lr_follows_its_closed_form():
+    import itertools
+    import math
+
+    from engine.trainer import lr_factor
+
+    cfg = preset_train_config("tiny", warmup_steps=10, max_steps=1000, lr_decay="cosine", lr_min_ratio=0.2)
+    assert lr_factor(cfg, 0) == pytest.approx(0.1 * 1.0, rel=1e-4)  # warmup 1/10 × cosine ≈ 1 at step 0
+    assert lr_factor(cfg, 500) == pytest.approx(0.2 + 0.8 * 0.5, rel=1e-12)  # half-way: the mean of the ends
+    assert lr_factor(cfg, 1000) == pytest.approx(0.2, rel=1e-12)
+    assert lr_factor(cfg, 5000) == pytest.approx(0.2, rel=1e-12)  # held at the floor past max_steps
+    vals = [lr_factor(cfg, s) for s in range(10, 1001)]
+    assert all(a >= b for a, b in itertools.pairwise(vals))
+    s = 250
+    assert lr_factor(cfg, s) == pytest.approx(0.2 + 0.4 * (1 + math.cos(math.pi / 4)), rel=1e-12)
+    flat = preset_train_config("tiny", warmup_steps=0, max_steps=1000)
+    assert {lr_factor(flat, s) for s in (0, 10, 999, 5000)} == {1.0}
