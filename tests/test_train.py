@@ -186,6 +186,10 @@ def test_init_from_starts_at_the_model_file_and_records_it(tmp_path):
     rec = read_card(tmp_path / "b.safetensors").training
     assert rec["init_from"] == "a.safetensors" and rec["init_steps"] == 4 and rec["steps"] == 3
     assert load_model_file(tmp_path / "b.safetensors").num_parameters == sum(v.numel() for v in ema.values())
+    from app.main import model_info
+
+    info = model_info(load_model_file(tmp_path / "b.safetensors"), torch.device("cpu"), 8)
+    assert (info["steps"], info["images_seen"]) == (4 + 3, 64 + 3 * cfg.batch_size)  # the page shows the history
 
     other = preset_train_config("tiny", max_steps=3, init_from=str(mf), diffusion_overrides={"T": 50})
     with pytest.raises(ValueError, match=r"diffusion config differs .*\['T'\]"):
