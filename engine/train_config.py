@@ -40,6 +40,8 @@ class TrainConfig:
     grad_accum: int = 1
     seed: int = 0
     init_from: str | None = None  # a model file whose weights start the model and its EMA (fine-tuning)
+    init_steps: int = 0  # that file's training history, copied from its card when the run starts
+    init_images_seen: int = 0
     device: str = "auto"
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"
     channels_last: bool = False

@@ -160,7 +160,9 @@ class Trainer:
                 raise ValueError(f"init_from {path}: its {what} config differs from this run's in {diff} "
                                  f"(e.g. {k}: {theirs.get(k)!r} vs {ours.get(k)!r})")
         self.model.load_state_dict(loaded.net.state_dict())
-        self.init_card = loaded.card
+        # Copied now, into config.json, because the file may be overwritten or gone by export time.
+        self.cfg.init_steps = int(loaded.card.training.get("steps") or 0)
+        self.cfg.init_images_seen = int(loaded.card.training.get("images_seen") or 0)
 
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.run_dir)
@@ -391,12 +393,5 @@ def _init_record(config: TrainConfig) -> dict[str, Any]:
     """Where a fine-tuning run started: the model file and the steps and images behind it."""
     if not config.init_from:
         return {}
-    from .modelfile import read_card
-
-    rec: dict[str, Any] = {"init_from": Path(config.init_from).name}
-    try:
-        before = read_card(config.init_from).training
-        rec["init_steps"], rec["init_images_seen"] = before.get("steps"), before.get("images_seen")
-    except (OSError, ValueError):  # the starting file may be gone by export time; the name still says it
-        pass
-    return rec
+    return {"init_from": Path(config.init_from).name, "init_steps": config.init_steps,
+            "init_images_seen": config.init_images_seen}

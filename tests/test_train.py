@@ -181,6 +181,7 @@ def test_init_from_starts_at_the_model_file_and_records_it(tmp_path):
     after = load_file(latest_checkpoint(tmp_path / "b") / "model.safetensors")
     assert max((after[k] - ema[k]).abs().max().item() for k in ema) < 1e-6  # lr 1e-9: a start, not a reset
 
+    mf = mf.rename(tmp_path / "moved.safetensors")  # the history must survive its starting file
     out = _cli("export", str(tmp_path / "b"), "--out", str(tmp_path / "b.safetensors"))
     assert "EMA" in out.stdout
     rec = read_card(tmp_path / "b.safetensors").training
