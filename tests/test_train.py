@@ -192,6 +192,10 @@ def test_init_from_starts_at_the_model_file_and_records_it(tmp_path):
     info = model_info(load_model_file(tmp_path / "b.safetensors"), torch.device("cpu"), 8)
     assert (info["steps"], info["images_seen"]) == (4 + 3, 64 + 3 * cfg.batch_size)  # the page shows the history
 
+    again = preset_train_config("tiny", max_steps=2, init_from=str(tmp_path / "b.safetensors"), sample_every=0)
+    t2 = Trainer(again, tmp_path / "e", progress=False)  # a fine-tune of a fine-tune keeps the whole history
+    assert (t2.cfg.init_steps, t2.cfg.init_images_seen) == (info["steps"], info["images_seen"])
+
     other = preset_train_config("tiny", max_steps=3, init_from=str(mf), diffusion_overrides={"T": 50})
     with pytest.raises(ValueError, match=r"diffusion config differs .*\['T'\]"):
         Trainer(other, tmp_path / "c", progress=False)
