@@ -37,20 +37,12 @@ def model_info(m: LoadedModel, device: torch.device, max_batch: int) -> dict[str
     c, d = m.card, m.card.diffusion
     return {
         "name": c.name, "parameters": m.num_parameters, "dataset": c.data.get("dataset", "unknown"),
-        "steps": _total(c.training, "steps"), "images_seen": _total(c.training, "images_seen"), "device": str(device),
+        "steps": c.trained_total("steps"), "images_seen": c.trained_total("images_seen"), "device": str(device),
         "image_size": m.sample_shape[1], "channels": m.sample_shape[0], "T": m.diffusion.T,
         "schedule": "custom" if d.betas is not None else d.schedule, "prediction": d.prediction,
         "variance": d.variance, "value_range": list(c.value_range), "arch": c.model.arch, "max_batch": max_batch,
         "file": m.path.name,
     }
-
-
-def _total(training: dict[str, Any], key: str) -> int | None:
-    """A count over the whole history: a fine-tuned file adds the steps behind its starting file."""
-    here = training.get(key)
-    if here is None:
-        return None
-    return int(here) + int(training.get(f"init_{key}") or 0)
 
 
 def _examples(m: LoadedModel, n: int = 32) -> list[str]:

@@ -116,6 +116,13 @@ class ModelCard:
         except (TypeError, ValueError) as e:
             raise ModelFileError(f"{where}: '{META_KEY}' is invalid: {e}") from None
 
+    def trained_total(self, key: Literal["steps", "images_seen"]) -> int | None:
+        """A training count over the whole history: a fine-tuned file adds its ``init_<key>``; None if unrecorded."""
+        here = self.training.get(key)
+        if here is None:
+            return None
+        return int(here) + int(self.training.get(f"init_{key}") or 0)
+
     @property
     def value_range(self) -> tuple[float, float]:
         lo, hi = self.data.get("value_range", (-1.0, 1.0))

@@ -161,10 +161,9 @@ class Trainer:
                                  f"(e.g. {k}: {theirs.get(k)!r} vs {ours.get(k)!r})")
         self.model.load_state_dict(loaded.net.state_dict())
         # Copied now, into config.json, because the file may be overwritten or gone by export time.
-        # Its own init_* count too: a fine-tune of a fine-tune keeps the whole history.
-        tr = loaded.card.training
-        self.cfg.init_steps = int(tr.get("steps") or 0) + int(tr.get("init_steps") or 0)
-        self.cfg.init_images_seen = int(tr.get("images_seen") or 0) + int(tr.get("init_images_seen") or 0)
+        # The whole history, so a fine-tune of a fine-tune keeps it.
+        self.cfg.init_steps = loaded.card.trained_total("steps") or 0
+        self.cfg.init_images_seen = loaded.card.trained_total("images_seen") or 0
 
     def _resume(self) -> None:
         ckpt = latest_checkpoint(self.run_dir)
