@@ -33,6 +33,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fid-weights", default=None,
                    help="local InceptionV3 weights for FID (needs torch-fidelity; never downloaded)")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
+    p.add_argument("--cache-dir", default=None,
+                   help="keep each finished sampling batch here; run the same command again after an "
+                        "interruption and only the missing batches are drawn")
     p.set_defaults(handler=run_eval)
 
 
@@ -55,6 +58,8 @@ def run_eval(args: argparse.Namespace) -> int:
             raise UserError(msg)
     if args.out and not Path(args.out).parent.is_dir():
         raise UserError(f"--out: folder {Path(args.out).parent} does not exist")
+    if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
+        raise UserError(f"--cache-dir: {args.cache_dir} exists and is not a folder")
     device = resolve_device(args.device)
     m = load_model_file(args.model, device)
     if args.steps > m.diffusion.T:
@@ -62,7 +67,8 @@ def run_eval(args: argparse.Namespace) -> int:
     try:
         res = evaluate_model(m, args.n, args.sampler, args.steps or None, args.eta, args.seed, args.batch_size, device,
                              args.bpd_images, args.bpd_timesteps or None, data_root=args.data_root,
-                             fid_weights=args.fid_weights, copy_percentile=args.copy_percentile)
+                             fid_weights=args.fid_weights, copy_percentile=args.copy_percentile,
+                             cache_dir=args.cache_dir)
     except MetricsError as e:
         raise UserError(str(e)) from None
     text = json.dumps(res, indent=2)

@@ -35,6 +35,7 @@ from .classifier import DigitClassifier, load_classifier
 from .datasets import ImageData, load_dataset
 from .likelihood import bits_per_dim
 from .modelfile import LoadedModel
+from .sample_cache import SampleCache
 from .sampling import SAMPLERS, SamplingPlan, sample_iter, to_uint8
 
 CONFIDENCE = 0.9
@@ -133,9 +134,13 @@ def memorization(samples: Tensor, train: Tensor, threshold: float) -> dict[str, 
 # ------------------------------------------------------------------------------ image helpers
 def quantize(x: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
     """``(N, C, H, W)`` → the same on the 8-bit grid (as a saved PNG holds it), float32 in ``value_range``."""
+    return from_uint8(to_uint8(x, value_range).permute(0, 3, 1, 2), value_range)
+
+
+def from_uint8(u: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
+    """uint8 ``(N, C, H, W)`` → float32 ``(N, C, H, W)`` in ``value_range``."""
     lo, hi = value_range
-    u = to_uint8(x, value_range).permute(0, 3, 1, 2).float()
-    return u / 255.0 * (hi - lo) + lo
+    return u.float() / 255.0 * (hi - lo) + lo
 
 
 class DigitMetrics:
@@ -241,13 +246,17 @@ def fid_from_local_weights(real: Tensor, fake: Tensor, weights_path: str | Path,
 
 # ------------------------------------------------------------------------------ the whole evaluation
 def generate(loaded: LoadedModel, num_samples: int, sampler: str, steps: int | None, eta: float, seed: int,
-             batch_size: int, device: torch.device | str, progress: bool = True) -> Tensor:
+             batch_size: int, device: torch.device | str, progress: bool = True,
+             cache: SampleCache | None = None) -> Tensor:
     """``num_samples`` images ``(N, C, H, W)`` on the 8-bit grid, on the CPU.
 
     Batch i is a job with seed ``seed + i``: its x_T and per-step noise come from its own CPU
     generator, so it equals ``ddpm sample --n <its size> --seed <seed + i>`` with the same sampler.
+    With a ``cache``, each finished batch is stored there and a batch already stored is read back
+    instead of drawn again (a killed evaluation resumes batch by batch).
     """
     plan = SamplingPlan.build(loaded.diffusion, sampler, steps, eta)  # type: ignore[arg-type]
+    key_eta = eta if plan.sampler == "ddim" else 1.0
     sizes = [min(batch_size, num_samples - i) for i in range(0, num_samples, batch_size)]
     bar = None
     if progress:
@@ -257,13 +266,21 @@ def generate(loaded: LoadedModel, num_samples: int, sampler: str, steps: int | N
                    unit="step")
     chunks = []
     for b, n in enumerate(sizes):
-        gen = torch.Generator().manual_seed(seed + b)
-        last = None
-        for last in sample_iter(loaded.net, loaded.diffusion, plan, (n, *loaded.sample_shape), gen, device):  # noqa: B007
-            if bar is not None:
-                bar.update(1)
-        assert last is not None
-        chunks.append(quantize(last.x_t, loaded.card.value_range))
+        shape = (n, *loaded.sample_shape)
+        u = cache.load(plan.sampler, plan.K, key_eta, seed + b, shape) if cache is not None else None
+        if u is None:
+            gen = torch.Generator().manual_seed(seed + b)
+            last = None
+            for last in sample_iter(loaded.net, loaded.diffusion, plan, shape, gen, device):  # noqa: B007
+                if bar is not None:
+                    bar.update(1)
+            assert last is not None
+            u = to_uint8(last.x_t, loaded.card.value_range).permute(0, 3, 1, 2).contiguous()
+            if cache is not None:
+                cache.store(plan.sampler, plan.K, key_eta, seed + b, u)
+        elif bar is not None:
+            bar.update(plan.K)
+        chunks.append(from_uint8(u, loaded.card.value_range))
     if bar is not None:
         bar.close()
     return torch.cat(chunks)
@@ -303,6 +320,7 @@ def evaluate_model(
     fid_weights: str | None = None,
     copy_percentile: float = COPY_PERCENTILE,
     progress: bool = True,
+    cache_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Sample ``num_samples`` images and compute every metric that applies to the model's data.
 
@@ -313,6 +331,9 @@ def evaluate_model(
       an int: the unbiased estimate with that many t per image; ``bpd_images=0`` skips it).
     - FID when ``fid_weights`` is a local InceptionV3 weights file.
 
+    ``cache_dir`` keeps each finished sampling batch on disk (see :mod:`engine.sample_cache`), so
+    the same call after an interruption draws only the missing batches.
+
     Returns a flat JSON-able dict; ``skipped`` lists metrics that did not apply, with the reason.
     """
     _check_args(num_samples, sampler, steps, eta, batch_size, bpd_images, bpd_timesteps, loaded.diffusion.T)
@@ -321,13 +342,16 @@ def evaluate_model(
                            "nothing is downloaded)")
     real = _real_data(loaded, data_root)  # before sampling, so a data problem shows at once
     t0 = time.perf_counter()
-    images = generate(loaded, num_samples, sampler, steps, eta, seed, batch_size, device, progress)
+    cache = SampleCache(cache_dir, loaded.path) if cache_dir is not None else None
+    images = generate(loaded, num_samples, sampler, steps, eta, seed, batch_size, device, progress, cache)
     plan_k = steps if steps is not None else loaded.diffusion.T
     out: dict[str, Any] = {
         "model": str(loaded.path), "dataset": loaded.card.data.get("dataset"), "samples": num_samples,
         "sampler": sampler, "steps": plan_k, "eta": eta if sampler == "ddim" else 1.0, "seed": seed,
         "batch_size": batch_size, "sampling_seconds": round(time.perf_counter() - t0, 2),
     }
+    if cache is not None:
+        out.update(cache_dir=str(cache.root), batches_from_cache=cache.hits)
     skipped: list[str] = []
     is_digits = loaded.card.data.get("dataset") in DIGIT_DATASETS and loaded.sample_shape == (1, 28, 28)
     if isinstance(real, str):

@@ -184,6 +184,41 @@ def test_generate_batches_are_jobs_with_seed_plus_index(tmp_path):
         assert torch.equal(imgs[start : start + n], quantize(ref))
 
 
+def test_cached_generate_resumes_batch_by_batch_and_equals_a_fresh_run(tmp_path, monkeypatch):
+    import engine.metrics as metrics
+    from engine.sample_cache import SampleCache
+
+    model = _tiny(tmp_path / "t.safetensors", 8)
+    m = load_model_file(model)
+    fresh = generate(m, 7, "ddim", 4, 0.5, seed=3, batch_size=3, device="cpu", progress=False)
+    cache = SampleCache(tmp_path / "cache", model)
+    first = generate(m, 7, "ddim", 4, 0.5, seed=3, batch_size=3, device="cpu", progress=False, cache=cache)
+    assert torch.equal(first, fresh) and cache.hits == 0
+    files = sorted((tmp_path / "cache").glob("*.safetensors"))
+    assert [f.name.split("-", 1)[1] for f in files] == [
+        "ddim4-eta0.5-seed3-n3.safetensors", "ddim4-eta0.5-seed4-n3.safetensors", "ddim4-eta0.5-seed5-n1.safetensors"]
+
+    # as if killed during batch 2: one batch lost, one torn; only those two are drawn again
+    files[1].unlink()
+    files[2].write_bytes(files[2].read_bytes()[:20])
+    drawn = []
+    real_iter = metrics.sample_iter
+    monkeypatch.setattr(metrics, "sample_iter", lambda *a, **k: (drawn.append(a[3]), real_iter(*a, **k))[1])
+    again = SampleCache(tmp_path / "cache", model)
+    resumed = generate(m, 7, "ddim", 4, 0.5, seed=3, batch_size=3, device="cpu", progress=False, cache=again)
+    assert torch.equal(resumed, fresh) and again.hits == 1 and drawn == [(3, 1, 8, 8), (1, 1, 8, 8)]
+    assert not list((tmp_path / "cache").glob("*.tmp"))
+
+    # anything that changes the pixels (sampler, eta, seed, batch size, the model's bytes) misses the cache
+    drawn.clear()
+    generate(m, 7, "ddim", 4, 0.0, seed=3, batch_size=3, device="cpu", progress=False, cache=again)
+    generate(m, 7, "ddim", 4, 0.5, seed=3, batch_size=2, device="cpu", progress=False, cache=again)
+    other = _tiny(tmp_path / "u.safetensors", 8, T=41)
+    generate(load_model_file(other), 3, "ddim", 4, 0.5, seed=3, batch_size=3, device="cpu", progress=False,
+             cache=SampleCache(tmp_path / "cache", other))
+    assert len(drawn) == 3 + 4 + 1
+
+
 def test_evaluate_model_on_a_non_digit_size_skips_digit_metrics(tmp_path):
     m = load_model_file(_tiny(tmp_path / "t.safetensors", 8))
     out = evaluate_model(m, 6, "ddpm", 3, 0.0, 0, 4, "cpu", bpd_images=3, bpd_timesteps=2, progress=False)
@@ -221,6 +256,17 @@ def test_eval_cli_prints_json_with_every_metric(tmp_path):
     assert out["fld"] > 3 * out["real_fld"]
 
 
+def test_eval_cli_cache_dir_reuses_finished_batches(tmp_path):
+    model = _tiny(tmp_path / "m.safetensors", 8)
+    args = ("--model", str(model), "--n", "5", "--steps", "2", "--batch-size", "2", "--bpd-images", "0",
+            "--device", "cpu", "--cache-dir", str(tmp_path / "c"))
+    r1, r2 = _eval(*args), _eval(*args)
+    assert r1.returncode == 0 and r2.returncode == 0, (r1.stderr[-2000:], r2.stderr[-2000:])
+    a, b = json.loads(r1.stdout), json.loads(r2.stdout)
+    assert a["batches_from_cache"] == 0 and b["batches_from_cache"] == 3
+    assert a["near_copy_share"] == b["near_copy_share"] and a["nn_distance_median"] == b["nn_distance_median"]
+
+
 def test_eval_cli_bad_input_is_one_line(tmp_path, capsys):
     from engine.cli import main
 
@@ -229,6 +275,7 @@ def test_eval_cli_bad_input_is_one_line(tmp_path, capsys):
                          (["--steps", "41"], "--steps must lie in [0, 40]"),
                          (["--copy-percentile", "101"], "--copy-percentile must lie in [0, 100]"),
                          (["--fid-weights", str(tmp_path / "none.pth")], "--fid-weights: no such file"),
+                         (["--cache-dir", str(model)], "--cache-dir: "),
                          (["--model", str(tmp_path / "missing.safetensors")], "no such model file")):
         rc = main(["eval", "--model", str(model), "--n", "2", "--steps", "2", "--bpd-images", "0", "--device", "cpu",
                    *args])

@@ -58,6 +58,27 @@ def test_channels_last_and_autocast():
     assert torch.isfinite(out).all() and (out.float() - ref).abs().max() < 0.1
 
 
+def test_use_channels_last_feeds_nchw_inputs_in_nhwc_and_keeps_outputs(tmp_path):
+    from engine import ModelCard, load_model_file, save_model_file
+    from engine.modelfile import DiffusionConfig
+
+    torch.manual_seed(0)
+    cfg = preset_config("tiny", image_size=8)
+    m = build_model(cfg).eval()
+    x, t = torch.randn(3, 1, 8, 8), torch.tensor([0, 5, 9])
+    ref = m(x, t)
+    assert m.use_channels_last() is m and m.channels_last
+    w = m.down[0][0].conv1.weight
+    assert w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+    torch.testing.assert_close(m(x, t), ref, atol=1e-5, rtol=1e-4)  # x itself is plain NCHW
+    # a CPU load turns it on; the file stays in the usual layout
+    card = ModelCard(model=cfg, diffusion=DiffusionConfig(T=10), name="cl")
+    path = save_model_file(tmp_path / "cl.safetensors", m, card)
+    loaded = load_model_file(path, "cpu")
+    assert loaded.net.channels_last
+    torch.testing.assert_close(loaded.net(x, t), ref, atol=1e-5, rtol=1e-4)
+
+
 def test_config_validation_and_round_trip():
     cfg = preset_config("mnist")
     assert type(cfg).from_dict(cfg.to_dict()) == cfg
