@@ -24,7 +24,9 @@ from .worker import SamplingWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("ddpm")
-PAGE_DEFAULTS = {"sampler": "ddim", "steps": 50, "eta": 0.0, "n": 16, "frame_every": 1}
+# Respaced 100-step DDPM: on the bundled model it is the interactive sampler that meets the quality
+# bar (confident share 0.908 on 1000 samples, where DDIM 50 and DDIM 100 reach 0.86; README).
+PAGE_DEFAULTS = {"sampler": "ddpm", "steps": 100, "eta": 0.0, "n": 16, "frame_every": 1}
 
 
 def resolve_device(name: str) -> torch.device:

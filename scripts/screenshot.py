@@ -1,7 +1,7 @@
 """Take the README's screenshot: serve a model, drive the page in headless Chromium, save a PNG.
 
     python scripts/screenshot.py                       # the bundled model → docs/screenshot.png
-    python scripts/screenshot.py --model m.safetensors --out /tmp/shot.png --steps 20
+    python scripts/screenshot.py --model m.safetensors --out /tmp/shot.png --sampler ddim --steps 20
     python scripts/screenshot.py --url http://127.0.0.1:8000      # a server that is already running
 
 It generates a grid, noises a dataset sample (when the model has bundled samples) and denoises it back,
@@ -35,8 +35,8 @@ def _set_range(page: Page, selector: str, value: int) -> None:
         s.value = v; s.dispatchEvent(new Event('input', {bubbles: true})); }""", [selector, value])
 
 
-def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int = 50, seed: int = 0,
-                    noise_t: int = 400) -> list[str]:
+def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int = 100, seed: int = 0,
+                    noise_t: int = 400, sampler: str = "ddpm") -> list[str]:
     """Run the demo on ``page`` and save a full-page PNG at ``out``; returns the console errors seen."""
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -45,7 +45,7 @@ def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int = 5
     page.wait_for_selector("body[data-ready=true]")
 
     page.fill("#gen-n", str(n))
-    page.select_option("#gen-sampler", "ddim")
+    page.select_option("#gen-sampler", sampler)
     page.fill("#gen-steps", str(steps))
     page.check("#gen-seed-fixed")
     page.fill("#gen-seed", str(seed))
@@ -75,7 +75,9 @@ def main() -> int:
     ap.add_argument("--url", help="use this running server instead of starting one for --model")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
     ap.add_argument("--n", type=int, default=16, help="images to generate")
-    ap.add_argument("--steps", type=int, default=50, help="DDIM steps for the grid; the denoise uses as many")
+    ap.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm",
+                    help="sampler for the grid (default ddpm, respaced: the page's default)")
+    ap.add_argument("--steps", type=int, default=100, help="steps for the grid; the denoise uses as many")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise-t", type=int, default=400, help="t for the noise-your-own-image panel")
     ap.add_argument("--width", type=int, default=1280)
@@ -94,7 +96,7 @@ def main() -> int:
                 page = browser.new_page(viewport={"width": args.width, "height": 900})
                 page.set_default_timeout(120_000)
                 errors = drive_and_shoot(page, args.url or server.url, args.out, args.n, args.steps, args.seed,
-                                         args.noise_t)
+                                         args.noise_t, args.sampler)
                 state = page.get_attribute("#gen-viewer", "data-state")
                 browser.close()
         finally:

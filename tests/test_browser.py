@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app.main import PAGE_DEFAULTS
 from tests.server_utils import ROOT, Server, decode_png, start_server
 
 pytestmark = pytest.mark.browser
@@ -158,6 +159,11 @@ def test_page_loads_with_model_card_plots_and_no_console_errors(page, server):
         .filter(e => e.type !== 'hidden' && !e.labels?.length && !e.getAttribute('aria-label') && !e.textContent.trim())
         .map(e => e.id || e.outerHTML)""")
     assert unnamed == []
+    # the form opens on the server's page defaults (T = 1000 here, so a respaced DDPM)
+    assert PAGE_DEFAULTS["steps"] < model["T"]
+    assert pg.input_value("#gen-sampler") == PAGE_DEFAULTS["sampler"]
+    assert pg.input_value("#gen-steps") == str(PAGE_DEFAULTS["steps"]) and not pg.is_disabled("#gen-steps")
+    assert pg.is_disabled("#gen-eta") == (PAGE_DEFAULTS["sampler"] != "ddim")
     # selecting full DDPM pins steps to T
     pg.select_option("#gen-sampler", "ddpm-full")
     assert pg.input_value("#gen-steps") == str(model["T"]) and pg.is_disabled("#gen-steps")
