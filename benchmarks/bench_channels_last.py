@@ -37,7 +37,7 @@ def main() -> None:
             m.net.channels_last = False
 
     print(f"DDIM {args.steps}, bundled model, {torch.get_num_threads()} threads, torch {torch.__version__}")
-    print("| batch | NCHW (s) | channels-last (s) | NCHW / channels-last | max |Δx0| |")
+    print("| batch | NCHW (s) | channels-last (s) | NCHW / channels-last | largest pixel difference |")
     print("|---|---|---|---|---|")
     for n in args.batches:
         times: dict[bool, list[float]] = {False: [], True: []}
