@@ -3,7 +3,7 @@
 A 1000-step DDPM evaluation of 1000 images takes hours on a small CPU. Each finished batch is
 written atomically as ``<model sha256[:16]>-<sampler><K>-eta<eta>-seed<seed>-n<n>.safetensors``
 holding one uint8 tensor ``images`` ``(n, C, H, W)``. Everything that decides a batch's pixels is
-in its name (the model file's bytes, the sampler, the step count, eta, the batch's seed and
+in its name (the model file's bytes, or a diffusers folder's, the sampler, the step count, eta, the batch's seed and
 size), so a file can only be reused for the batch it was drawn for, and a killed evaluation
 run again with the same arguments redraws only the batches it had not finished.
 """
@@ -22,11 +22,17 @@ from torch import Tensor
 
 
 def file_digest(path: str | os.PathLike, length: int = 16) -> str:
-    """The first ``length`` hex digits of the file's SHA-256."""
+    """The first ``length`` hex digits of the SHA-256 of a file, or of a folder (a diffusers
+    pipeline): every file under it, by relative path and contents, in sorted order."""
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+    for file in files:
+        if root.is_dir():
+            h.update(file.relative_to(root).as_posix().encode() + b"\0")
+        with open(file, "rb") as f:
+            for block in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()[:length]
 
 

@@ -219,6 +219,22 @@ def test_cached_generate_resumes_batch_by_batch_and_equals_a_fresh_run(tmp_path,
     assert len(drawn) == 3 + 4 + 1
 
 
+def test_cache_key_digests_files_and_folders_by_content(tmp_path):
+    from engine.sample_cache import file_digest
+
+    (tmp_path / "a.bin").write_bytes(b"weights")
+    (tmp_path / "b.bin").write_bytes(b"weights")
+    assert file_digest(tmp_path / "a.bin") == file_digest(tmp_path / "b.bin")
+    pipe = tmp_path / "pipe"
+    (pipe / "unet").mkdir(parents=True)
+    (pipe / "model_index.json").write_text("{}")
+    (pipe / "unet" / "w.safetensors").write_bytes(b"one")
+    before = file_digest(pipe)
+    assert len(before) == 16 and file_digest(pipe) == before
+    (pipe / "unet" / "w.safetensors").write_bytes(b"two")
+    assert file_digest(pipe) != before
+
+
 def test_evaluate_model_on_a_non_digit_size_skips_digit_metrics(tmp_path):
     m = load_model_file(_tiny(tmp_path / "t.safetensors", 8))
     out = evaluate_model(m, 6, "ddpm", 3, 0.0, 0, 4, "cpu", bpd_images=3, bpd_timesteps=2, progress=False)
