@@ -150,13 +150,19 @@ class LoadedModel:
 
 def save_model_file(path: str | os.PathLike, net: nn.Module, card: ModelCard) -> Path:
     """Write ``net``'s weights and ``card`` atomically (temp file, fsync, rename)."""
+    tensors = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
+    return save_safetensors_atomic(path, tensors, {META_KEY: card.to_json()})
+
+
+def save_safetensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
+                            metadata: dict[str, str] | None = None) -> Path:
+    """Write a safetensors file so that ``path`` is either the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={META_KEY: card.to_json()})
+        save_file(tensors, tmp, metadata=metadata)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
+
+from .modelfile import save_safetensors_atomic
 
 
 def file_digest(path: str | os.PathLike, length: int = 16) -> str:
@@ -67,14 +68,4 @@ class SampleCache:
         if images.dtype != torch.uint8:
             raise ValueError(f"cached samples must be uint8, got {images.dtype}")
         p = self.path(sampler, steps, eta, seed, images.shape[0])
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=self.root)
-        os.close(fd)
-        try:
-            save_file({"images": images.contiguous().cpu()}, tmp)
-            with open(tmp, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return p
+        return save_safetensors_atomic(p, {"images": images.contiguous().cpu()})
