@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ from fastapi.templating import Jinja2Templates
 from engine import LoadedModel, load_model_file
 from engine.datasets import BUNDLED
 
-from .frames import data_url
+from .frames import data_url, frame_uint8
 from .limits import UploadLimit
 from .routes import api, new_noised_store, root, schedule_info
 from .settings import Settings
@@ -56,7 +57,7 @@ def _examples(m: LoadedModel, n: int = 32) -> list[str]:
 
     test = load_dataset("mnist5k", "test")
     picks = [int(np.nonzero(test.labels.numpy() == d)[0][k]) for k in range(n // 10 + 1) for d in range(10)][:n]
-    u8 = ((test.images[picks] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    u8 = frame_uint8(test.images[picks], (-1.0, 1.0))
     return [data_url(png_bytes(u8[i])) for i in range(len(picks))]
 
 
@@ -66,7 +67,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         device = resolve_device(settings.device)
-        m = load_model_file(settings.model, device)
+        # Loading and decoding the examples run large torch ops; a thread that exits afterwards takes its
+        # OpenMP team with it, so the worker's team stays the only one (see app.worker).
+        with ThreadPoolExecutor(1, thread_name_prefix="model-load") as pool:
+            m = pool.submit(load_model_file, settings.model, device).result()
+            examples = pool.submit(_examples, m).result() if BUNDLED.exists() else []
         worker = SamplingWorker(m, device, settings.max_batch, settings.max_active_jobs, settings.max_queue,
                                 settings.event_buffer, settings.job_ttl_s)
         worker.start()
@@ -77,7 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         st.defaults = {**PAGE_DEFAULTS, "steps": min(PAGE_DEFAULTS["steps"], m.diffusion.T),
                        "n": min(PAGE_DEFAULTS["n"], settings.max_batch)}
         st.noised = new_noised_store()
-        st.examples = _examples(m) if BUNDLED.exists() else []
+        st.examples = examples
         log.info("model %s (%d parameters) on %s", m.path, m.num_parameters, device)
         try:
             yield

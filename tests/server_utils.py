@@ -55,9 +55,13 @@ class Server:
                 self.proc.kill()
 
 
-def start_server(model: Path, log: Path, *extra: str, timeout: float = 60.0) -> Server:
+def start_server(model: Path, log: Path, *extra: str, timeout: float = 60.0, threads: int | None = 1) -> Server:
+    """``threads`` sets OMP_NUM_THREADS (tests share two cores); ``None`` keeps torch's default, as `make demo`."""
     port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("OMP_NUM_THREADS", None)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, "-m", "app.cli", "serve", "--model", str(model), "--port", str(port), "--log-level",
            "warning", *extra]
     with open(log, "w") as out:  # the child keeps its own copy of the descriptor

@@ -1,0 +1,57 @@
+"""The server's CPU threading: the sampling worker must be the only thread with an OpenMP team.
+
+libgomp stops spin-waiting between parallel regions once it manages more threads than there are
+cores, and every thread that has ever run a large torch op keeps its team until it exits. A warm-up
+forward on the event-loop thread once left a second team alive, and the worker's helpers then slept
+and woke on every op: ~600 context switches per step and a page grid 1.6× slower on two cores. The
+signature is unmistakable in /proc, so this test counts context switches rather than timing anything.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import httpx
+import pytest
+
+from engine import DEFAULT_MODEL
+
+from .server_utils import sse_events, start_server
+
+THREADS = 2
+STEPS = 20
+
+pytestmark = pytest.mark.skipif(
+    not Path("/proc/self/task").exists() or len(os.sched_getaffinity(0)) < THREADS,
+    reason=f"needs Linux /proc and at least {THREADS} usable cores")
+
+
+def _voluntary_switches(pid: int) -> int:
+    """Voluntary context switches summed over the process's live threads."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:  # the thread exited while we looked
+            continue
+        total += int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+    return total
+
+
+def test_worker_threads_do_not_sleep_and_wake_on_every_op(tmp_path):
+    s = start_server(DEFAULT_MODEL, tmp_path / "server.log", threads=THREADS)
+    try:
+        params = {"n": 16, "steps": STEPS, "sampler": "ddpm", "seed": 0, "frame_every": 1}
+        with httpx.stream("GET", s.url + "/api/v1/stream", params=params, timeout=120) as r:  # warm the path
+            assert [e.event for e in sse_events(r)][-1] == "done"
+        before = _voluntary_switches(s.proc.pid)
+        with httpx.stream("GET", s.url + "/api/v1/stream", params=params, timeout=120) as r:
+            events = [e.event for e in sse_events(r)]
+        per_step = (_voluntary_switches(s.proc.pid) - before) / STEPS
+    finally:
+        s.stop()
+    assert events.count("frame") == STEPS and events[-1] == "done"
+    # With one team the helpers spin between regions; the few switches per step left are the event
+    # loop, the encoder and the SSE writes. A second team shows up as hundreds per step.
+    assert per_step < 60, f"{per_step:.0f} voluntary context switches per step: an extra OpenMP team?"
