@@ -6,7 +6,8 @@
 
 It generates a grid, noises a dataset sample (when the model has bundled samples) and denoises it back,
 scrubs the timeline to a frame 70% of the way through, and photographs the whole page.
-Prints one JSON line: where the picture went, the run's final state and any console errors.
+Prints one JSON line: where the picture went, the run's final state, the seconds from Generate to a
+finished grid, and any console errors.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -35,9 +37,14 @@ def _set_range(page: Page, selector: str, value: int) -> None:
         s.value = v; s.dispatchEvent(new Event('input', {bubbles: true})); }""", [selector, value])
 
 
+class Shot(NamedTuple):
+    errors: list[str]  # console errors seen
+    grid_seconds: float  # from the click on Generate to the grid's done state, as a user waits
+
+
 def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int = 100, seed: int = 0,
-                    noise_t: int = 400, sampler: str = "ddpm") -> list[str]:
-    """Run the demo on ``page`` and save a full-page PNG at ``out``; returns the console errors seen."""
+                    noise_t: int = 400, sampler: str = "ddpm") -> Shot:
+    """Run the demo on ``page`` and save a full-page PNG at ``out``."""
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -49,8 +56,10 @@ def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int = 1
     page.fill("#gen-steps", str(steps))
     page.check("#gen-seed-fixed")
     page.fill("#gen-seed", str(seed))
+    t0 = time.perf_counter()
     page.click("#gen-go")
     page.wait_for_selector("#gen-viewer[data-state=done]")
+    grid_seconds = time.perf_counter() - t0
 
     if page.locator("#noise-examples button.example").count():
         page.click("#noise-examples button.example >> nth=3")
@@ -64,7 +73,7 @@ def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int = 1
     _set_range(page, "#gen-scrub", round(0.7 * int(page.get_attribute("#gen-scrub", "max") or 0)))
     out.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(out), full_page=True)
-    return errors
+    return Shot(errors, grid_seconds)
 
 
 def main() -> int:
@@ -89,21 +98,23 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     with tempfile.TemporaryDirectory() as tmp:
-        server = None if args.url else start_server(args.model, Path(tmp) / "server.log")
+        # threads=None: torch's default thread count, as `make demo` serves
+        server = None if args.url else start_server(args.model, Path(tmp) / "server.log", threads=None)
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": args.width, "height": 900})
                 page.set_default_timeout(120_000)
-                errors = drive_and_shoot(page, args.url or server.url, args.out, args.n, args.steps, args.seed,
-                                         args.noise_t, args.sampler)
+                shot = drive_and_shoot(page, args.url or server.url, args.out, args.n, args.steps, args.seed,
+                                       args.noise_t, args.sampler)
                 state = page.get_attribute("#gen-viewer", "data-state")
                 browser.close()
         finally:
             if server is not None:
                 server.stop()
-    print(json.dumps({"out": str(args.out), "state": state, "console_errors": errors}))
-    return 0 if not errors and state == "done" else 1
+    print(json.dumps({"out": str(args.out), "state": state, "grid_seconds": round(shot.grid_seconds, 2),
+                      "console_errors": shot.errors}))
+    return 0 if not shot.errors and state == "done" else 1
 
 
 if __name__ == "__main__":

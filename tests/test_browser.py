@@ -415,8 +415,8 @@ def test_screenshot_script_drives_the_page_to_a_png(browser, server, tmp_path):
         pg = ctx.new_page()
         pg.set_default_timeout(TIMEOUT_MS)
         out = tmp_path / "shot.png"
-        errors = script.drive_and_shoot(pg, server.url, out, n=4, steps=8, noise_t=50)
-        assert errors == []
+        shot = script.drive_and_shoot(pg, server.url, out, n=4, steps=8, noise_t=50)
+        assert shot.errors == [] and shot.grid_seconds > 0
         assert pg.get_attribute("#gen-viewer", "data-state") == "done"
         assert pg.get_attribute("#noise-viewer", "data-state") == "done"
         assert pg.input_value("#gen-scrub") == "5"  # round(0.7 × 7): 70% of the way through frames 0..7

@@ -1,0 +1,111 @@
+"""The page's default job through a real server vs the bare sampling loop, at torch's default threads.
+
+    .venv/bin/python benchmarks/bench_page_job.py [--repeats 3] [--other-root /tmp/before]
+
+One job as the page sends it (bundled model, respaced DDPM 100, 16 images, seed 0, a frame every
+step), read over SSE from ``ddpm serve`` on 127.0.0.1, against :func:`engine.sample` with the same
+plan, shape and seed in this process. Nothing sets OMP_NUM_THREADS, as with `make demo`.
+``--other-root`` also serves from another checkout (say ``git worktree add /tmp/before <rev>``) so
+that two revisions are timed side by side in one run. Runs are interleaved; medians are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+import torch  # noqa: E402
+
+from engine import DEFAULT_MODEL, SamplingPlan, load_model_file, sample  # noqa: E402
+from tests.server_utils import free_port, sse_events  # noqa: E402
+
+N, STEPS, SAMPLER, SEED = 16, 100, "ddpm", 0
+
+
+def serve(root: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """``ddpm serve`` on the bundled model from the checkout at ``root``, as `make demo` starts it."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"PYTHONPATH": str(root)}
+    port = free_port()
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--model", str(DEFAULT_MODEL),
+                                 "--port", str(port), "--log-level", "warning"],
+                                cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server from {root} exited: {log.read_text()[-2000:]}")
+        try:
+            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"server from {root} did not become ready")
+
+
+def page_job(url: str) -> float:
+    """Seconds from the request to the ``done`` event."""
+    params = {"n": N, "steps": STEPS, "sampler": SAMPLER, "seed": SEED, "frame_every": 1}
+    t0 = time.perf_counter()
+    with httpx.stream("GET", url + "/api/v1/stream", params=params, timeout=600) as r:
+        for ev in sse_events(r):
+            if ev.event == "done":
+                return time.perf_counter() - t0
+            if ev.event in ("error", "cancelled"):
+                raise RuntimeError(f"job ended with {ev.event}: {ev.data}")
+    raise RuntimeError("stream closed without done")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--other-root", type=Path, help="also serve from this checkout, timed alongside")
+    args = ap.parse_args()
+
+    m = load_model_file(DEFAULT_MODEL)
+    plan = SamplingPlan.build(m.diffusion, SAMPLER, STEPS)
+
+    def bare() -> float:
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            sample(m.net, m.diffusion, plan, (N, *m.sample_shape), torch.Generator().manual_seed(SEED))
+        return time.perf_counter() - t0
+
+    roots = {"this checkout": ROOT} | ({f"{args.other_root}": args.other_root} if args.other_root else {})
+    servers = {name: serve(root, Path(f"/tmp/bench_page_job_{i}.log")) for i, (name, root) in enumerate(roots.items())}
+    times: dict[str, list[float]] = {"bare loop": [], **{name: [] for name in servers}}
+    try:
+        bare()
+        for _, url in servers.values():
+            page_job(url)  # first-request costs are not what we measure
+        for _ in range(args.repeats):
+            times["bare loop"].append(bare())
+            for name, (_, url) in servers.items():
+                times[name].append(page_job(url))
+    finally:
+        for proc, _ in servers.values():
+            proc.terminate()
+            proc.wait(10)
+
+    base = statistics.median(times["bare loop"])
+    print(f"\nbundled model, {SAMPLER} {STEPS} steps, {N} images, a frame every step, torch threads "
+          f"{torch.get_num_threads()}, median of {args.repeats}\n")
+    print("| path | seconds | runs | vs bare loop |")
+    print("|---|---|---|---|")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"| {name} | {med:.2f} | {' '.join(f'{t:.2f}' for t in ts)} | {med / base:.2f}× |")
+
+
+if __name__ == "__main__":
+    main()
