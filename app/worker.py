@@ -111,6 +111,7 @@ class SamplingWorker:
         self._pending: deque[Job] = deque()
         self._live: list[Job] = []
         self._rr = 0
+        self._fresh_tick = False  # the last tick served only jobs that had not stepped yet
         self._cv = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="sampling-worker", daemon=True)
@@ -228,16 +229,32 @@ class SamplingWorker:
         self.metrics.active_samples.set(sum(j.n for j in self._live))
 
     def _select(self) -> list[Job]:
-        """Live jobs round-robin up to ``max_batch`` samples; a job's samples stay together."""
+        """Live jobs round-robin up to ``max_batch`` samples; a job's samples stay together.
+
+        Jobs that have not taken a step yet get a tick of their own first, so a newcomer's first frame
+        waits for the tick under way plus one tick over the newcomers only, not plus one over everyone.
+        The tick after a newcomers' tick is always round-robin, so a stream of arrivals cannot starve
+        the jobs already running.
+        """
         if not self._live:
             return []
+        fresh = [j for j in self._live if j.step == 0]
+        if fresh and len(fresh) < len(self._live) and not self._fresh_tick:
+            self._fresh_tick = True
+            return self._fill(fresh)
+        self._fresh_tick = False
         order = self._live[self._rr % len(self._live):] + self._live[: self._rr % len(self._live)]
+        picked = self._fill(order)
+        self._rr = (self._rr + len(picked)) % max(1, len(self._live))
+        return picked
+
+    def _fill(self, order: list[Job]) -> list[Job]:
+        """Jobs from ``order`` that fit in ``max_batch`` samples, in order, skipping those that do not."""
         picked, total = [], 0
         for job in order:
             if total + job.n <= self.max_batch:
                 picked.append(job)
                 total += job.n
-        self._rr = (self._rr + len(picked)) % max(1, len(self._live))
         return picked
 
     def _tick(self, jobs: list[Job]) -> None:

@@ -1,0 +1,70 @@
+"""The worker's tick scheduling, stepped by hand in-process with a real tiny UNet (no loop thread)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.worker import Job, SamplingWorker
+from engine import SamplingPlan, load_model_file
+from tests.server_utils import tiny_model_file
+
+
+@pytest.fixture
+def worker(tmp_path):
+    m = load_model_file(tiny_model_file(tmp_path / "tiny.safetensors", T=100), torch.device("cpu"))
+    w = SamplingWorker(m, torch.device("cpu"), max_batch=8, max_active_jobs=8, max_queue=8, event_buffer=8)
+    yield w
+    w.encoder.close()
+
+
+def _submit(w: SamplingWorker, n: int, seed: int) -> Job:
+    plan = SamplingPlan.build(w.model.diffusion, "ddim", 20)
+    job = w.submit(n, plan, seed=seed, frame_every=100, clip=True, sampler="ddim")
+    with w._cv:
+        w._admit()
+    return job
+
+
+def _tick(w: SamplingWorker) -> list[Job]:
+    with w._cv:
+        batch = w._select()
+    with torch.inference_mode():
+        w._tick(batch)
+    return batch
+
+
+def test_newcomers_get_a_tick_of_their_own_then_everyone_is_batched(worker):
+    a = _submit(worker, 4, seed=0)
+    assert _tick(worker) == [a]  # alone, so no special tick
+    _tick(worker)
+    b, c = _submit(worker, 2, seed=1), _submit(worker, 2, seed=2)
+    assert _tick(worker) == [b, c]  # the newcomers' first step, without a's four samples
+    assert (a.step, b.step, c.step) == (2, 1, 1)
+    assert sorted(j.seed for j in _tick(worker)) == [0, 1, 2]  # then round-robin over all of them, 8 samples
+    assert (a.step, b.step, c.step) == (3, 2, 2)
+
+
+def test_a_stream_of_newcomers_cannot_starve_running_jobs(worker):
+    a = _submit(worker, 4, seed=0)
+    _tick(worker)
+    for seed in range(1, 6):
+        step_before = a.step
+        newcomer = _submit(worker, 1, seed=seed)
+        assert _tick(worker) == [newcomer]
+        late = _submit(worker, 1, seed=100 + seed)  # arrives right after a newcomers' tick
+        assert a in _tick(worker), "the tick after a newcomers' tick must be round-robin"
+        assert a.step == step_before + 1
+        worker.cancel(late.id)
+        worker.cancel(newcomer.id)
+        with worker._cv:
+            worker._admit()
+
+
+def test_newcomers_beyond_max_batch_wait_for_a_later_tick(worker):
+    a = _submit(worker, 2, seed=0)
+    _tick(worker)
+    big, small = _submit(worker, 6, seed=1), _submit(worker, 4, seed=2)
+    assert _tick(worker) == [big]  # 6 + 4 > max_batch 8: the one that fits goes first
+    assert _tick(worker) == [a, big]  # round-robin next; small does not fit beside them
+    assert _tick(worker) == [small]  # and gets its newcomers' tick straight after
