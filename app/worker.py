@@ -10,9 +10,10 @@ On CPU the worker thread should be the only long-lived thread that runs large to
 CPU kernels use libgomp, which keeps an OpenMP team for every thread that has opened a parallel
 region until that thread exits, and which stops spin-waiting between regions once it manages more
 threads than there are cores. A second team (say, the event loop's, from a warm-up forward) made
-the worker's helpers sleep and wake on every op: 18k context switches and 1.35× the time per
-30-step batch of 16 on two cores. So the warm-up runs here, the model is loaded on a thread that
-exits (:func:`app.main.create_app`), and the frame encoder converts with NumPy.
+the worker's helpers sleep and wake on every op: about 600 voluntary context switches per step
+and 1.4× the time of the page's default job on two cores (BENCHMARKS.md §4). So the warm-up
+runs here, the model is loaded on a thread that exits (:func:`app.main.create_app`), and the
+frame encoder converts with NumPy.
 """
 
 from __future__ import annotations
