@@ -54,4 +54,4 @@ def test_worker_threads_do_not_sleep_and_wake_on_every_op(tmp_path):
     assert events.count("frame") == STEPS and events[-1] == "done"
     # With one team the helpers spin between regions; the few switches per step left are the event
     # loop, the encoder and the SSE writes. A second team shows up as hundreds per step.
-    assert per_step < 60, f"{per_step:.0f} voluntary context switches per step: an extra OpenMP team?"
+    assert per_step < 100, f"{per_step:.0f} voluntary context switches per step: an extra OpenMP team?"
