@@ -8,7 +8,9 @@ import io
 import json
 import secrets
 from collections import OrderedDict
-from typing import Annotated, Any
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import numpy as np
@@ -36,6 +38,7 @@ from .schemas import (
 )
 from .worker import Job, QueueFull, SamplingWorker
 
+T = TypeVar("T")
 api = APIRouter(prefix="/api/v1")
 SHUTTING_DOWN = "the server is shutting down"
 SHUTDOWN_GRACE_S = 3.0  # streams get this long to say goodbye; uvicorn's own graceful timeout is longer (5 s)
@@ -256,22 +259,37 @@ async def post_noise(request: Request, image: Annotated[UploadFile, File(descrip
     if len(data) > st.settings.max_upload_bytes:
         raise HTTPException(413, f"image: more than {st.settings.max_upload_bytes} bytes")
     c, size, _ = m.sample_shape
-    img = await asyncio.to_thread(_decode_upload, data, st.settings.max_upload_pixels, "L" if c == 1 else "RGB", size)
-    arr = np.asarray(img)
-    arr = arr[None, ..., None] if arr.ndim == 2 else arr[None]
-    x0 = from_uint8(arr, m.card.value_range)
-    g = torch.Generator().manual_seed(seed)
-    noise = torch.randn(x0.shape, generator=g)
-    tt = torch.tensor([t])
-    x_t = m.diffusion.q_sample(x0, tt, noise)
+
+    def noise_it() -> tuple[torch.Tensor, str, str]:
+        img = _decode_upload(data, st.settings.max_upload_pixels, "L" if c == 1 else "RGB", size)
+        arr = np.asarray(img)
+        x0 = from_uint8(arr[None, ..., None] if arr.ndim == 2 else arr[None], m.card.value_range)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+        x_t = m.diffusion.q_sample(x0, torch.tensor([t]), noise)
+        vr = m.card.value_range
+        return x_t, data_url(grid_png(x0, vr)), data_url(grid_png(x_t.clamp(*vr), vr))
+
+    x_t, x0_url, xt_url = await _on_a_thread_that_exits(noise_it)
     handle = secrets.token_hex(8)
     st.noised[handle] = (x_t, t)
     while len(st.noised) > 256:
         st.noised.popitem(last=False)
     s_ = m.diffusion.schedule
     return NoiseResponse(id=handle, t=t, alpha_bar=float(s_.alpha_bars[t]), snr=float(s_.snr[t]),
-                         x0=data_url(grid_png(x0, m.card.value_range)),
-                         xt=data_url(grid_png(x_t.clamp(*m.card.value_range), m.card.value_range)))
+                         x0=x0_url, xt=xt_url)
+
+
+async def _on_a_thread_that_exits(fn: Callable[[], T]) -> T:
+    """``fn()`` off the event loop, on a thread that ends with it.
+
+    Torch ops on a large image would give a long-lived thread (the loop's, or a pool's) an OpenMP team
+    of its own, which slows the sampling worker for as long as that thread lives (see app.worker).
+    """
+    pool = ThreadPoolExecutor(1, thread_name_prefix="noise")
+    try:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn)
+    finally:
+        pool.shutdown(wait=False)
 
 
 @api.get("/examples", summary="a few images from the model's dataset, as PNG data URLs")

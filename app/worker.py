@@ -12,8 +12,8 @@ region until that thread exits, and which stops spin-waiting between regions onc
 threads than there are cores. A second team (say, the event loop's, from a warm-up forward) made
 the worker's helpers sleep and wake on every op: about 600 voluntary context switches per step
 and 1.4× the time of the page's default job on two cores (BENCHMARKS.md §4). So the warm-up
-runs here, the model is loaded on a thread that exits (:func:`app.main.create_app`), and the
-frame encoder converts with NumPy.
+runs here, the model is loaded and an uploaded image noised on threads that exit
+(:func:`app.main.create_app`, ``app.routes.post_noise``), and the frame encoder converts with NumPy.
 """
 
 from __future__ import annotations
