@@ -70,26 +70,35 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--other-root", type=Path, help="also serve from this checkout, timed alongside")
+    ap.add_argument("--bare-threads", type=int, nargs="*", default=[],
+                    help="also time the bare loop at these torch thread counts (e.g. 1)")
     args = ap.parse_args()
+    default_threads = torch.get_num_threads()
 
     m = load_model_file(DEFAULT_MODEL)
     plan = SamplingPlan.build(m.diffusion, SAMPLER, STEPS)
 
-    def bare() -> float:
+    def bare(threads: int = default_threads) -> float:
+        torch.set_num_threads(threads)
         t0 = time.perf_counter()
         with torch.inference_mode():
             sample(m.net, m.diffusion, plan, (N, *m.sample_shape), torch.Generator().manual_seed(SEED))
-        return time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        torch.set_num_threads(default_threads)
+        return elapsed
 
     roots = {"this checkout": ROOT} | ({f"{args.other_root}": args.other_root} if args.other_root else {})
     servers = {name: serve(root, Path(f"/tmp/bench_page_job_{i}.log")) for i, (name, root) in enumerate(roots.items())}
-    times: dict[str, list[float]] = {"bare loop": [], **{name: [] for name in servers}}
+    times: dict[str, list[float]] = {"bare loop": [], **{f"bare loop, {k} thread(s)": [] for k in args.bare_threads},
+                                     **{name: [] for name in servers}}
     try:
         bare()
         for _, url in servers.values():
             page_job(url)  # first-request costs are not what we measure
         for _ in range(args.repeats):
             times["bare loop"].append(bare())
+            for k in args.bare_threads:
+                times[f"bare loop, {k} thread(s)"].append(bare(k))
             for name, (_, url) in servers.items():
                 times[name].append(page_job(url))
     finally:
@@ -99,7 +108,7 @@ def main() -> None:
 
     base = statistics.median(times["bare loop"])
     print(f"\nbundled model, {SAMPLER} {STEPS} steps, {N} images, a frame every step, torch threads "
-          f"{torch.get_num_threads()}, median of {args.repeats}\n")
+          f"{default_threads} unless named, median of {args.repeats}\n")
     print("| path | seconds | runs | vs bare loop |")
     print("|---|---|---|---|")
     for name, ts in times.items():
