@@ -37,7 +37,7 @@ def frame_uint8(x: Tensor, value_range: tuple[float, float]) -> np.ndarray:
     which slows the sampling worker's own team (see :mod:`app.worker`). Rounds half to even, as torch does.
     """
     lo, hi = value_range
-    y = np.rint((x.detach().float().numpy() - lo) / (hi - lo) * 255.0)
+    y = np.nan_to_num(np.rint((x.detach().float().numpy() - lo) / (hi - lo) * 255.0), nan=0.0)
     return np.ascontiguousarray(np.clip(y, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
 
 

@@ -74,7 +74,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             examples = pool.submit(_examples, m).result() if BUNDLED.exists() else []
         worker = SamplingWorker(m, device, settings.max_batch, settings.max_active_jobs, settings.max_queue,
                                 settings.event_buffer, settings.job_ttl_s)
-        worker.start()
+        try:
+            worker.start()
+        except BaseException:
+            worker.stop()
+            raise
         st = app.state
         st.settings, st.model, st.worker, st.device = settings, m, worker, device
         st.model_info = model_info(m, device, settings.max_batch)

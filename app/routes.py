@@ -38,7 +38,7 @@ from .schemas import (
 )
 from .worker import Job, QueueFull, SamplingWorker
 
-T = TypeVar("T")
+R = TypeVar("R")
 api = APIRouter(prefix="/api/v1")
 SHUTTING_DOWN = "the server is shutting down"
 SHUTDOWN_GRACE_S = 3.0  # streams get this long to say goodbye; uvicorn's own graceful timeout is longer (5 s)
@@ -74,8 +74,7 @@ def _plan_for(request: Request, req: SampleRequest) -> tuple[SamplingPlan, torch
         init = st.noised.get(req.init)
         if init is None:
             raise _invalid("init", "unknown or expired init id; POST /api/v1/noise again", req.init)
-        x_start, start_t = init
-        x_start = x_start.expand(req.n, *x_start.shape[1:]).clone()
+        x_start, start_t = init  # one image; the worker repeats it n times, on its own thread (see app.worker)
     t_max = T - 1 if start_t is None else start_t
     if req.steps > t_max + 1:
         raise _invalid("steps", f"steps must be ≤ {t_max + 1} (T of this model{' from init t' if start_t else ''})",
@@ -279,7 +278,7 @@ async def post_noise(request: Request, image: Annotated[UploadFile, File(descrip
                          x0=x0_url, xt=xt_url)
 
 
-async def _on_a_thread_that_exits(fn: Callable[[], T]) -> T:
+async def _on_a_thread_that_exits(fn: Callable[[], R]) -> R:
     """``fn()`` off the event loop, on a thread that ends with it.
 
     Torch ops on a large image would give a long-lived thread (the loop's, or a pool's) an OpenMP team

@@ -11,9 +11,10 @@ CPU kernels use libgomp, which keeps an OpenMP team for every thread that has op
 region until that thread exits, and which stops spin-waiting between regions once it manages more
 threads than there are cores. A second team (say, the event loop's, from a warm-up forward) made
 the worker's helpers sleep and wake on every op: about 600 voluntary context switches per step
-and 1.4× the time of the page's default job on two cores (BENCHMARKS.md §4). So the warm-up
+and 1.24–1.38× the time of the page's default job on two cores (BENCHMARKS.md §4). So the warm-up
 runs here, the model is loaded and an uploaded image noised on threads that exit
-(:func:`app.main.create_app`, ``app.routes.post_noise``), and the frame encoder converts with NumPy.
+(:func:`app.main.create_app`, ``app.routes.post_noise``), a denoise job's start image is repeated
+to n here at admission, and the frame encoder converts with NumPy.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class Job:
     clip: bool
     sampler: str
     events: EventLog
-    x_start: Tensor | None = None
+    x_start: Tensor | None = None  # (1 or n, C, H, W) start image, repeated to n at admission
     status: JobStatus = "queued"
     step: int = 0
     x: Tensor | None = None
@@ -211,7 +212,8 @@ class SamplingWorker:
             job = self._pending.popleft()
             try:
                 shape = (job.n, *self.model.sample_shape)
-                job.x = draw_noise(shape, job.gen, self.device) if job.x_start is None else job.x_start.to(self.device)
+                job.x = (draw_noise(shape, job.gen, self.device) if job.x_start is None
+                         else job.x_start.to(self.device).expand(shape).clone())
             except Exception as e:
                 self._finish(job, "error", f"could not start: {e}")
                 continue
@@ -232,8 +234,9 @@ class SamplingWorker:
     def _select(self) -> list[Job]:
         """Live jobs round-robin up to ``max_batch`` samples; a job's samples stay together.
 
-        Jobs that have not taken a step yet get a tick of their own first, so a newcomer's first frame
-        waits for the tick under way plus one tick over the newcomers only, not plus one over everyone.
+        Jobs that have not taken a step yet get a tick of their own first, so a newcomer's first step
+        (its first frame when it asked for every step) waits for the tick under way plus one tick over
+        the newcomers only, not plus one over everyone.
         The tick after a newcomers' tick is always round-robin, so a stream of arrivals cannot starve
         the jobs already running.
         """

@@ -55,8 +55,10 @@ class Server:
                 self.proc.kill()
 
 
-def start_server(model: Path, log: Path, *extra: str, timeout: float = 60.0, threads: int | None = 1) -> Server:
-    """``threads`` sets OMP_NUM_THREADS (tests share two cores); ``None`` keeps torch's default, as `make demo`."""
+def start_server(model: Path, log: Path, *extra: str, timeout: float = 60.0, threads: int | None = 1,
+                 cpus: int | None = None) -> Server:
+    """``threads`` sets OMP_NUM_THREADS (tests share two cores); ``None`` keeps torch's default, as `make demo`.
+    ``cpus`` pins the server to that many of our CPUs (libgomp sizes its spin-waiting by the CPUs it may use)."""
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("OMP_NUM_THREADS", None)
@@ -65,7 +67,8 @@ def start_server(model: Path, log: Path, *extra: str, timeout: float = 60.0, thr
     cmd = [sys.executable, "-m", "app.cli", "serve", "--model", str(model), "--port", str(port), "--log-level",
            "warning", *extra]
     with open(log, "w") as out:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cpus]))
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

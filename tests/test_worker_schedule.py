@@ -7,7 +7,8 @@ import torch
 
 from app.worker import Job, SamplingWorker
 from engine import SamplingPlan, load_model_file
-from tests.server_utils import tiny_model_file
+
+from .server_utils import tiny_model_file
 
 
 @pytest.fixture
