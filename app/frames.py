@@ -19,31 +19,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 from torch import Tensor
 
-from engine.images import make_grid, png_bytes
+from engine.images import make_grid, png_bytes, to_uint8_array
 
 
 def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def frame_uint8(x: Tensor, value_range: tuple[float, float]) -> np.ndarray:
-    """A CPU ``(N, C, H, W)`` float batch in ``value_range`` as uint8 ``(N, H, W, C)``.
-
-    NumPy rather than :func:`engine.to_uint8` on purpose: this runs on the encoder thread, and a torch
-    op over more than 32k elements there would open an OpenMP team on a second long-lived thread,
-    which slows the sampling worker's own team (see :mod:`app.worker`). Rounds half to even, as torch does.
-    """
-    lo, hi = value_range
-    y = np.nan_to_num(np.rint((x.detach().float().numpy() - lo) / (hi - lo) * 255.0), nan=0.0)
-    return np.ascontiguousarray(np.clip(y, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
-
-
 def grid_png(x: Tensor, value_range: tuple[float, float]) -> bytes:
     """PNG of a CPU ``(N, C, H, W)`` batch tiled into a grid."""
-    return png_bytes(make_grid(frame_uint8(x, value_range)))
+    return png_bytes(make_grid(to_uint8_array(x, value_range)))
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,11 @@ from fastapi.templating import Jinja2Templates
 from engine import LoadedModel, load_model_file
 from engine.datasets import BUNDLED
 
-from .frames import data_url, frame_uint8
+from .frames import data_url
 from .limits import UploadLimit
 from .routes import api, new_noised_store, root, schedule_info
 from .settings import Settings
-from .worker import SamplingWorker
+from .worker import SamplingWorker, on_a_thread_that_exits
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("ddpm")
@@ -53,11 +52,11 @@ def _examples(m: LoadedModel, n: int = 32) -> list[str]:
     if m.card.data.get("dataset") != "mnist5k" or m.sample_shape != (1, 28, 28):
         return []
     from engine.datasets import load_dataset
-    from engine.images import png_bytes
+    from engine.images import png_bytes, to_uint8_array
 
     test = load_dataset("mnist5k", "test")
     picks = [int(np.nonzero(test.labels.numpy() == d)[0][k]) for k in range(n // 10 + 1) for d in range(10)][:n]
-    u8 = frame_uint8(test.images[picks], (-1.0, 1.0))
+    u8 = to_uint8_array(test.images[picks], (-1.0, 1.0))
     return [data_url(png_bytes(u8[i])) for i in range(len(picks))]
 
 
@@ -67,11 +66,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         device = resolve_device(settings.device)
-        # Loading and decoding the examples run large torch ops; a thread that exits afterwards takes its
-        # OpenMP team with it, so the worker's team stays the only one (see app.worker).
-        with ThreadPoolExecutor(1, thread_name_prefix="model-load") as pool:
-            m = pool.submit(load_model_file, settings.model, device).result()
-            examples = pool.submit(_examples, m).result() if BUNDLED.exists() else []
+
+        def load() -> tuple[LoadedModel, list[str]]:  # large torch ops: off the loop's thread (see app.worker)
+            m = load_model_file(settings.model, device)
+            return m, _examples(m) if BUNDLED.exists() else []
+
+        m, examples = await on_a_thread_that_exits(load)
         worker = SamplingWorker(m, device, settings.max_batch, settings.max_active_jobs, settings.max_queue,
                                 settings.event_buffer, settings.job_ttl_s)
         try:

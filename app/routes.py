@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import io
 import json
 import secrets
 from collections import OrderedDict
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import anyio
 import numpy as np
@@ -36,9 +33,8 @@ from .schemas import (
     SamplesResponse,
     ValidationErrorResponse,
 )
-from .worker import Job, QueueFull, SamplingWorker
+from .worker import Job, QueueFull, SamplingWorker, on_a_thread_that_exits
 
-R = TypeVar("R")
 api = APIRouter(prefix="/api/v1")
 SHUTTING_DOWN = "the server is shutting down"
 SHUTDOWN_GRACE_S = 3.0  # streams get this long to say goodbye; uvicorn's own graceful timeout is longer (5 s)
@@ -268,7 +264,7 @@ async def post_noise(request: Request, image: Annotated[UploadFile, File(descrip
         vr = m.card.value_range
         return x_t, data_url(grid_png(x0, vr)), data_url(grid_png(x_t.clamp(*vr), vr))
 
-    x_t, x0_url, xt_url = await _on_a_thread_that_exits(noise_it)
+    x_t, x0_url, xt_url = await on_a_thread_that_exits(noise_it)
     handle = secrets.token_hex(8)
     st.noised[handle] = (x_t, t)
     while len(st.noised) > 256:
@@ -276,19 +272,6 @@ async def post_noise(request: Request, image: Annotated[UploadFile, File(descrip
     s_ = m.diffusion.schedule
     return NoiseResponse(id=handle, t=t, alpha_bar=float(s_.alpha_bars[t]), snr=float(s_.snr[t]),
                          x0=x0_url, xt=xt_url)
-
-
-async def _on_a_thread_that_exits(fn: Callable[[], R]) -> R:
-    """``fn()`` off the event loop, on a thread that ends with it.
-
-    Torch ops on a large image would give a long-lived thread (the loop's, or a pool's) an OpenMP team
-    of its own, which slows the sampling worker for as long as that thread lives (see app.worker).
-    """
-    pool = ThreadPoolExecutor(1, thread_name_prefix="noise")
-    try:
-        return await asyncio.get_running_loop().run_in_executor(pool, fn)
-    finally:
-        pool.shutdown(wait=False)
 
 
 @api.get("/examples", summary="a few images from the model's dataset, as PNG data URLs")

@@ -12,32 +12,51 @@ region until that thread exits, and which stops spin-waiting between regions onc
 threads than there are cores. A second team (say, the event loop's, from a warm-up forward) made
 the worker's helpers sleep and wake on every op: about 600 voluntary context switches per step
 and 1.24–1.38× the time of the page's default job on two cores (BENCHMARKS.md §4). So the warm-up
-runs here, the model is loaded and an uploaded image noised on threads that exit
-(:func:`app.main.create_app`, ``app.routes.post_noise``), a denoise job's start image is repeated
-to n here at admission, and the frame encoder converts with NumPy.
+runs here, the model is loaded and an uploaded image noised by :func:`on_a_thread_that_exits`, a
+denoise job's start image is repeated to n here at admission, and frames are converted with NumPy
+(:func:`engine.images.to_uint8_array`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import secrets
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, TypeVar
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from torch import Tensor
 
 from engine import LoadedModel, SamplingPlan, StepCoeffs, draw_noise, sampling_step
-from engine.images import make_grid, png_bytes
+from engine.images import make_grid, png_bytes, to_uint8_array
 
-from .frames import EventLog, FrameEncoder, data_url, frame_uint8, grid_png
+from .frames import EventLog, FrameEncoder, data_url, grid_png
 
 log = logging.getLogger(__name__)
+R = TypeVar("R")
+
+
+async def on_a_thread_that_exits(fn: Callable[[], R]) -> R:
+    """``fn()`` off the event loop, on a thread that ends with it: for large torch ops outside the worker.
+
+    A long-lived thread (the loop's, or a pool's) that ran them would keep an OpenMP team of its own and
+    slow the worker's for as long as it lives (see the module note).
+    """
+    pool = ThreadPoolExecutor(1, thread_name_prefix="off-worker")
+    try:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn)
+    finally:
+        pool.shutdown(wait=False)
+
+
 JobStatus = Literal["queued", "running", "done", "cancelled", "error"]
 
 
@@ -313,7 +332,7 @@ class SamplingWorker:
                      "x0": data_url(grid_png(x0, vr))}
             job.events.append(step, "frame", frame, keep=last)
             if last:
-                u8 = frame_uint8(x_t, vr)
+                u8 = to_uint8_array(x_t, vr)
                 job.result = [png_bytes(u8[i]) for i in range(u8.shape[0])]
                 job.grid_png = png_bytes(make_grid(u8))
                 self._finish(job, "done")

@@ -12,9 +12,7 @@ that two revisions are timed side by side in one run. Runs are interleaved; medi
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,31 +24,9 @@ import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from engine import DEFAULT_MODEL, SamplingPlan, load_model_file, sample  # noqa: E402
-from tests.server_utils import free_port, sse_events  # noqa: E402
+from tests.server_utils import sse_events, start_server  # noqa: E402
 
 N, STEPS, SAMPLER, SEED = 16, 100, "ddpm", 0
-
-
-def serve(root: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    """``ddpm serve`` on the bundled model from the checkout at ``root``, as `make demo` starts it."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | {"PYTHONPATH": str(root)}
-    port = free_port()
-    with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--model", str(DEFAULT_MODEL),
-                                 "--port", str(port), "--log-level", "warning"],
-                                cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server from {root} exited: {log.read_text()[-2000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"server from {root} did not become ready")
 
 
 def page_job(url: str) -> float:
@@ -88,23 +64,24 @@ def main() -> None:
         return elapsed
 
     roots = {"this checkout": ROOT} | ({f"{args.other_root}": args.other_root} if args.other_root else {})
-    servers = {name: serve(root, Path(f"/tmp/bench_page_job_{i}.log")) for i, (name, root) in enumerate(roots.items())}
+    # threads=None: torch's default thread count, as `make demo` serves
+    servers = {name: start_server(DEFAULT_MODEL, Path(f"/tmp/bench_page_job_{i}.log"), timeout=120, threads=None,
+                                  root=root) for i, (name, root) in enumerate(roots.items())}
     times: dict[str, list[float]] = {"bare loop": [], **{f"bare loop, {k} thread(s)": [] for k in args.bare_threads},
                                      **{name: [] for name in servers}}
     try:
         bare()
-        for _, url in servers.values():
-            page_job(url)  # first-request costs are not what we measure
+        for server in servers.values():
+            page_job(server.url)  # first-request costs are not what we measure
         for _ in range(args.repeats):
             times["bare loop"].append(bare())
             for k in args.bare_threads:
                 times[f"bare loop, {k} thread(s)"].append(bare(k))
-            for name, (_, url) in servers.items():
-                times[name].append(page_job(url))
+            for name, server in servers.items():
+                times[name].append(page_job(server.url))
     finally:
-        for proc, _ in servers.values():
-            proc.terminate()
-            proc.wait(10)
+        for server in servers.values():
+            server.stop()
 
     base = statistics.median(times["bare loop"])
     print(f"\nbundled model, {SAMPLER} {STEPS} steps, {N} images, a frame every step, torch threads "

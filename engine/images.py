@@ -13,6 +13,18 @@ from PIL import Image
 from torch import Tensor
 
 
+def to_uint8_array(x: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """Map ``(N, C, H, W)`` in ``value_range`` to a uint8 ``(N, H, W, C)`` array; rounds half to even, NaN → 0.
+
+    NumPy rather than torch on purpose: the server calls this on its frame-encoder thread, and a torch op
+    over more than 32k elements there would give that thread an OpenMP team of its own, which slows the
+    sampling worker's team (see :mod:`app.worker`).
+    """
+    lo, hi = value_range
+    y = np.nan_to_num(np.rint((x.detach().float().cpu().numpy() - lo) / (hi - lo) * 255.0), nan=0.0)
+    return np.ascontiguousarray(np.clip(y, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
+
+
 def make_grid(images: Tensor | np.ndarray, nrow: int | None = None, padding: int = 2, pad_value: int = 0) -> np.ndarray:
     """Tile uint8 ``(N, H, W, C)`` images into one uint8 ``(H', W', C)`` grid, ``nrow`` per row."""
     arr = images.numpy() if isinstance(images, Tensor) else np.asarray(images)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from .diffusion import GaussianDiffusion, Prediction, split_prediction
+from .images import to_uint8_array
 from .respace import respace
 
 SamplerName = Literal["ddpm", "ddim"]
@@ -256,7 +257,5 @@ def sample(
 
 
 def to_uint8(x: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
-    """Map ``(N, C, H, W)`` in ``value_range`` to uint8 ``(N, H, W, C)`` on the CPU."""
-    lo, hi = value_range
-    y = ((x.detach().float().cpu() - lo) / (hi - lo) * 255.0).round().clamp(0, 255)
-    return y.to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+    """Map ``(N, C, H, W)`` in ``value_range`` to uint8 ``(N, H, W, C)`` on the CPU (see :func:`to_uint8_array`)."""
+    return torch.from_numpy(to_uint8_array(x, value_range))

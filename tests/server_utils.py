@@ -56,11 +56,12 @@ class Server:
 
 
 def start_server(model: Path, log: Path, *extra: str, timeout: float = 60.0, threads: int | None = 1,
-                 cpus: int | None = None) -> Server:
+                 cpus: int | None = None, root: Path = ROOT) -> Server:
     """``threads`` sets OMP_NUM_THREADS (tests share two cores); ``None`` keeps torch's default, as `make demo`.
-    ``cpus`` pins the server to that many of our CPUs (libgomp sizes its spin-waiting by the CPUs it may use)."""
+    ``cpus`` pins the server to that many of our CPUs (libgomp sizes its spin-waiting by the CPUs it may use).
+    ``root`` serves the app from another checkout (benchmarks compare revisions)."""
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(root)}
     env.pop("OMP_NUM_THREADS", None)
     if threads is not None:
         env["OMP_NUM_THREADS"] = str(threads)
@@ -68,7 +69,7 @@ def start_server(model: Path, log: Path, *extra: str, timeout: float = 60.0, thr
            "warning", *extra]
     with open(log, "w") as out:  # the child keeps its own copy of the descriptor
         pin = None if cpus is None else (lambda: os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:cpus]))
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin)
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=pin)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
