@@ -57,6 +57,8 @@ class EventLog:
 
     def append(self, sse_id: int, event: str, data: dict[str, Any], keep: bool = True, close: bool = False) -> None:
         with self._lock:
+            if self.closed:  # e.g. a frame the encoder finishes after the job was cancelled: the log is final
+                return
             ev = Event(next(self._seq), sse_id, event, data, keep)
             if keep:
                 self._control.append(ev)

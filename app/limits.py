@@ -1,28 +1,56 @@
-"""Refuse oversized uploads from their Content-Length, before a byte of the body is read.
+"""Cap every request body: uploads at the operator's limit, everything else at a few KiB.
 
-Without this, the multipart parser would spool a huge body to a temp file before the route could
-say 413: a client could fill the disk, and would wait for the whole upload to learn it was too big.
-A body sent without Content-Length (chunked) is still capped by the route itself.
+A body that declares too large a Content-Length is refused before a byte of it is read. A body sent
+without one (chunked) is counted as it arrives and refused at the first chunk past the limit, so the
+multipart parser never spools more than the limit to a temp file and a JSON route never holds more
+than the limit in memory.
 """
 
 from __future__ import annotations
 
+from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and the small form fields around the file
+MAX_JSON_BODY = 64 * 1024  # the largest valid request is a few hundred bytes
 
 
-class UploadLimit:
-    def __init__(self, app: ASGIApp, max_bytes: int, paths: tuple[str, ...]) -> None:
-        self.app, self.max_bytes, self.paths = app, max_bytes + MULTIPART_SLACK, paths
+class BodyLimit:
+    """ASGI middleware: 413 for a body over ``max_upload_bytes`` (+ slack) on ``upload_paths``, over
+    ``max_other_bytes`` elsewhere."""
+
+    def __init__(self, app: ASGIApp, max_upload_bytes: int, upload_paths: tuple[str, ...],
+                 max_other_bytes: int = MAX_JSON_BODY) -> None:
+        self.app, self.upload_paths = app, upload_paths
+        self.max_upload, self.max_other = max_upload_bytes, max_other_bytes
+
+    def _limit(self, path: str) -> tuple[int, str]:
+        if path in self.upload_paths:
+            return self.max_upload + MULTIPART_SLACK, f"the limit of {self.max_upload} bytes per image"
+        return self.max_other, f"the limit of {self.max_other} bytes per request body"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] in self.paths:
-            declared = dict(scope["headers"]).get(b"content-length", b"")
-            if declared.isdigit() and int(declared) > self.max_bytes:
-                body = {"detail": f"image: a {int(declared)}-byte request exceeds the limit of "
-                                  f"{self.max_bytes - MULTIPART_SLACK} bytes per image"}
-                await JSONResponse(body, 413, headers={"Connection": "close"})(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit, says = self._limit(scope["path"])
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            body = {"detail": f"request body: {int(declared)} bytes exceeds {says}"}
+            await JSONResponse(body, 413, headers={"Connection": "close"})(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    # An HTTPException, because FastAPI turns any other error while it reads a body into a 400.
+                    raise HTTPException(413, f"request body: more than {limit} bytes exceeds {says}",
+                                        headers={"Connection": "close"})
+            return message
+
+        await self.app(scope, counted, send)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import logging
+import math
+import threading
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -17,7 +22,7 @@ from engine import LoadedModel, load_model_file
 from engine.datasets import BUNDLED
 
 from .frames import data_url
-from .limits import UploadLimit
+from .limits import BodyLimit
 from .routes import api, new_noised_store, root, schedule_info
 from .settings import Settings
 from .worker import SamplingWorker, on_a_thread_that_exits
@@ -60,6 +65,23 @@ def _examples(m: LoadedModel, n: int = 32) -> list[str]:
     return [data_url(png_bytes(u8[i])) for i in range(len(picks))]
 
 
+def _json_safe(v: Any) -> Any:
+    """``v`` with every non-finite float as its string, since JSON has no NaN or Infinity."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, except that a bad value of NaN or Infinity (which Python's JSON parser accepts)
+    is echoed as a string; FastAPI's own handler fails to serialise it and answers 500."""
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.load()
 
@@ -73,7 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         m, examples = await on_a_thread_that_exits(load)
         worker = SamplingWorker(m, device, settings.max_batch, settings.max_active_jobs, settings.max_queue,
-                                settings.event_buffer, settings.job_ttl_s)
+                                settings.event_buffer, settings.job_ttl_s, settings.max_finished_jobs)
         try:
             worker.start()
         except BaseException:
@@ -86,6 +108,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         st.defaults = {**PAGE_DEFAULTS, "steps": min(PAGE_DEFAULTS["steps"], m.diffusion.T),
                        "n": min(PAGE_DEFAULTS["n"], settings.max_batch)}
         st.noised = new_noised_store()
+        st.noise_slots = threading.BoundedSemaphore(settings.max_noise_uploads)
         st.examples = examples
         log.info("model %s (%d parameters) on %s", m.path, m.num_parameters, device)
         try:
@@ -97,7 +120,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Watch x_t and the predicted x̂0 form step by step. SSE events: queued, started, "
                               "frame, done, cancelled, error.")
     app.state.templates = Jinja2Templates(directory=str(ROOT / "templates"))
-    app.add_middleware(UploadLimit, max_bytes=settings.max_upload_bytes, paths=(api.prefix + "/noise",))
+    app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes, upload_paths=(api.prefix + "/noise",))
+    app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(api)
     app.include_router(root)
     app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")

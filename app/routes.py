@@ -40,6 +40,10 @@ SHUTTING_DOWN = "the server is shutting down"
 SHUTDOWN_GRACE_S = 3.0  # streams get this long to say goodbye; uvicorn's own graceful timeout is longer (5 s)
 root = APIRouter()
 # Every status a route can answer is declared with its body, so clients (and the schemathesis suite) can rely on it.
+BODY_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": ErrorResponse, "description": "the body is not well-formed JSON (or multipart)"},
+    413: {"model": ErrorResponse, "description": "the request body is larger than the server accepts"},
+}
 ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ValidationErrorResponse, "description": "a field is out of range; `loc` names it"},
     429: {"model": ErrorResponse, "description": "queue full; retry after Retry-After seconds"},
@@ -55,8 +59,8 @@ def _state(request: Request) -> Any:
     return request.app.state
 
 
-def _invalid(field: str, msg: str, value: Any) -> RequestValidationError:
-    return RequestValidationError([{"type": "value_error", "loc": ("body", field), "msg": msg, "input": value}])
+def _invalid(field: str, msg: str, value: Any, where: str = "body") -> RequestValidationError:
+    return RequestValidationError([{"type": "value_error", "loc": (where, field), "msg": msg, "input": value}])
 
 
 def _plan_for(request: Request, req: SampleRequest) -> tuple[SamplingPlan, torch.Tensor | None]:
@@ -73,8 +77,8 @@ def _plan_for(request: Request, req: SampleRequest) -> tuple[SamplingPlan, torch
         x_start, start_t = init  # one image; the worker repeats it n times, on its own thread (see app.worker)
     t_max = T - 1 if start_t is None else start_t
     if req.steps > t_max + 1:
-        raise _invalid("steps", f"steps must be ≤ {t_max + 1} (T of this model{' from init t' if start_t else ''})",
-                       req.steps)
+        limit = f"T = {T} of this model" if start_t is None else f"the init image's t = {start_t}, plus 1"
+        raise _invalid("steps", f"steps must be ≤ {t_max + 1} ({limit})", req.steps)
     return SamplingPlan.build(st.model.diffusion, req.sampler, req.steps, req.eta, start_t), x_start
 
 
@@ -145,7 +149,7 @@ def schedule_info(s: NoiseSchedule, name: str) -> dict[str, Any]:
 # ------------------------------------------------------------------------------ sampling
 @api.post("/samples", summary="sample and wait; a PNG grid for Accept: image/png, else JSON",
           response_model=SamplesResponse, responses={
-              **ERRORS, 200: {"content": {"image/png": {}}},
+              **ERRORS, **BODY_ERRORS, 200: {"content": {"image/png": {}}},
               409: {"model": ErrorResponse, "description": "the job was cancelled"},
               503: {"model": ErrorResponse, "description": "the job failed or the server is shutting down"}})
 async def post_samples(request: Request, req: SampleRequest) -> Any:
@@ -168,7 +172,7 @@ async def post_samples(request: Request, req: SampleRequest) -> Any:
 
 
 @api.post("/jobs", status_code=202, response_model=JobCreated, summary="start a job; stream it from /events",
-          responses=ERRORS)
+          responses={**ERRORS, **BODY_ERRORS})
 def post_job(request: Request, req: JobRequest) -> JobCreated:
     job = _submit(request, req, req.frame_every)
     return JobCreated(id=job.id, position=_state(request).worker.position(job))
@@ -203,7 +207,10 @@ async def job_events(request: Request, job_id: str,
         try:
             last_event_id = int(header)
         except ValueError:
-            raise _invalid("Last-Event-ID", "must be an integer step index", header) from None
+            last_event_id = -1
+        if last_event_id < 0:
+            raise _invalid("last-event-id", "must be an integer ≥ 0 (the id of the last event received)", header,
+                           where="header")
     return _event_stream(request, job, last_event_id, cancel_on_disconnect=False)
 
 
@@ -215,12 +222,16 @@ async def stream(request: Request, q: Annotated[JobRequest, Query()]):
 
 
 # ------------------------------------------------------------------------------ noise your own image
+# Only these decoders are tried: Pillow knows about forty formats, some of which (EPS) run external programs.
+UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
+
+
 def _decode_upload(data: bytes, max_pixels: int, mode: str, size: int) -> Image.Image:
     """Decode, centre-crop and resize an upload; any failure is the client's file, never a 5xx."""
     try:
-        img = Image.open(io.BytesIO(data))
+        img = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
     except UnidentifiedImageError:
-        raise HTTPException(415, "image: not a recognised image file (PNG, JPEG, GIF, WebP, BMP)") from None
+        raise HTTPException(415, f"image: not a recognised image file ({', '.join(UPLOAD_FORMATS)})") from None
     except Image.DecompressionBombError:  # Pillow refuses before we see the size; never decode it
         raise HTTPException(413, f"image: declares more than {max_pixels} pixels (the limit)") from None
     except (OSError, ValueError, SyntaxError) as e:
@@ -239,8 +250,10 @@ def _decode_upload(data: bytes, max_pixels: int, mode: str, size: int) -> Image.
 
 
 @api.post("/noise", response_model=NoiseResponse, summary="q(x_t | x0) of an uploaded image",
-          responses={413: {"model": ErrorResponse, "description": "too many bytes or pixels"},
+          responses={400: BODY_ERRORS[400],
+                     413: {"model": ErrorResponse, "description": "too many bytes or pixels"},
                      415: {"model": ErrorResponse, "description": "not an image"},
+                     429: {"model": ErrorResponse, "description": "too many uploads at once; retry after Retry-After"},
                      422: {"model": ValidationErrorResponse,
                            "description": "bad t, or an image that cannot be decoded; `loc` names the field"}})
 async def post_noise(request: Request, image: Annotated[UploadFile, File(description="PNG/JPEG image")],
@@ -264,7 +277,14 @@ async def post_noise(request: Request, image: Annotated[UploadFile, File(descrip
         vr = m.card.value_range
         return x_t, data_url(grid_png(x0, vr)), data_url(grid_png(x_t.clamp(*vr), vr))
 
-    x_t, x0_url, xt_url = await on_a_thread_that_exits(noise_it)
+    # Each decode may hold ~100 MB at the pixel limit, so only a few run at once.
+    if not st.noise_slots.acquire(blocking=False):
+        raise HTTPException(429, f"image: {st.settings.max_noise_uploads} uploads are being decoded already "
+                                 "(max_noise_uploads)", headers={"Retry-After": "1"})
+    try:
+        x_t, x0_url, xt_url = await on_a_thread_that_exits(noise_it)
+    finally:
+        st.noise_slots.release()
     handle = secrets.token_hex(8)
     st.noised[handle] = (x_t, t)
     while len(st.noised) > 256:

@@ -25,6 +25,8 @@ class Settings(BaseModel):
     frame_every_min: int = Field(1, ge=1, description="floor on a job's frame_every, to cap frames per job")
     event_buffer: int = Field(64, ge=2, description="frames kept per job for slow clients and Last-Event-ID replay")
     job_ttl_s: float = Field(600.0, gt=0, description="finished jobs are forgotten after this long")
+    max_finished_jobs: int = Field(256, ge=0, description="finished jobs kept for replay; oldest forgotten first")
+    max_noise_uploads: int = Field(2, ge=1, description="uploads decoded at once by POST /noise; more get 429")
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

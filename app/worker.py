@@ -78,6 +78,7 @@ class Job:
     events: EventLog
     x_start: Tensor | None = None  # (1 or n, C, H, W) start image, repeated to n at admission
     status: JobStatus = "queued"
+    position_sent: int | None = None  # the queue position in the last ``queued`` event
     step: int = 0
     x: Tensor | None = None
     gen: torch.Generator = field(default_factory=torch.Generator)
@@ -122,15 +123,16 @@ class SamplingWorker:
     """Owns ``model`` on its device; thread-safe ``submit``/``cancel`` from request handlers."""
 
     def __init__(self, model: LoadedModel, device: torch.device, max_batch: int, max_active_jobs: int,
-                 max_queue: int, event_buffer: int, job_ttl_s: float = 600.0) -> None:
+                 max_queue: int, event_buffer: int, job_ttl_s: float = 600.0, max_finished_jobs: int = 256) -> None:
         self.model, self.device = model, device
         self.max_batch, self.max_active, self.max_queue = max_batch, max_active_jobs, max_queue
-        self.event_buffer, self.job_ttl_s = event_buffer, job_ttl_s
+        self.event_buffer, self.job_ttl_s, self.max_finished = event_buffer, job_ttl_s, max_finished_jobs
         self.metrics = Metrics()
         self.encoder = FrameEncoder()
         self.jobs: dict[str, Job] = {}
         self._pending: deque[Job] = deque()
         self._live: list[Job] = []
+        self._finished: deque[Job] = deque()  # in the order they finished, for _gc
         self._rr = 0
         self._fresh_tick = False  # the last tick served only jobs that had not stepped yet
         self._cv = threading.Condition()
@@ -176,8 +178,10 @@ class SamplingWorker:
     def submit(self, n: int, plan: SamplingPlan, seed: int, frame_every: int, clip: bool, sampler: str,
                x_start: Tensor | None = None) -> Job:
         with self._cv:
-            if len(self._live) >= self.max_active and len(self._pending) >= self.max_queue:
-                raise QueueFull(f"{len(self._pending)} jobs are already waiting (max_queue={self.max_queue})")
+            # Jobs in _pending while there are free slots start at the next tick; the rest wait.
+            waiting = len(self._pending) - max(0, self.max_active - len(self._live))
+            if waiting >= self.max_queue:
+                raise QueueFull(f"{waiting} jobs are already waiting (max_queue={self.max_queue})")
             self._gc()
             job = Job(id=secrets.token_hex(8), n=n, plan=plan, seed=seed, frame_every=frame_every, clip=clip,
                       sampler=sampler, events=EventLog(self.event_buffer, self.metrics.frames_dropped.inc),
@@ -185,7 +189,8 @@ class SamplingWorker:
             job.gen.manual_seed(seed)
             self.jobs[job.id] = job
             self._pending.append(job)
-            job.events.append(0, "queued", {"id": job.id, "position": self.position(job)})
+            job.position_sent = self.position(job)
+            job.events.append(0, "queued", {"id": job.id, "position": job.position_sent})
             self.metrics.queue_depth.set(len(self._pending))
             self._cv.notify_all()
         return job
@@ -202,11 +207,15 @@ class SamplingWorker:
         return job
 
     def position(self, job: Job) -> int:
-        """Jobs ahead of ``job`` in the queue; 0 once it is being stepped."""
-        try:
-            return self._pending.index(job) + 1 if len(self._live) >= self.max_active else self._pending.index(job)
-        except ValueError:
-            return 0
+        """Jobs ahead of ``job`` that will still be waiting at the next tick; 0 once it is stepped or about to be."""
+        with self._cv:  # deque.index compares in Python code, so another thread could mutate the deque mid-search
+            if job.status != "queued":
+                return 0
+            try:
+                index = self._pending.index(job)
+            except ValueError:
+                return 0
+            return max(0, index + 1 - max(0, self.max_active - len(self._live)))
 
     # ---------------------------------------------------------------- the loop
     def _loop(self) -> None:
@@ -240,7 +249,9 @@ class SamplingWorker:
             job.events.append(0, "started", {"id": job.id, "steps": job.plan.K, "n": job.n, "seed": job.seed})
             self._live.append(job)
         for i, job in enumerate(self._pending):
-            job.events.append(0, "queued", {"id": job.id, "position": i + 1})
+            if job.position_sent != i + 1:  # only when it moved: a long queue would otherwise log one event per tick
+                job.position_sent = i + 1
+                job.events.append(0, "queued", {"id": job.id, "position": i + 1})
         self._update_gauges()
 
     def _update_gauges(self) -> None:
@@ -328,21 +339,29 @@ class SamplingWorker:
         vr = self.model.card.value_range
 
         def encode() -> None:
-            frame = {"step": step, "of": of, "t": t, "xt": data_url(grid_png(x_t, vr)),
-                     "x0": data_url(grid_png(x0, vr))}
-            job.events.append(step, "frame", frame, keep=last)
-            if last:
-                u8 = to_uint8_array(x_t, vr)
-                job.result = [png_bytes(u8[i]) for i in range(u8.shape[0])]
-                job.grid_png = png_bytes(make_grid(u8))
-                self._finish(job, "done")
+            try:
+                frame = {"step": step, "of": of, "t": t, "xt": data_url(grid_png(x_t, vr)),
+                         "x0": data_url(grid_png(x0, vr))}
+                job.events.append(step, "frame", frame, keep=last)
+                if last:
+                    u8 = to_uint8_array(x_t, vr)
+                    job.result = [png_bytes(u8[i]) for i in range(u8.shape[0])]
+                    job.grid_png = png_bytes(make_grid(u8))
+                    self._finish(job, "done")
+            except Exception as e:
+                log.exception("encoding job %s failed", job.id)
+                if last:  # otherwise the job would stay "running" and its clients would wait forever
+                    self._finish(job, "error", f"encoding the result failed: {type(e).__name__}: {e}")
 
         self.encoder.submit(encode)
 
     def _finish(self, job: Job, status: JobStatus, error: str | None = None) -> None:
-        if job.done:
-            return
-        job.status, job.error, job.finished = status, error, time.monotonic()
+        with self._cv:  # re-entrant: some callers hold it already
+            if job.done:
+                return
+            job.status, job.error, job.finished = status, error, time.monotonic()
+            job.x = job.x_start = None
+            self._finished.append(job)
         sse_id = job.plan.K + 1
         if status == "done":
             job.events.append(sse_id, "done", {"images": [data_url(p) for p in job.result or []], "seed": job.seed,
@@ -354,7 +373,11 @@ class SamplingWorker:
         self.metrics.jobs.labels(outcome=status).inc()
 
     def _gc(self) -> None:
-        """Forget finished jobs after their TTL (callers hold ``_cv``)."""
+        """Forget finished jobs after their TTL, and the oldest beyond ``max_finished`` (callers hold ``_cv``).
+
+        Each finished job keeps up to ``event_buffer`` frames for Last-Event-ID replays, so the count is
+        capped as well as the age: a client that creates and cancels jobs in a loop cannot grow memory."""
         now = time.monotonic()
-        for jid in [j.id for j in self.jobs.values() if j.done and j.finished and now - j.finished > self.job_ttl_s]:
-            del self.jobs[jid]
+        while self._finished and (len(self._finished) > self.max_finished
+                                  or now - (self._finished[0].finished or now) > self.job_ttl_s):
+            self.jobs.pop(self._finished.popleft().id, None)

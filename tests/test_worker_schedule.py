@@ -69,3 +69,66 @@ def test_newcomers_beyond_max_batch_wait_for_a_later_tick(worker):
     assert _tick(worker) == [big]  # 6 + 4 > max_batch 8: the one that fits goes first
     assert _tick(worker) == [a, big]  # round-robin next; small does not fit beside them
     assert _tick(worker) == [small]  # and gets its newcomers' tick straight after
+
+
+def _queue(w: SamplingWorker, seed: int) -> Job:
+    """Submit without a tick: the job waits in the queue as it would between two ticks."""
+    return w.submit(1, SamplingPlan.build(w.model.diffusion, "ddim", 20), seed=seed, frame_every=100, clip=True,
+                    sampler="ddim")
+
+
+def test_the_queue_limit_holds_between_ticks_with_free_slots(tmp_path):
+    """Submits that land between two ticks count against max_queue once the free slots are spoken for."""
+    from app.worker import QueueFull
+
+    m = load_model_file(tiny_model_file(tmp_path / "tiny.safetensors", T=100), torch.device("cpu"))
+    w = SamplingWorker(m, torch.device("cpu"), max_batch=8, max_active_jobs=3, max_queue=2, event_buffer=8)
+    try:
+        jobs = [_queue(w, seed) for seed in range(5)]  # 3 will start at the next tick, 2 will wait
+        assert [w.position(j) for j in jobs] == [0, 0, 0, 1, 2]
+        with pytest.raises(QueueFull, match="max_queue=2"):
+            _queue(w, 99)
+        with w._cv:
+            w._admit()
+        assert [j.status for j in jobs] == ["running"] * 3 + ["queued"] * 2
+        assert [w.position(j) for j in jobs] == [0, 0, 0, 1, 2]
+        with pytest.raises(QueueFull):
+            _queue(w, 99)
+    finally:
+        w.encoder.close()
+
+
+def test_a_waiting_job_gets_a_queued_event_only_when_its_position_changes(tmp_path):
+    m = load_model_file(tiny_model_file(tmp_path / "tiny.safetensors", T=100), torch.device("cpu"))
+    w = SamplingWorker(m, torch.device("cpu"), max_batch=8, max_active_jobs=1, max_queue=4, event_buffer=8)
+    try:
+        running, first, second = _queue(w, 0), _queue(w, 1), _queue(w, 2)
+        for _ in range(5):
+            with w._cv:
+                w._admit()
+            _tick(w)
+        w.cancel(first.id)
+        with w._cv:
+            w._admit()
+        queued = [e.data["position"] for e in second.events.since(0) if e.event == "queued"]
+        assert queued == [2, 1], "one event at submit, one when the job ahead left, none per tick"
+        assert running.status == "running"
+    finally:
+        w.encoder.close()
+
+
+def test_finished_jobs_are_forgotten_beyond_the_cap_oldest_first(tmp_path):
+    m = load_model_file(tiny_model_file(tmp_path / "tiny.safetensors", T=100), torch.device("cpu"))
+    w = SamplingWorker(m, torch.device("cpu"), max_batch=8, max_active_jobs=1, max_queue=100, event_buffer=8,
+                       max_finished_jobs=3)
+    try:
+        ids = []
+        for seed in range(6):  # submit and cancel at once, as a hostile client in a loop would
+            job = _queue(w, seed)
+            w.cancel(job.id)
+            ids.append(job.id)
+        assert all(w.jobs[i].status == "cancelled" for i in ids[-3:])
+        _queue(w, 99)  # each submit forgets what is over the cap
+        assert [i for i in ids if i in w.jobs] == ids[-3:]
+    finally:
+        w.encoder.close()

@@ -1,0 +1,146 @@
+"""Hostile requests against a real server: each gets a 4xx that names the field and the limit, never a 5xx."""
+
+from __future__ import annotations
+
+import io
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from .server_utils import Server, start_server, tiny_model_file
+
+API = "/api/v1"
+UPLOAD_LIMIT = 4 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Server:
+    tmp = tmp_path_factory.mktemp("limits")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DDPM_MAX_UPLOAD_BYTES", str(UPLOAD_LIMIT))
+    mp.setenv("DDPM_MAX_NOISE_UPLOADS", "1")
+    try:
+        s = start_server(tiny_model_file(tmp / "tiny.safetensors"), tmp / "server.log")
+    finally:
+        mp.undo()
+    yield s
+    s.stop()
+    assert "Traceback" not in s.log.read_text()
+
+
+@pytest.mark.parametrize("route", ["/jobs", "/samples"])
+@pytest.mark.parametrize("body", ['{"eta": NaN}', '{"n": Infinity}', '{"seed": -Infinity}', '{"steps": 1e400}'])
+def test_non_finite_json_numbers_are_a_422_naming_the_field(server, route, body):
+    r = httpx.post(server.url + API + route, content=body, headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    field = body.split('"')[1]
+    (err,) = r.json()["detail"]
+    assert err["loc"] == ["body", field]
+    assert isinstance(err["input"], str)  # echoed as "nan"/"inf": JSON has no such numbers
+
+
+def test_an_oversized_json_body_is_a_413_declared_or_chunked(server):
+    big = b'{"n": 1, "init": "' + b"x" * (100 * 1024) + b'"}'
+    r = httpx.post(server.url + API + "/jobs", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "65536 bytes" in r.json()["detail"], r.text
+
+    def chunks():
+        for i in range(0, len(big), 8192):
+            yield big[i:i + 8192]
+
+    r = httpx.post(server.url + API + "/jobs", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "65536 bytes" in r.json()["detail"], r.text
+
+
+def test_a_chunked_upload_is_refused_at_the_limit_not_after_spooling_it(server):
+    """Send an endless chunked upload by hand and count what was sent before the 413 came back."""
+    host, port = server.url.removeprefix("http://").split(":")
+    boundary = "b0undary"
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall((f"POST {API}/noise HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n"
+                      f"Content-Type: multipart/form-data; boundary={boundary}\r\n\r\n").encode())
+        part = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"x.png\"\r\n"
+                f"Content-Type: image/png\r\n\r\n").encode()
+        sock.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+        chunk = b"\0" * (256 * 1024)
+        sent, reply = 0, b""
+        sock.settimeout(0.05)
+        while sent < 16 * UPLOAD_LIMIT:
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                sent += len(chunk)
+            except OSError:  # the server hung up after answering
+                break
+            try:
+                reply = sock.recv(4096)
+                if reply:
+                    break
+            except TimeoutError:
+                pass
+        sock.settimeout(10)
+        reply = reply or sock.recv(4096)
+    assert reply.startswith(b"HTTP/1.1 413"), reply[:200]
+    assert sent <= UPLOAD_LIMIT + 2 * 1024 * 1024, f"the server read {sent} bytes of a {UPLOAD_LIMIT}-byte limit"
+
+
+@pytest.mark.parametrize("header", ["x", "-1", "1.5"])
+def test_a_bad_last_event_id_header_is_a_422_on_the_header(server, header):
+    job = httpx.post(server.url + API + "/jobs", json={"n": 1, "steps": 2}).json()
+    r = httpx.get(f"{server.url}{API}/jobs/{job['id']}/events", headers={"Last-Event-ID": header})
+    assert r.status_code == 422, r.text
+    (err,) = r.json()["detail"]
+    assert err["loc"] == ["header", "last-event-id"] and "≥ 0" in err["msg"]
+
+
+def test_steps_past_an_init_at_t0_names_the_init_not_the_model(server):
+    png = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(png, "PNG")
+    init = httpx.post(server.url + API + "/noise", files={"image": ("x.png", png.getvalue(), "image/png")},
+                      data={"t": "0"}).json()["id"]
+    r = httpx.post(server.url + API + "/jobs", json={"n": 1, "steps": 2, "init": init})
+    assert r.status_code == 422
+    assert "steps must be ≤ 1 (the init image's t = 0, plus 1)" in r.json()["detail"][0]["msg"]
+
+
+def test_formats_outside_the_list_are_415_even_when_pillow_could_read_them(server):
+    tiff = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(tiff, "TIFF")
+    r = httpx.post(server.url + API + "/noise", files={"image": ("x.tif", tiff.getvalue(), "image/tiff")},
+                   data={"t": "5"})
+    assert r.status_code == 415 and "PNG, JPEG, GIF, WEBP, BMP" in r.json()["detail"]
+
+
+def test_concurrent_uploads_beyond_the_decode_slots_get_429_with_retry_after(server):
+    """One decode slot (DDPM_MAX_NOISE_UPLOADS=1) and six large uploads at once: the others are told to retry."""
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (1800, 1800), dtype=np.uint8)).save(buf, "PNG", compress_level=0)
+    payload = buf.getvalue()
+    assert len(payload) < UPLOAD_LIMIT
+    for _attempt in range(3):  # the six must overlap in the decode; with ~0.1 s each they nearly always do
+        codes: list[httpx.Response] = []
+        barrier = threading.Barrier(6)
+
+        def upload() -> None:
+            barrier.wait()
+            codes.append(httpx.post(server.url + API + "/noise", files={"image": ("x.png", payload, "image/png")},
+                                    data={"t": "5"}, timeout=60))
+
+        threads = [threading.Thread(target=upload) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert {r.status_code for r in codes} <= {200, 429}, [r.text[:200] for r in codes]
+        refused = [r for r in codes if r.status_code == 429]
+        if refused:
+            assert refused[0].headers["Retry-After"] == "1" and "max_noise_uploads" in refused[0].json()["detail"]
+            assert any(r.status_code == 200 for r in codes)
+            return
+        time.sleep(0.2)
+    pytest.fail("six simultaneous uploads never overlapped in three tries")
