@@ -73,9 +73,15 @@ class EventLog:
 
     def since(self, seq: int) -> list[Event]:
         """Events after cursor ``seq``, in order."""
+        return self._since(seq)[0]
+
+    def _since(self, seq: int) -> tuple[list[Event], bool]:
+        """Events after ``seq`` and whether the log was closed, read together: a reader that saw nothing
+        new and then checked ``closed`` separately could miss a terminal event appended in between."""
         with self._lock:
             evs = [e for e in self._control if e.seq > seq] + [e for e in self._frames if e.seq > seq]
-        return sorted(evs, key=lambda e: e.seq)
+            closed = self.closed
+        return sorted(evs, key=lambda e: e.seq), closed
 
     def after_sse_id(self, last_id: int) -> int:
         """The cursor that replays everything with an SSE id above ``last_id`` (Last-Event-ID)."""
@@ -97,7 +103,7 @@ class EventLog:
         try:
             while True:
                 flag.clear()
-                evs = self.since(cursor)
+                evs, closed = self._since(cursor)
                 if evs:
                     skipped = (evs[-1].seq - cursor) - len(evs)  # sequence gaps are evicted frames
                     if skipped:
@@ -106,7 +112,7 @@ class EventLog:
                         cursor = e.seq
                         yield e
                     continue
-                if self.closed:
+                if closed:
                     return
                 try:
                     await asyncio.wait_for(flag.wait(), timeout)

@@ -27,7 +27,8 @@ class BodyLimit:
 
     def _limit(self, path: str) -> tuple[int, str]:
         if path in self.upload_paths:
-            return self.max_upload + MULTIPART_SLACK, f"the limit of {self.max_upload} bytes per image"
+            return (self.max_upload + MULTIPART_SLACK,
+                    f"the limit of {self.max_upload} bytes per image (plus {MULTIPART_SLACK} for the form)")
         return self.max_other, f"the limit of {self.max_other} bytes per request body"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -40,7 +41,7 @@ class BodyLimit:
             body = {"detail": f"request body: {int(declared)} bytes exceeds {says}"}
             await JSONResponse(body, 413, headers={"Connection": "close"})(scope, receive, send)
             return
-        seen = 0
+        seen, started = 0, False
 
         async def counted() -> Message:
             nonlocal seen
@@ -48,9 +49,16 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
+                    if started:  # e.g. an SSE route listening for a disconnect: too late for a 413, so hang up
+                        return {"type": "http.disconnect"}
                     # An HTTPException, because FastAPI turns any other error while it reads a body into a 400.
-                    raise HTTPException(413, f"request body: more than {limit} bytes exceeds {says}",
+                    raise HTTPException(413, f"request body: over {limit} bytes, past {says}",
                                         headers={"Connection": "close"})
             return message
 
-        await self.app(scope, counted, send)
+        async def watched(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        await self.app(scope, counted, watched)

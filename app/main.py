@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import threading
@@ -14,7 +15,7 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
@@ -78,8 +79,11 @@ def _json_safe(v: Any) -> Any:
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
     """FastAPI's 422, except that a bad value of NaN or Infinity (which Python's JSON parser accepts)
-    is echoed as a string; FastAPI's own handler fails to serialise it and answers 500."""
-    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
+    is echoed as a string, and so is a body that is not UTF-8; FastAPI's own handler answers 500 to both."""
+    errors = jsonable_encoder(exc.errors(), custom_encoder={bytes: lambda b: b.decode("utf-8", "replace")})
+    # ASCII escapes, so that a lone surrogate in an echoed input cannot fail the UTF-8 encoding either.
+    body = json.dumps({"detail": _json_safe(errors)}, ensure_ascii=True, allow_nan=False)
+    return Response(body, status_code=422, media_type="application/json")
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

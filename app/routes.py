@@ -41,7 +41,7 @@ SHUTDOWN_GRACE_S = 3.0  # streams get this long to say goodbye; uvicorn's own gr
 root = APIRouter()
 # Every status a route can answer is declared with its body, so clients (and the schemathesis suite) can rely on it.
 BODY_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "the body is not well-formed JSON (or multipart)"},
+    400: {"model": ErrorResponse, "description": "the body is not valid UTF-8 or not valid multipart"},
     413: {"model": ErrorResponse, "description": "the request body is larger than the server accepts"},
 }
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -269,6 +269,12 @@ async def post_noise(request: Request, image: Annotated[UploadFile, File(descrip
     c, size, _ = m.sample_shape
 
     def noise_it() -> tuple[torch.Tensor, str, str]:
+        try:
+            return decode_and_noise()
+        finally:  # here, not in the handler: a cancelled handler must not free the slot while this still runs
+            st.noise_slots.release()
+
+    def decode_and_noise() -> tuple[torch.Tensor, str, str]:
         img = _decode_upload(data, st.settings.max_upload_pixels, "L" if c == 1 else "RGB", size)
         arr = np.asarray(img)
         x0 = from_uint8(arr[None, ..., None] if arr.ndim == 2 else arr[None], m.card.value_range)
@@ -281,10 +287,7 @@ async def post_noise(request: Request, image: Annotated[UploadFile, File(descrip
     if not st.noise_slots.acquire(blocking=False):
         raise HTTPException(429, f"image: {st.settings.max_noise_uploads} uploads are being decoded already "
                                  "(max_noise_uploads)", headers={"Retry-After": "1"})
-    try:
-        x_t, x0_url, xt_url = await on_a_thread_that_exits(noise_it)
-    finally:
-        st.noise_slots.release()
+    x_t, x0_url, xt_url = await on_a_thread_that_exits(noise_it)
     handle = secrets.token_hex(8)
     st.noised[handle] = (x_t, t)
     while len(st.noised) > 256:

@@ -33,7 +33,7 @@ class JobRequest(SampleRequest):
 
 class JobCreated(BaseModel):
     id: str
-    position: int = Field(description="jobs ahead of this one in the queue (0: running)")
+    position: int = Field(description="place in the queue, 1 = next to start (0: running, or starting now)")
 
 
 class JobState(BaseModel):

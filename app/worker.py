@@ -207,7 +207,8 @@ class SamplingWorker:
         return job
 
     def position(self, job: Job) -> int:
-        """Jobs ahead of ``job`` that will still be waiting at the next tick; 0 once it is stepped or about to be."""
+        """``job``'s place among the jobs that will still be waiting at the next tick (1 = next to start);
+        0 once it is being stepped, or will be at the next tick."""
         with self._cv:  # deque.index compares in Python code, so another thread could mutate the deque mid-search
             if job.status != "queued":
                 return 0
@@ -235,6 +236,7 @@ class SamplingWorker:
     def _admit(self) -> None:
         for job in [j for j in self._live if j.cancel_requested]:
             self._live.remove(job)
+            job.x = None
             self._finish(job, "cancelled")
         while self._pending and len(self._live) < self.max_active:
             job = self._pending.popleft()
@@ -293,10 +295,13 @@ class SamplingWorker:
 
     def _tick(self, jobs: list[Job]) -> None:
         t0 = time.perf_counter()
+        before = [job.step for job in jobs]
         try:
             self._step(jobs)
         except Exception:
-            for job in jobs:
+            for job, step in zip(jobs, before, strict=True):
+                if job.step != step:  # the failed batch got as far as this one: do not step it twice
+                    continue
                 try:
                     self._step([job])
                 except Exception as e:
@@ -304,6 +309,7 @@ class SamplingWorker:
                     with self._cv:
                         if job in self._live:
                             self._live.remove(job)
+                    job.x = None
                     self._finish(job, "error", f"sampling failed: {type(e).__name__}: {e}")
         self.metrics.batch_size.observe(sum(j.n for j in jobs))
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
@@ -330,6 +336,7 @@ class SamplingWorker:
             if last:
                 with self._cv:
                     self._live.remove(job)
+                job.x = None  # the frame holds its own copy
             a = b
 
     def _emit_frame(self, job: Job, x_t: Tensor, x0: Tensor, last: bool) -> None:
@@ -360,7 +367,7 @@ class SamplingWorker:
             if job.done:
                 return
             job.status, job.error, job.finished = status, error, time.monotonic()
-            job.x = job.x_start = None
+            job.x_start = None  # job.x is the worker thread's to clear, when the job leaves _live
             self._finished.append(job)
         sse_id = job.plan.K + 1
         if status == "done":
