@@ -86,6 +86,22 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     return Response(body, status_code=422, media_type="application/json")
 
 
+def declare_limits(schema: dict[str, Any], max_batch: int, T: int) -> dict[str, Any]:
+    """``schema`` (an OpenAPI dict, changed in place) with this server's real limits: ``n`` ≤ max batch,
+    ``steps`` ≤ T and the upload's ``t`` < T. The request models carry only outer caps, since the real
+    limits depend on the model and the flags, so without this a client would learn them from a 422."""
+    caps = {"n": max_batch, "steps": T, "t": T - 1}
+    comps = schema.get("components", {}).get("schemas", {})
+    for name in ("SampleRequest", "JobRequest", "Body_post_noise_api_v1_noise_post"):
+        for field, prop in comps.get(name, {}).get("properties", {}).items():
+            if field in caps and prop.get("type") == "integer":
+                prop["maximum"] = caps[field]
+    for param in schema.get("paths", {}).get(api.prefix + "/stream", {}).get("get", {}).get("parameters", []):
+        if param.get("in") == "query" and param["name"] in caps:
+            param["schema"]["maximum"] = caps[param["name"]]
+    return schema
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings.load()
 
@@ -112,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         st.defaults = {**PAGE_DEFAULTS, "steps": min(PAGE_DEFAULTS["steps"], m.diffusion.T),
                        "n": min(PAGE_DEFAULTS["n"], settings.max_batch)}
         st.noised = new_noised_store()
+        app.openapi_schema = declare_limits(FastAPI.openapi(app), settings.max_batch, m.diffusion.T)
         st.noise_slots = threading.BoundedSemaphore(settings.max_noise_uploads)
         st.examples = examples
         log.info("model %s (%d parameters) on %s", m.path, m.num_parameters, device)

@@ -163,3 +163,17 @@ def test_concurrent_uploads_beyond_the_decode_slots_get_429_with_retry_after(ser
             return
         time.sleep(0.2)
     pytest.fail("six simultaneous uploads never overlapped in three tries")
+
+
+def test_openapi_declares_this_servers_real_limits(server):
+    """n ≤ the max batch (64 by default), steps ≤ T and the upload's t < T (the tiny model's T = 1000)."""
+    schema = httpx.get(server.url + "/openapi.json").json()
+    comps = schema["components"]["schemas"]
+    for name in ("SampleRequest", "JobRequest"):
+        assert comps[name]["properties"]["n"]["maximum"] == 64
+        assert comps[name]["properties"]["steps"]["maximum"] == 1000
+    assert comps["Body_post_noise_api_v1_noise_post"]["properties"]["t"]["maximum"] == 999
+    params = {p["name"]: p["schema"] for p in schema["paths"][API + "/stream"]["get"]["parameters"]}
+    assert (params["n"]["maximum"], params["steps"]["maximum"]) == (64, 1000)
+    r = httpx.post(server.url + API + "/jobs", json={"n": 65, "steps": 2})
+    assert r.status_code == 422 and "n must be ≤ 64" in r.json()["detail"][0]["msg"]
