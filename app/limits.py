@@ -46,11 +46,11 @@ class BodyLimit:
         async def counted() -> Message:
             nonlocal seen
             message = await receive()
-            if message["type"] == "http.request":
+            # Once the response has started, only disconnect listeners (the SSE routes') read, and they drop
+            # the body: it is too late for a 413, and a fake disconnect would cut the stream mid-chunk.
+            if message["type"] == "http.request" and not started:
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    if started:  # e.g. an SSE route listening for a disconnect: too late for a 413, so hang up
-                        return {"type": "http.disconnect"}
                     # An HTTPException, because FastAPI turns any other error while it reads a body into a 400.
                     raise HTTPException(413, f"request body: over {limit} bytes, past {says}",
                                         headers={"Connection": "close"})

@@ -95,10 +95,11 @@ def declare_limits(schema: dict[str, Any], max_batch: int, T: int) -> dict[str, 
     for name in ("SampleRequest", "JobRequest", "Body_post_noise_api_v1_noise_post"):
         for field, prop in comps.get(name, {}).get("properties", {}).items():
             if field in caps and prop.get("type") == "integer":
-                prop["maximum"] = caps[field]
+                prop["maximum"] = min(prop.get("maximum", caps[field]), caps[field])
     for param in schema.get("paths", {}).get(api.prefix + "/stream", {}).get("get", {}).get("parameters", []):
         if param.get("in") == "query" and param["name"] in caps:
-            param["schema"]["maximum"] = caps[param["name"]]
+            cap = caps[param["name"]]
+            param["schema"]["maximum"] = min(param["schema"].get("maximum", cap), cap)
     return schema
 
 

@@ -41,7 +41,7 @@ SHUTDOWN_GRACE_S = 3.0  # streams get this long to say goodbye; uvicorn's own gr
 root = APIRouter()
 # Every status a route can answer is declared with its body, so clients (and the schemathesis suite) can rely on it.
 BODY_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "the body is not valid UTF-8 or not valid multipart"},
+    400: {"model": ErrorResponse, "description": "a JSON body that is not valid UTF-8, or malformed multipart"},
     413: {"model": ErrorResponse, "description": "the request body is larger than the server accepts"},
 }
 ERRORS: dict[int | str, dict[str, Any]] = {

@@ -52,7 +52,8 @@ async def on_a_thread_that_exits(fn: Callable[[], R]) -> R:
     """
     pool = ThreadPoolExecutor(1, thread_name_prefix="off-worker")
     try:
-        return await asyncio.get_running_loop().run_in_executor(pool, fn)
+        # Shielded: a cancelled caller must not cancel fn before it starts, since fn may own a release.
+        return await asyncio.shield(asyncio.get_running_loop().run_in_executor(pool, fn))
     finally:
         pool.shutdown(wait=False)
 
@@ -238,6 +239,10 @@ class SamplingWorker:
             self._live.remove(job)
             job.x = None
             self._finish(job, "cancelled")
+        for job in [j for j in self._live if j.step >= j.plan.K]:  # only if its last frame failed to emit
+            self._live.remove(job)
+            job.x = None
+            self._finish(job, "error", "the last step's frame could not be sent")
         while self._pending and len(self._live) < self.max_active:
             job = self._pending.popleft()
             try:
@@ -295,13 +300,14 @@ class SamplingWorker:
 
     def _tick(self, jobs: list[Job]) -> None:
         t0 = time.perf_counter()
-        before = [job.step for job in jobs]
+        before = [(job.step, job.gen.get_state()) for job in jobs]
         try:
             self._step(jobs)
         except Exception:
-            for job, step in zip(jobs, before, strict=True):
+            for job, (step, gen_state) in zip(jobs, before, strict=True):
                 if job.step != step:  # the failed batch got as far as this one: do not step it twice
                     continue
+                job.gen.set_state(gen_state)  # the batch may have drawn its noise: draw the same again
                 try:
                     self._step([job])
                 except Exception as e:

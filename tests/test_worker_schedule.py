@@ -19,9 +19,9 @@ def worker(tmp_path):
     w.encoder.close()
 
 
-def _submit(w: SamplingWorker, n: int, seed: int) -> Job:
-    plan = SamplingPlan.build(w.model.diffusion, "ddim", 20)
-    job = w.submit(n, plan, seed=seed, frame_every=100, clip=True, sampler="ddim")
+def _submit(w: SamplingWorker, n: int, seed: int, sampler: str = "ddim") -> Job:
+    plan = SamplingPlan.build(w.model.diffusion, sampler, 20)  # type: ignore[arg-type]
+    job = w.submit(n, plan, seed=seed, frame_every=100, clip=True, sampler=sampler)
     with w._cv:
         w._admit()
     return job
@@ -132,3 +132,57 @@ def test_finished_jobs_are_forgotten_beyond_the_cap_oldest_first(tmp_path):
         assert [i for i in ids if i in w.jobs] == ids[-3:]
     finally:
         w.encoder.close()
+
+
+def _run_alone(w: SamplingWorker, job: Job) -> None:
+    while not job.done:
+        with w._cv:
+            w._admit()
+        if w._live:
+            _tick(w)
+        w.encoder.close()  # drains the encoder, which finishes the job
+        w.encoder = type(w.encoder)()
+
+
+def test_a_failed_batch_is_retried_per_job_with_the_same_noise(worker, monkeypatch):
+    """A batch that fails after drawing its noise (as a GPU OOM in the update could) is stepped again job by
+    job, with each job's generator rewound, so every seed still gives the images it gives alone."""
+    import app.worker as worker_module
+
+    real_step = worker_module.sampling_step
+    alone = []
+    for seed in (1, 2):
+        job = _submit(worker, 2, seed=seed, sampler="ddpm")  # stochastic: every step draws noise
+        _run_alone(worker, job)
+        alone.append(job.result)
+
+    def fails_when_batched(prediction, out, x, coeffs, noise, clip_range):
+        if x.shape[0] > 2:
+            raise RuntimeError("injected: the batched update failed")
+        return real_step(prediction, out, x, coeffs, noise, clip_range)
+
+    monkeypatch.setattr(worker_module, "sampling_step", fails_when_batched)
+    a, b = _submit(worker, 2, seed=1, sampler="ddpm"), _submit(worker, 2, seed=2, sampler="ddpm")
+    assert _tick(worker) == [a, b]
+    assert (a.step, b.step) == (1, 1)
+    monkeypatch.setattr(worker_module, "sampling_step", real_step)
+    _run_alone(worker, a)
+    _run_alone(worker, b)
+    assert [a.result, b.result] == alone
+
+
+def test_a_job_whose_last_frame_cannot_be_sent_ends_in_error_not_running(worker, monkeypatch):
+    job = _submit(worker, 1, seed=0)
+    real_emit = worker._emit_frame
+
+    def emit(j, x_t, x0, last):
+        if last:
+            raise RuntimeError("injected: the device copy failed")
+        real_emit(j, x_t, x0, last)
+
+    monkeypatch.setattr(worker, "_emit_frame", emit)
+    for _ in range(job.plan.K):
+        _tick(worker)
+    with worker._cv:
+        worker._admit()
+    assert job.status == "error" and job not in worker._live
