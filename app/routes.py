@@ -270,18 +270,15 @@ async def post_noise(request: Request, image: Annotated[UploadFile, File(descrip
 
     def noise_it() -> tuple[torch.Tensor, str, str]:
         try:
-            return decode_and_noise()
+            img = _decode_upload(data, st.settings.max_upload_pixels, "L" if c == 1 else "RGB", size)
+            arr = np.asarray(img)
+            x0 = from_uint8(arr[None, ..., None] if arr.ndim == 2 else arr[None], m.card.value_range)
+            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+            x_t = m.diffusion.q_sample(x0, torch.tensor([t]), noise)
+            vr = m.card.value_range
+            return x_t, data_url(grid_png(x0, vr)), data_url(grid_png(x_t.clamp(*vr), vr))
         finally:  # here, not in the handler: a cancelled handler must not free the slot while this still runs
             st.noise_slots.release()
-
-    def decode_and_noise() -> tuple[torch.Tensor, str, str]:
-        img = _decode_upload(data, st.settings.max_upload_pixels, "L" if c == 1 else "RGB", size)
-        arr = np.asarray(img)
-        x0 = from_uint8(arr[None, ..., None] if arr.ndim == 2 else arr[None], m.card.value_range)
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-        x_t = m.diffusion.q_sample(x0, torch.tensor([t]), noise)
-        vr = m.card.value_range
-        return x_t, data_url(grid_png(x0, vr)), data_url(grid_png(x_t.clamp(*vr), vr))
 
     # Each decode may hold ~100 MB at the pixel limit, so only a few run at once.
     if not st.noise_slots.acquire(blocking=False):

@@ -236,13 +236,8 @@ class SamplingWorker:
 
     def _admit(self) -> None:
         for job in [j for j in self._live if j.cancel_requested]:
-            self._live.remove(job)
-            job.x = None
+            self._leave(job)
             self._finish(job, "cancelled")
-        for job in [j for j in self._live if j.step >= j.plan.K]:  # only if its last frame failed to emit
-            self._live.remove(job)
-            job.x = None
-            self._finish(job, "error", "the last step's frame could not be sent")
         while self._pending and len(self._live) < self.max_active:
             job = self._pending.popleft()
             try:
@@ -300,22 +295,18 @@ class SamplingWorker:
 
     def _tick(self, jobs: list[Job]) -> None:
         t0 = time.perf_counter()
-        before = [(job.step, job.gen.get_state()) for job in jobs]
+        # Drawn before the step, on the generators' own device, so that a batch that fails (say, out of
+        # memory) is retried job by job with the same noise and every seed still gives its images.
+        noise = [draw_noise(tuple(j.x.shape), j.gen, j.gen.device) for j in jobs]
         try:
-            self._step(jobs)
+            self._step(jobs, noise)
         except Exception:
-            for job, (step, gen_state) in zip(jobs, before, strict=True):
-                if job.step != step:  # the failed batch got as far as this one: do not step it twice
-                    continue
-                job.gen.set_state(gen_state)  # the batch may have drawn its noise: draw the same again
+            for job, job_noise in zip(jobs, noise, strict=True):
                 try:
-                    self._step([job])
+                    self._step([job], [job_noise])
                 except Exception as e:
                     log.exception("job %s failed", job.id)
-                    with self._cv:
-                        if job in self._live:
-                            self._live.remove(job)
-                    job.x = None
+                    self._leave(job)
                     self._finish(job, "error", f"sampling failed: {type(e).__name__}: {e}")
         self.metrics.batch_size.observe(sum(j.n for j in jobs))
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
@@ -323,13 +314,15 @@ class SamplingWorker:
             self._update_gauges()
         next(self.ticks)
 
-    def _step(self, jobs: list[Job]) -> None:
+    def _step(self, jobs: list[Job], noise: list[Tensor]) -> None:
+        """One reverse step for ``jobs``; ``noise`` holds each job's draw for this step, in order.
+
+        Raises only before any job has changed, so the caller can retry the jobs one by one."""
         m = self.model
         coeffs = StepCoeffs.cat([j.plan.coeffs(j.step, j.n, self.device, j.clip) for j in jobs])
         x = torch.cat([j.x for j in jobs]) if len(jobs) > 1 else jobs[0].x
         out = m.net(x, coeffs.t)
-        noise = [draw_noise(tuple(j.x.shape), j.gen, self.device) for j in jobs]
-        noise_t = torch.cat(noise) if len(noise) > 1 else noise[0]
+        noise_t = (torch.cat(noise) if len(noise) > 1 else noise[0]).to(self.device)
         x_prev, x0 = sampling_step(m.diffusion.prediction, out, x, coeffs, noise_t, m.diffusion.clip_range)
         a = 0
         for job in jobs:
@@ -337,13 +330,23 @@ class SamplingWorker:
             job.x = x_prev[a:b]
             job.step += 1
             last = job.step == job.plan.K
-            if last or job.step % job.frame_every == 0:
-                self._emit_frame(job, job.x, x0[a:b], last)
             if last:
-                with self._cv:
-                    self._live.remove(job)
-                job.x = None  # the frame holds its own copy
+                self._leave(job)  # the frame below takes its own copy
+            if last or job.step % job.frame_every == 0:
+                try:
+                    self._emit_frame(job, x_prev[a:b], x0[a:b], last)
+                except Exception as e:  # a lost intermediate frame is skipped; a lost last one ends the job
+                    log.exception("job %s: frame %d could not be sent", job.id, job.step)
+                    if last:
+                        self._finish(job, "error", f"the last frame could not be sent: {type(e).__name__}: {e}")
             a = b
+
+    def _leave(self, job: Job) -> None:
+        """Take ``job`` out of the rotation and drop its state (the worker thread's to do: it owns ``job.x``)."""
+        with self._cv:
+            if job in self._live:
+                self._live.remove(job)
+        job.x = None
 
     def _emit_frame(self, job: Job, x_t: Tensor, x0: Tensor, last: bool) -> None:
         # Host copies are the only work here; PNG encoding happens on the encoder thread.
