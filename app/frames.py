@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import Tensor
 
-from engine.images import make_grid, png_bytes, to_uint8_array
+from engine.io.images import make_grid, png_bytes, to_uint8_array
 
 
 def data_url(png: bytes) -> str:

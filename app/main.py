@@ -20,7 +20,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from engine import LoadedModel, load_model_file
-from engine.datasets import BUNDLED
+from engine.training.datasets import BUNDLED
 
 from .frames import data_url
 from .limits import BodyLimit
@@ -57,8 +57,8 @@ def _examples(m: LoadedModel, n: int = 32) -> list[str]:
     """Held-out digits for the page's "pick a dataset sample", when the model is an MNIST-5k one."""
     if m.card.data.get("dataset") != "mnist5k" or m.sample_shape != (1, 28, 28):
         return []
-    from engine.datasets import load_dataset
-    from engine.images import png_bytes, to_uint8_array
+    from engine.io.images import png_bytes, to_uint8_array
+    from engine.training.datasets import load_dataset
 
     test = load_dataset("mnist5k", "test")
     picks = [int(np.nonzero(test.labels.numpy() == d)[0][k]) for k in range(n // 10 + 1) for d in range(10)][:n]

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from engine import NoiseSchedule, SamplingPlan
-from engine.images import from_uint8
+from engine.io.images import from_uint8
 
 from .frames import data_url, grid_png
 from .schemas import (

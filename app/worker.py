@@ -14,7 +14,7 @@ the worker's helpers sleep and wake on every op: about 600 voluntary context swi
 and 1.24–1.38× the time of the page's default job on two cores (BENCHMARKS.md §4). So the warm-up
 runs here, the model is loaded and an uploaded image noised by :func:`on_a_thread_that_exits`, a
 denoise job's start image is repeated to n here at admission, and frames are converted with NumPy
-(:func:`engine.images.to_uint8_array`).
+(:func:`engine.io.images.to_uint8_array`).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from torch import Tensor
 
 from engine import LoadedModel, SamplingPlan, StepCoeffs, draw_noise, sampling_step
-from engine.images import make_grid, png_bytes, to_uint8_array
+from engine.io.images import make_grid, png_bytes, to_uint8_array
 
 from .frames import EventLog, FrameEncoder, data_url, grid_png
 

@@ -17,7 +17,7 @@ import time
 import torch
 
 from engine import ModelCard, SamplingPlan, build_model, load_model_file, preset_config, sample, save_model_file
-from engine.diffusers_interop import export_diffusers
+from engine.io.diffusers_interop import export_diffusers
 
 
 def main() -> None:

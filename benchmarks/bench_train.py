@@ -30,10 +30,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_loop import SeedLoop
 
-from engine.datasets import load_dataset
-from engine.train_config import preset_train_config
-from engine.trainer import Trainer
-from engine.unet import build_model
+from engine.models.unet import build_model
+from engine.training.config import preset_train_config
+from engine.training.datasets import load_dataset
+from engine.training.trainer import Trainer
 
 
 class TimedTrainer:

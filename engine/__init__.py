@@ -1,20 +1,23 @@
 """DDPM engine: schedules, diffusion math, samplers, the UNet, training and metrics (pure PyTorch)."""
 
-from .diffusion import GaussianDiffusion, Prediction, Variance
-from .likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
-from .losses import loss_weights, sample_timesteps, simple_loss
-from .modelfile import (
+from .diffusion.gaussian import GaussianDiffusion, Prediction, Variance
+from .diffusion.likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
+from .diffusion.losses import loss_weights, sample_timesteps, simple_loss
+from .diffusion.respace import RespacedSchedule, respace, select_timesteps
+from .diffusion.schedule import NoiseSchedule
+from .io.images import to_uint8
+from .io.loader import load_model_file
+from .io.modelfile import (
     DEFAULT_MODEL,
     DiffusionConfig,
     LoadedModel,
     ModelCard,
     ModelFileError,
-    load_model_file,
     read_card,
     save_model_file,
 )
-from .respace import RespacedSchedule, respace, select_timesteps
-from .sampling import (
+from .models.unet import PRESETS, UNet, UNetConfig, build_model, count_parameters, preset_config
+from .sampling.samplers import (
     SampleFrame,
     SamplingPlan,
     StepCoeffs,
@@ -22,10 +25,7 @@ from .sampling import (
     sample,
     sample_iter,
     sampling_step,
-    to_uint8,
 )
-from .schedule import NoiseSchedule
-from .unet import PRESETS, UNet, UNetConfig, build_model, count_parameters, preset_config
 
 __all__ = [
     "DEFAULT_MODEL",

@@ -6,8 +6,8 @@ import torch
 from torch import Tensor
 
 from engine import GaussianDiffusion
-from engine.diffusion import v_from_x0_eps
-from engine.schedule import extract
+from engine.diffusion.gaussian import v_from_x0_eps
+from engine.diffusion.schedule import extract
 
 
 class GaussianOracle:

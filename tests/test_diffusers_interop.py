@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine import ModelFileError, SamplingPlan, load_model_file, sample, sampling_step
-from engine.diffusers_interop import diffusion_config_from_scheduler
+from engine.io.diffusers_interop import diffusion_config_from_scheduler
 
 diffusers = pytest.importorskip("diffusers", reason="the optional 'diffusers' extra is not installed")
 
@@ -124,7 +124,7 @@ def test_directory_that_is_not_a_pipeline(tmp_path):
                                        dict(image_size=16, ch_mult=(1, 2, 2), norm_groups=4)])
 def test_export_round_trips(tmp_path, overrides):
     from engine import ModelCard, build_model, preset_config, save_model_file
-    from engine.diffusers_interop import export_diffusers
+    from engine.io.diffusers_interop import export_diffusers
 
     torch.manual_seed(0)
     cfg = preset_config("tiny", **overrides)
@@ -146,7 +146,7 @@ def test_export_round_trips(tmp_path, overrides):
 
 def test_export_refuses_inexact_models(tmp_path):
     from engine import ModelCard, build_model, preset_config, save_model_file
-    from engine.diffusers_interop import export_diffusers
+    from engine.io.diffusers_interop import export_diffusers
 
     cfg = preset_config("seed", image_size=8)
     path = save_model_file(tmp_path / "s.safetensors", build_model(cfg), ModelCard(model=cfg))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine import GaussianDiffusion, NoiseSchedule
-from engine.diffusion import eps_from_v, eps_from_x0, v_from_x0_eps, x0_from_eps, x0_from_v
+from engine.diffusion.gaussian import eps_from_v, eps_from_x0, v_from_x0_eps, x0_from_eps, x0_from_v
 
 X0 = torch.tensor([[0.8, 0.6], [0.4, 0.2]], dtype=torch.float64)
 EPS = torch.tensor([[0.5, -0.3], [0.1, -0.2]], dtype=torch.float64)

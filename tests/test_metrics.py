@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from engine import ModelCard, build_model, load_model_file, preset_config, save_model_file
-from engine.metrics import (
+from engine.evaluation.metrics import (
     DigitMetrics,
     MetricsError,
     class_entropy,
@@ -28,8 +28,8 @@ from engine.metrics import (
     nearest_distances,
     quantize,
 )
-from engine.modelfile import DiffusionConfig
-from engine.sampling import SamplingPlan, sample
+from engine.io.modelfile import DiffusionConfig
+from engine.sampling.samplers import SamplingPlan, sample
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -185,8 +185,8 @@ def test_generate_batches_are_jobs_with_seed_plus_index(tmp_path):
 
 
 def test_cached_generate_resumes_batch_by_batch_and_equals_a_fresh_run(tmp_path, monkeypatch):
-    import engine.metrics as metrics
-    from engine.sample_cache import SampleCache
+    import engine.evaluation.metrics as metrics
+    from engine.evaluation.sample_cache import SampleCache
 
     model = _tiny(tmp_path / "t.safetensors", 8)
     m = load_model_file(model)
@@ -220,7 +220,7 @@ def test_cached_generate_resumes_batch_by_batch_and_equals_a_fresh_run(tmp_path,
 
 
 def test_cache_key_digests_files_and_folders_by_content(tmp_path):
-    from engine.sample_cache import file_digest
+    from engine.evaluation.sample_cache import file_digest
 
     (tmp_path / "a.bin").write_bytes(b"weights")
     (tmp_path / "b.bin").write_bytes(b"weights")

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from engine import ModelCard, ModelFileError, build_model, load_model_file, preset_config, read_card, save_model_file
-from engine.modelfile import META_KEY
+from engine.io.modelfile import META_KEY
 
 
 def _card(**kw):

@@ -33,9 +33,9 @@ import httpx
 import pytest
 import torch
 
-from engine.train_config import preset_train_config
-from engine.train_state import CheckpointError, latest_checkpoint, load_checkpoint
-from engine.trainer import Trainer
+from engine.training.config import preset_train_config
+from engine.training.state import CheckpointError, latest_checkpoint, load_checkpoint
+from engine.training.trainer import Trainer
 from tests.server_utils import ROOT, Server, metric, proc_status, sse_events, start_server, tiny_model_file
 
 API = "/api/v1"
@@ -213,7 +213,7 @@ def test_read_only_checkpoint_dir_is_a_clear_error(tmp_path):
 
 def test_no_space_left_in_process(tmp_path, monkeypatch):
     """ENOSPC itself, injected into the tensor writer (a real full disk needs privileges to create)."""
-    import engine.train_state as ts
+    import engine.training.state as ts
 
     real = ts.save_file
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from engine.datasets import EpochSampler, load_dataset
-from engine.train_config import preset_train_config
-from engine.train_state import latest_checkpoint, load_checkpoint, save_checkpoint
-from engine.trainer import Trainer, TrainingDiverged
+from engine.training.config import preset_train_config
+from engine.training.datasets import EpochSampler, load_dataset
+from engine.training.state import latest_checkpoint, load_checkpoint, save_checkpoint
+from engine.training.trainer import Trainer, TrainingDiverged
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -160,9 +160,10 @@ def test_cli_errors_are_one_line(args, needle):
 
 
 def test_init_from_starts_at_the_model_file_and_records_it(tmp_path):
-    from engine.modelfile import load_model_file, read_card, save_model_file
-    from engine.trainer import model_card_for_run
-    from engine.unet import build_model
+    from engine.io.loader import load_model_file
+    from engine.io.modelfile import read_card, save_model_file
+    from engine.models.unet import build_model
+    from engine.training.trainer import model_card_for_run
 
     base = preset_train_config("tiny", max_steps=4, sample_every=0)
     Trainer(base, tmp_path / "a", progress=False).run()
@@ -208,7 +209,7 @@ def test_cosine_lr_follows_its_closed_form():
     import itertools
     import math
 
-    from engine.trainer import lr_factor
+    from engine.training.trainer import lr_factor
 
     cfg = preset_train_config("tiny", warmup_steps=10, max_steps=1000, lr_decay="cosine", lr_min_ratio=0.2)
     assert lr_factor(cfg, 0) == pytest.approx(0.1 * 1.0, rel=1e-4)  # warmup 1/10 × cosine ≈ 1 at step 0

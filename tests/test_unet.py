@@ -60,7 +60,7 @@ def test_channels_last_and_autocast():
 
 def test_use_channels_last_feeds_nchw_inputs_in_nhwc_and_keeps_outputs(tmp_path):
     from engine import ModelCard, load_model_file, save_model_file
-    from engine.modelfile import DiffusionConfig
+    from engine.io.modelfile import DiffusionConfig
 
     torch.manual_seed(0)
     cfg = preset_config("tiny", image_size=8)

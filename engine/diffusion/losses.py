@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .diffusion import GaussianDiffusion
+from .gaussian import GaussianDiffusion
 from .schedule import extract
 
 TimestepSampling = Literal["uniform", "beta"]

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from .train_config import TRAIN_PRESETS, TrainConfig, preset_train_config
+from ..training.config import TRAIN_PRESETS, TrainConfig, preset_train_config
 
 
 def _positive_int(s: str) -> int:
@@ -95,7 +95,7 @@ def _config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from .trainer import Trainer
+    from ..training.trainer import Trainer
 
     run_dir = Path(args.run_dir or f"runs/{args.preset}")
     if args.resume:
@@ -122,10 +122,11 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from .modelfile import load_model_file, save_model_file
-    from .train_state import latest_checkpoint, load_checkpoint
-    from .trainer import model_card_for_run
-    from .unet import build_model
+    from ..io.loader import load_model_file
+    from ..io.modelfile import save_model_file
+    from ..models.unet import build_model
+    from ..training.state import latest_checkpoint, load_checkpoint
+    from ..training.trainer import model_card_for_run
 
     run_dir = Path(args.run_dir)
     cfg_path = run_dir / "config.json"
@@ -146,7 +147,7 @@ def run_export(args: argparse.Namespace) -> int:
     else:
         import tempfile
 
-        from .diffusers_interop import export_diffusers
+        from ..io.diffusers_interop import export_diffusers
 
         with tempfile.TemporaryDirectory() as tmp:
             loaded = load_model_file(save_model_file(Path(tmp) / "m.safetensors", net, card))

@@ -20,14 +20,14 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..diffusion.losses import sample_timesteps, simple_loss
+from ..io.images import make_grid, to_pil, to_uint8
+from ..io.modelfile import ModelCard
+from ..models.unet import build_model
+from ..sampling.samplers import SamplingPlan, sample_iter
+from .config import TrainConfig
 from .datasets import EpochSampler, ImageData, load_dataset
-from .images import make_grid, to_pil
-from .losses import sample_timesteps, simple_loss
-from .modelfile import ModelCard
-from .sampling import SamplingPlan, sample_iter, to_uint8
-from .train_config import TrainConfig
-from .train_state import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
-from .unet import build_model
+from .state import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 class TrainingDiverged(RuntimeError):
@@ -148,7 +148,7 @@ class Trainer:
 
     def _init_weights(self, path: str) -> None:
         """Start from a model file's weights; its network and diffusion must be this run's."""
-        from .modelfile import load_model_file
+        from ..io.loader import load_model_file
 
         loaded = load_model_file(path)
         for what, theirs, ours in (("model", loaded.card.model.to_dict(), self.cfg.model.to_dict()),

@@ -16,9 +16,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..assets import ASSET_DIR
+
 DatasetName = Literal["mnist5k", "mnist", "fashion_mnist", "cifar10", "folder"]
 DATASETS: tuple[str, ...] = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "folder")
-BUNDLED = Path(__file__).parent / "assets" / "mnist5k.npz"
+BUNDLED = ASSET_DIR / "mnist5k.npz"
 MNIST5K_HOLDOUT = 500  # images held out of training for evaluation (a seeded, fixed choice)
 _SPLIT_SEED = 20200619  # fixed: changing it would leak held-out images into training
 

@@ -19,13 +19,14 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .diffusion import PREDICTIONS, VARIANCES, GaussianDiffusion
-from .schedule import NoiseSchedule
-from .unet import UNet, UNetConfig, build_model
+from ..assets import ASSET_DIR
+from ..diffusion.gaussian import PREDICTIONS, VARIANCES, GaussianDiffusion
+from ..diffusion.schedule import NoiseSchedule
+from ..models.unet import UNet, UNetConfig, build_model
 
 FORMAT = "ddpm-demo/1"
 META_KEY = "ddpm.config"
-DEFAULT_MODEL = Path(__file__).parent / "assets" / "mnist5k.safetensors"
+DEFAULT_MODEL = ASSET_DIR / "mnist5k.safetensors"
 
 
 class ModelFileError(ValueError):
@@ -188,20 +189,9 @@ def read_card(path: str | os.PathLike) -> ModelCard:
     return ModelCard.from_json(meta[META_KEY], str(path))
 
 
-def load_model_file(
-    path: str | os.PathLike | None = None, device: torch.device | str = "cpu"
-) -> LoadedModel:
-    """Load a model file (default: the bundled MNIST model) onto ``device`` in eval mode.
-
-    A directory is taken as a diffusers pipeline folder (see :mod:`engine.diffusers_interop`).
-    """
-    if path is not None and Path(path).is_dir():
-        from .diffusers_interop import is_diffusers_folder, load_diffusers_folder
-
-        if not is_diffusers_folder(Path(path)):
-            raise ModelFileError(f"{path}: a directory, but not a diffusers pipeline folder (no model_index.json)")
-        return load_diffusers_folder(path, device)
-    path = _check_path(DEFAULT_MODEL if path is None else path)
+def load_safetensors_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> LoadedModel:
+    """Load one ``.safetensors`` model file onto ``device`` in eval mode."""
+    path = _check_path(path)
     card = read_card(path)
     try:
         with safe_open(str(path), framework="pt") as f:

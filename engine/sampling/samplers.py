@@ -23,9 +23,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .diffusion import GaussianDiffusion, Prediction, split_prediction
-from .images import to_uint8_array
-from .respace import respace
+from ..diffusion.gaussian import GaussianDiffusion, Prediction, split_prediction
+from ..diffusion.respace import respace
 
 SamplerName = Literal["ddpm", "ddim"]
 SAMPLERS: tuple[SamplerName, ...] = ("ddpm", "ddim")
@@ -255,7 +254,3 @@ def sample(
     assert last is not None
     return last.x_t
 
-
-def to_uint8(x: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
-    """Map ``(N, C, H, W)`` in ``value_range`` to uint8 ``(N, H, W, C)`` on the CPU (see :func:`to_uint8_array`)."""
-    return torch.from_numpy(to_uint8_array(x, value_range))

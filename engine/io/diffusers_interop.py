@@ -17,9 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..diffusion.schedule import NoiseSchedule
+from ..models.unet import UNetConfig
 from .modelfile import DiffusionConfig, LoadedModel, ModelCard, ModelFileError
-from .schedule import NoiseSchedule
-from .unet import UNetConfig
 
 _PREDICTION = {"epsilon": "eps", "sample": "x0", "v_prediction": "v"}
 _VARIANCE = {"fixed_small": "fixed_small", "fixed_large": "fixed_large"}

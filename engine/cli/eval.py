@@ -40,9 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from .cli import UserError, resolve_device
-    from .metrics import MetricsError, evaluate_model
-    from .modelfile import load_model_file
+    from ..evaluation.metrics import MetricsError, evaluate_model
+    from ..io.loader import load_model_file
+    from . import UserError, resolve_device
 
     limits = [
         (args.n >= 1, f"--n must be ≥ 1, got {args.n}"),

@@ -1,7 +1,7 @@
 """A small CNN digit classifier, trained by the project on the bundled MNIST-5k (train split).
 
 Its penultimate features give the Fréchet distance FLD, and its probabilities give the
-confident share and class entropy of generated digits (engine/metrics.py). Weights ship in
+confident share and class entropy of generated digits (engine/evaluation/metrics.py). Weights ship in
 engine/assets/digit_classifier.safetensors; scripts/train_digit_classifier.py rebuilds them.
 """
 
@@ -17,7 +17,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
-WEIGHTS = Path(__file__).parent / "assets" / "digit_classifier.safetensors"
+from ..assets import ASSET_DIR
+
+WEIGHTS = ASSET_DIR / "digit_classifier.safetensors"
 
 
 class DigitClassifier(nn.Module):

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .modelfile import ModelFileError
+from ..io.modelfile import ModelFileError
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -54,9 +54,9 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_sample(args: argparse.Namespace) -> int:
-    from .images import save_samples
-    from .modelfile import load_model_file
-    from .sampling import SamplingPlan, sample, to_uint8
+    from ..io.images import save_samples, to_uint8
+    from ..io.loader import load_model_file
+    from ..sampling.samplers import SamplingPlan, sample
 
     if not 1 <= args.n <= 100_000:
         raise UserError(f"--n must lie in [1, 100000], got {args.n}")
@@ -82,7 +82,7 @@ _REGISTRARS: list[Callable[[argparse._SubParsersAction], None]] = [_add_sample]
 def _optional_registrars() -> list[Callable[[argparse._SubParsersAction], None]]:
     """Subcommands from sibling modules (train, export, eval), each optional at import time."""
     out = []
-    for mod_name in ("cli_train", "eval_cli"):
+    for mod_name in ("train", "eval"):
         try:
             mod = __import__(f"{__package__}.{mod_name}", fromlist=["add_parser"])
         except ModuleNotFoundError as e:

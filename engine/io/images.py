@@ -25,6 +25,11 @@ def to_uint8_array(x: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) ->
     return np.ascontiguousarray(np.clip(y, 0, 255).astype(np.uint8).transpose(0, 2, 3, 1))
 
 
+def to_uint8(x: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
+    """Map ``(N, C, H, W)`` in ``value_range`` to uint8 ``(N, H, W, C)`` on the CPU (see :func:`to_uint8_array`)."""
+    return torch.from_numpy(to_uint8_array(x, value_range))
+
+
 def make_grid(images: Tensor | np.ndarray, nrow: int | None = None, padding: int = 2, pad_value: int = 0) -> np.ndarray:
     """Tile uint8 ``(N, H, W, C)`` images into one uint8 ``(H', W', C)`` grid, ``nrow`` per row."""
     arr = images.numpy() if isinstance(images, Tensor) else np.asarray(images)

@@ -3,7 +3,7 @@ entropy), memorization, and FID from local Inception weights.
 
 The real-data reference figures come from the same functions on real images, so a target such as
 "FLD within 3× of real-vs-real" compares like with like. Every image set is on the 8-bit grid
-(generated samples go through :func:`engine.sampling.to_uint8` first, as a saved PNG would), so a
+(generated samples go through :func:`engine.sampling.samplers.to_uint8` first, as a saved PNG would), so a
 metric never sees a difference that only rounding makes.
 
 Choices, documented once:
@@ -31,12 +31,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..diffusion.likelihood import bits_per_dim
+from ..io.images import to_uint8
+from ..io.modelfile import LoadedModel
+from ..sampling.samplers import SAMPLERS, SamplingPlan, sample_iter
+from ..training.datasets import ImageData, load_dataset
 from .classifier import DigitClassifier, load_classifier
-from .datasets import ImageData, load_dataset
-from .likelihood import bits_per_dim
-from .modelfile import LoadedModel
 from .sample_cache import SampleCache
-from .sampling import SAMPLERS, SamplingPlan, sample_iter, to_uint8
 
 CONFIDENCE = 0.9
 COPY_PERCENTILE = 0.0  # the minimum; see the module docstring
@@ -331,7 +332,7 @@ def evaluate_model(
       an int: the unbiased estimate with that many t per image; ``bpd_images=0`` skips it).
     - FID when ``fid_weights`` is a local InceptionV3 weights file.
 
-    ``cache_dir`` keeps each finished sampling batch on disk (see :mod:`engine.sample_cache`), so
+    ``cache_dir`` keeps each finished sampling batch on disk (see :mod:`engine.evaluation.sample_cache`), so
     the same call after an interruption draws only the missing batches.
 
     Returns a flat JSON-able dict; ``skipped`` lists metrics that did not apply, with the reason.

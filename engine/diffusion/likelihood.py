@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .diffusion import GaussianDiffusion
+from .gaussian import GaussianDiffusion
 from .schedule import extract
 
 Model = Callable[[Tensor, Tensor], Tensor]

@@ -6,10 +6,10 @@ import dataclasses
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from .losses import TimestepSampling, Weighting
-from .modelfile import DiffusionConfig
-from .unet import PRESETS as MODEL_PRESETS
-from .unet import UNetConfig, preset_config
+from ..diffusion.losses import TimestepSampling, Weighting
+from ..io.modelfile import DiffusionConfig
+from ..models.unet import PRESETS as MODEL_PRESETS
+from ..models.unet import UNetConfig, preset_config
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Diffusion math: noise schedules, respacing, the Gaussian forward/posterior, losses and the VLB."""

@@ -1,0 +1,1 @@
+"""Evaluation: bits/dim, classifier-based sample metrics, memorization, and the sample cache."""

@@ -1,0 +1,1 @@
+"""Files in and out: the model file, diffusers interop, and image conversion."""
