@@ -17,7 +17,10 @@ from .io.modelfile import (
     save_model_file,
 )
 from .models.unet import PRESETS, UNet, UNetConfig, build_model, count_parameters, preset_config
-from .sampling.samplers import (
+from .sampling import (
+    SAMPLER_INFO,
+    SAMPLERS,
+    SPACINGS,
     SampleFrame,
     SamplingPlan,
     StepCoeffs,
@@ -25,11 +28,15 @@ from .sampling.samplers import (
     sample,
     sample_iter,
     sampling_step,
+    steps_limit,
 )
 
 __all__ = [
     "DEFAULT_MODEL",
     "PRESETS",
+    "SAMPLERS",
+    "SAMPLER_INFO",
+    "SPACINGS",
     "DiffusionConfig",
     "GaussianDiffusion",
     "LoadedModel",
@@ -62,5 +69,6 @@ __all__ = [
     "save_model_file",
     "select_timesteps",
     "simple_loss",
+    "steps_limit",
     "to_uint8",
 ]

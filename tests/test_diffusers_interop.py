@@ -7,24 +7,16 @@ import torch
 
 from engine import ModelFileError, SamplingPlan, load_model_file, sample, sampling_step
 from engine.io.diffusers_interop import diffusion_config_from_scheduler
+from tests.tiny_diffusers import tiny_unet
 
 diffusers = pytest.importorskip("diffusers", reason="the optional 'diffusers' extra is not installed")
-
-
-def _tiny_unet(channels: int = 1, size: int = 8) -> "diffusers.UNet2DModel":
-    torch.manual_seed(0)
-    return diffusers.UNet2DModel(
-        sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=1,
-        block_out_channels=(8, 16), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
-        up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4,
-    ).eval()
 
 
 @pytest.fixture(scope="module")
 def pipeline_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("pipe")
     sched = diffusers.DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True)
-    diffusers.DDPMPipeline(unet=_tiny_unet(), scheduler=sched).save_pretrained(path)
+    diffusers.DDPMPipeline(unet=tiny_unet(diffusers), scheduler=sched).save_pretrained(path)
     return path
 
 
@@ -109,7 +101,7 @@ def test_unsupported_options_are_named(option, value):
 
 
 def test_clip_sample_false_disables_clipping(tmp_path):
-    _tiny_unet().save_pretrained(tmp_path)
+    tiny_unet(diffusers).save_pretrained(tmp_path)
     (tmp_path / "scheduler_config.json").write_text(json.dumps({"clip_sample": False}))
     m = load_model_file(tmp_path)
     assert m.diffusion.clip_range == (-float("inf"), float("inf"))

@@ -29,7 +29,7 @@ from engine.evaluation.metrics import (
     quantize,
 )
 from engine.io.modelfile import DiffusionConfig
-from engine.sampling.samplers import SamplingPlan, sample
+from engine.sampling import SamplingPlan, sample
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}

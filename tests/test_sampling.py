@@ -8,7 +8,7 @@ import torch
 from engine import GaussianDiffusion, NoiseSchedule, SamplingPlan, StepCoeffs, sample, sample_iter, sampling_step
 from tests.oracles import GaussianOracle
 
-SAMPLERS = [("ddpm", None, 1.0), ("ddpm", 40, 1.0), ("ddim", 40, 0.0), ("ddim", 40, 1.0)]
+SAMPLERS = [("ddpm", None, None), ("ddpm", 40, None), ("ddim", 40, 0.0), ("ddim", 40, 1.0)]
 
 
 @pytest.mark.parametrize("pred", ["eps", "x0", "v"])
@@ -33,7 +33,7 @@ def test_gaussian_oracle_reproduces_data_moments(schedule):
     d = GaussianDiffusion(NoiseSchedule.from_name(schedule, 1000))
     model = GaussianOracle(d, 0.3, 0.5)
     for sampler, steps in (("ddpm", None), ("ddim", 1000)):
-        x = sample(model, d, SamplingPlan.build(d, sampler, steps, 0.0), (40000, 1),
+        x = sample(model, d, SamplingPlan.build(d, sampler, steps), (40000, 1),
                    torch.Generator().manual_seed(1), clip=False)
         assert abs(x.mean().item() - 0.3) < 0.01
         assert abs(x.std().item() - 0.5) < 0.01
@@ -103,7 +103,7 @@ def test_frames_are_yielded_for_every_step():
 def test_start_t_plans_begin_at_the_given_step():
     d = GaussianDiffusion(NoiseSchedule.linear(1000))
     for sampler in ("ddpm", "ddim"):
-        plan = SamplingPlan.build(d, sampler, 10, 0.0, start_t=400)
+        plan = SamplingPlan.build(d, sampler, 10, start_t=400)
         assert plan.timesteps[0].item() == 400 and plan.timesteps[-1].item() == 0
     full = SamplingPlan.build(d, "ddpm", None, start_t=99)
     assert full.K == 100

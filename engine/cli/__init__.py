@@ -56,7 +56,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 def _run_sample(args: argparse.Namespace) -> int:
     from ..io.images import save_samples, to_uint8
     from ..io.loader import load_model_file
-    from ..sampling.samplers import SamplingPlan, sample
+    from ..sampling import SamplingPlan, sample
 
     if not 1 <= args.n <= 100_000:
         raise UserError(f"--n must lie in [1, 100000], got {args.n}")

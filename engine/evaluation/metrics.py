@@ -3,7 +3,7 @@ entropy), memorization, and FID from local Inception weights.
 
 The real-data reference figures come from the same functions on real images, so a target such as
 "FLD within 3× of real-vs-real" compares like with like. Every image set is on the 8-bit grid
-(generated samples go through :func:`engine.sampling.samplers.to_uint8` first, as a saved PNG would), so a
+(generated samples go through :func:`engine.io.images.to_uint8` first, as a saved PNG would), so a
 metric never sees a difference that only rounding makes.
 
 Choices, documented once:
@@ -34,7 +34,7 @@ from torch import Tensor
 from ..diffusion.likelihood import bits_per_dim
 from ..io.images import to_uint8
 from ..io.modelfile import LoadedModel
-from ..sampling.samplers import SAMPLERS, SamplingPlan, sample_iter
+from ..sampling import SAMPLERS, SamplingPlan, sample_iter
 from ..training.datasets import ImageData, load_dataset
 from .classifier import DigitClassifier, load_classifier
 from .sample_cache import SampleCache

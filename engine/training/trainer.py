@@ -24,7 +24,7 @@ from ..diffusion.losses import sample_timesteps, simple_loss
 from ..io.images import make_grid, to_pil, to_uint8
 from ..io.modelfile import ModelCard
 from ..models.unet import build_model
-from ..sampling.samplers import SamplingPlan, sample_iter
+from ..sampling import SamplingPlan, sample_iter
 from .config import TrainConfig
 from .datasets import EpochSampler, ImageData, load_dataset
 from .state import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
