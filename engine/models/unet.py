@@ -116,6 +116,7 @@ class UNetConfig:
     norm_groups: int = 32
     num_heads: int = 1
     scale_shift: bool = True
+    num_classes: int = 0  # > 0: class-conditional, with one more embedding row meaning "no label"
 
     def __post_init__(self) -> None:
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
@@ -125,6 +126,10 @@ class UNetConfig:
         for name in ("image_size", "in_channels", "out_channels", "ch", "num_res_blocks", "num_heads"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if int(self.num_classes) < 0:
+            raise ValueError(f"num_classes must be ≥ 0 (0 = unconditional), got {self.num_classes}")
+        if self.num_classes and self.arch != "unet":
+            raise ValueError(f"class conditioning needs arch 'unet', got {self.arch!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
 
@@ -151,6 +156,10 @@ class UNet(nn.Module):
         c = self.config = config
         g, temb = c.norm_groups, c.ch * 4
         self.time_mlp = nn.Sequential(nn.Linear(c.ch, temb), nn.SiLU(), nn.Linear(temb, temb))
+        self.class_emb = nn.Embedding(c.num_classes + 1, temb) if c.num_classes else None
+        if self.class_emb is not None:
+            # Zero rows make a network converted from an unconditional one compute the same function at first.
+            nn.init.zeros_(self.class_emb.weight)
         self.conv_in = nn.Conv2d(c.in_channels, c.ch, 3, padding=1)
 
         def res(i: int, o: int) -> ResBlock:
@@ -194,11 +203,26 @@ class UNet(nn.Module):
         self.channels_last = True
         return self
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x`` ``(B, C_in, H, W)``, ``t`` ``(B,)`` → ``(B, C_out, H, W)``."""
+    @property
+    def null_label(self) -> int:
+        """The embedding row that means "no label" (classifier-free guidance's unconditional branch)."""
+        return self.config.num_classes
+
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """``x`` ``(B, C_in, H, W)``, ``t`` ``(B,)``, labels ``y`` ``(B,)`` in [0, num_classes] → ``(B, C_out, H, W)``.
+
+        An unconditional network refuses labels rather than ignore them; a conditional one reads
+        ``y = None`` as "no label" for every sample.
+        """
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         temb = self.time_mlp(timestep_embedding(t, self.config.ch))
+        if self.class_emb is not None:
+            if y is None:
+                y = torch.full_like(t, self.null_label)
+            temb = temb + self.class_emb(y)
+        elif y is not None:
+            raise ValueError("labels given to an unconditional network")
         h = self.conv_in(x)
         hs = [h]
         for blocks in self.down:
@@ -287,3 +311,23 @@ def build_model(config: UNetConfig | dict[str, Any]) -> nn.Module:
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
+
+
+def load_shared_weights(net: nn.Module, tensors: dict[str, Tensor]) -> list[str]:
+    """Copy every tensor of ``tensors`` into ``net`` (same names and shapes) and return the names of
+    ``net``'s tensors that were not in it, which keep their initial values.
+
+    This turns an unconditional file into a class-conditional network: the class embedding is the only
+    new tensor, and it starts at zero, so the network computes the old function until it is trained.
+    A tensor with no place in ``net``, or of another shape, is an error rather than dropped.
+    """
+    own = net.state_dict()
+    extra = sorted(set(tensors) - set(own))
+    if extra:
+        raise ValueError(f"{len(extra)} tensors have no place in this network (e.g. {extra[:2]})")
+    bad = [k for k, v in tensors.items() if v.shape != own[k].shape]
+    if bad:
+        raise ValueError(f"tensor {bad[0]!r} has shape {tuple(tensors[bad[0]].shape)}, "
+                         f"the network needs {tuple(own[bad[0]].shape)}")
+    net.load_state_dict(tensors, strict=False)
+    return sorted(set(own) - set(tensors))

@@ -4,6 +4,7 @@
 packs them per step and per sample, ``step`` applies one update, and ``loop`` runs a plan offline.
 """
 
+from .guidance import Conditioning, guided_forward, resolve_labels
 from .loop import SampleFrame, sample, sample_iter
 from .plan import SamplingPlan, StepCoeffs, steps_limit
 from .solvers import DEFAULT_ETA, SAMPLER_INFO, SAMPLERS, SamplerName, takes_eta
@@ -16,6 +17,7 @@ __all__ = [
     "SAMPLERS",
     "SAMPLER_INFO",
     "SPACINGS",
+    "Conditioning",
     "History",
     "Model",
     "SampleFrame",
@@ -24,6 +26,8 @@ __all__ = [
     "Spacing",
     "StepCoeffs",
     "draw_noise",
+    "guided_forward",
+    "resolve_labels",
     "sample",
     "sample_iter",
     "sampling_step",

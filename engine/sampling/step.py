@@ -28,7 +28,7 @@ def sampling_step(
     """One reverse step for a batch whose samples may sit at different steps of different plans.
 
         x̂0 = split(model_output) (clipped where ``c.clip``)
-        x_prev = a·x_t + b0·x̂0 + b1·x̂0(i−1) + b2·x̂0(i−2) + σ·z
+        x_prev = b0·x̂0 + a·x_t + σ·z + b1·x̂0(i−1) + b2·x̂0(i−2)
 
     Args:
         prediction: the model's output type.
@@ -48,7 +48,7 @@ def sampling_step(
     x_t = x_t.to(dtype)
     x0, _ = split_prediction(prediction, model_output.to(dtype), x_t, b(c.sqrt_alpha_bar),
                              b(c.sqrt_one_minus_alpha_bar), c.clip, clip_range)
-    x_prev = b(c.coef_xt) * x_t + b(c.coef_x0) * x0 + b(c.sigma) * noise.to(dtype)
+    x_prev = b(c.coef_x0) * x0 + b(c.coef_xt) * x_t + b(c.sigma) * noise.to(dtype)
     if history is not None:
         x_prev = x_prev + b(c.coef_x0_prev) * history[0].to(dtype) + b(c.coef_x0_prev2) * history[1].to(dtype)
     elif bool((c.coef_x0_prev != 0).any() or (c.coef_x0_prev2 != 0).any()):

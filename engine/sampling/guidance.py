@@ -1,0 +1,91 @@
+"""Class labels and classifier-free guidance (Ho & Salimans 2022) for a batch of samples.
+
+A guided sample with label c and scale s needs two model outputs, conditional and unconditional,
+combined as ε̂ = ε_u + s·(ε_c − ε_u) (eq. (6) with w = s − 1; s is diffusers' ``guidance_scale``:
+1 is plain conditional, 0 unconditional). The combination is affine with weights summing to one,
+so it applies to any prediction type (ε, x0 or v) before the step. :func:`guided_forward` puts both
+rows of every guided sample into ONE forward pass with the rest of the batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+#: A class-conditional predictor: ``model(x_t (B, C, H, W), t (B,), y (B,)) -> output (B, C, H, W)``.
+ConditionalModel = Callable[[Tensor, Tensor, Tensor], Tensor]
+#: A label request: one class, ``None`` ("no label"), ``"any"`` (uniform, from the job's generator), or one per sample.
+LabelSpec = int | None | str | Sequence[int | None]
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """Per-sample labels ``(B,)`` (``null_label`` = no label) and guidance scales ``(B,)``."""
+
+    labels: Tensor
+    scale: Tensor
+    null_label: int
+
+    @staticmethod
+    def cat(rows: list[Conditioning]) -> Conditioning:
+        """Stack the rows of several jobs into one batch."""
+        nulls = {r.null_label for r in rows}
+        if len(nulls) != 1:
+            raise ValueError("jobs of one batch must share the model's 'no label' row")
+        return Conditioning(*(torch.cat([getattr(r, f.name) for r in rows]) for f in fields(Conditioning)[:2]),
+                            null_label=nulls.pop())
+
+    @staticmethod
+    def of(labels: Tensor, scale: float, null_label: int) -> Conditioning:
+        return Conditioning(labels, torch.full(labels.shape, float(scale), device=labels.device), null_label)
+
+    def to(self, device: torch.device | str) -> Conditioning:
+        return Conditioning(self.labels.to(device), self.scale.to(device), self.null_label)
+
+
+def resolve_labels(spec: LabelSpec, n: int, num_classes: int, generator: torch.Generator | None) -> Tensor:
+    """Labels ``(n,)`` for a request: ``num_classes`` stands for "no label".
+
+    ``"any"`` draws uniform classes from ``generator`` (the job's, before its x_T), so a seed fixes them.
+    """
+    if num_classes < 1:
+        raise ValueError("labels: this model is unconditional; it takes no labels")
+    if spec == "any":
+        gdev = generator.device if generator is not None else torch.device("cpu")
+        return torch.randint(num_classes, (n,), generator=generator, device=gdev).cpu()
+    if spec is None or isinstance(spec, (int, str)):
+        spec = [None if spec is None or spec == "none" else spec] * n
+    if len(spec) != n:
+        raise ValueError(f"labels: a list needs one entry per sample ({n}), got {len(spec)}")
+    out = []
+    for v in spec:
+        if v is None or v == "none":
+            out.append(num_classes)
+        elif isinstance(v, int) and not isinstance(v, bool) and 0 <= v < num_classes:
+            out.append(v)
+        else:
+            raise ValueError(f"labels: each entry must be a class in [0, {num_classes - 1}] or null, got {v!r}")
+    return torch.tensor(out, dtype=torch.long)
+
+
+def guided_forward(model: ConditionalModel, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
+    """Model outputs ``(B, C, H, W)`` with guidance applied, from one forward over B + G rows.
+
+    G counts the samples that need an unconditional row as well: those with a label and s ≠ 1
+    (s = 0 with a label is simply the unconditional row).
+    """
+    null = cond.null_label
+    labels = torch.where(cond.scale == 0, torch.full_like(cond.labels, null), cond.labels)
+    guided = ((labels != null) & (cond.scale != 1)).nonzero().squeeze(1)
+    if guided.numel() == 0:
+        return model(x, t, labels)
+    out = model(torch.cat([x, x[guided]]), torch.cat([t, t[guided]]),
+                torch.cat([labels, torch.full_like(guided, null)]))
+    b = x.shape[0]
+    eps_c, eps_u = out[:b], out[b:]
+    s = cond.scale[guided].to(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
+    eps_c[guided] = eps_u + s * (eps_c[guided] - eps_u)
+    return eps_c
