@@ -3,7 +3,7 @@
 from .diffusion.gaussian import GaussianDiffusion, Prediction, Variance
 from .diffusion.likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
 from .diffusion.losses import loss_weights, sample_timesteps, simple_loss
-from .diffusion.respace import RespacedSchedule, respace, select_timesteps
+from .diffusion.respace import RespacedSchedule, respace, select_timesteps, steps_range
 from .diffusion.schedule import NoiseSchedule
 from .io.images import to_uint8
 from .io.loader import load_model_file
@@ -62,5 +62,6 @@ __all__ = [
     "save_model_file",
     "select_timesteps",
     "simple_loss",
+    "steps_range",
     "to_uint8",
 ]

@@ -35,6 +35,11 @@ class RespacedSchedule:
         return int(self.timesteps.numel())
 
 
+def steps_range(T: int, t_max: int | None = None) -> tuple[int, int]:
+    """The fewest and most reverse steps from ``t_max`` (default T − 1) down to 0: at most one per timestep."""
+    return 1, (T - 1 if t_max is None else int(t_max)) + 1
+
+
 def select_timesteps(T: int, spec: TimestepSpec, t_max: int | None = None) -> list[int]:
     """Pick the ascending kept indices within ``[0, t_max]`` (``t_max`` defaults to T − 1).
 
@@ -60,8 +65,9 @@ def select_timesteps(T: int, spec: TimestepSpec, t_max: int | None = None) -> li
         else:
             raise ValueError(f"timestep spec must be an int, 'ddimK' or a list, got {spec!r}")
     if isinstance(spec, int):
-        if not 1 <= spec <= n:
-            raise ValueError(f"steps must lie in [1, {n}], got {spec}")
+        lo, hi = steps_range(T, t_max)
+        if not lo <= spec <= hi:
+            raise ValueError(f"steps must lie in [{lo}, {hi}], got {spec}")
         if spec == 1:
             return [t_max]
         idx = torch.linspace(0, t_max, spec, dtype=torch.float64).round().long().tolist()
