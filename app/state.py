@@ -49,8 +49,10 @@ def current(app: FastAPI) -> AppState | None:
     return getattr(app.state, "ddpm", None)
 
 
-def get_state(request: Request) -> AppState:
-    """FastAPI dependency: the state of the app serving ``request`` (uvicorn serves only after the lifespan)."""
+async def get_state(request: Request) -> AppState:
+    """FastAPI dependency: the state of the app serving ``request`` (uvicorn serves only after the lifespan).
+
+    ``async`` only so that FastAPI calls it on the event loop instead of handing it to a worker thread."""
     st = current(request.app)
     if st is None:
         raise RuntimeError("a request arrived before the lifespan installed the app state")
