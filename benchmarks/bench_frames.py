@@ -1,11 +1,11 @@
 """What streaming every frame costs: the page's job with a frame each step (PNG, raw) vs with the final frame only.
 
-    .venv/bin/python benchmarks/bench_frames.py [--repeats 3]
+    .venv/bin/python benchmarks/bench_frames.py [--repeats 3] [--n 16] [--steps 100]
 
 One real ``ddpm serve`` of the bundled model on 127.0.0.1, at torch's default threads (as `make demo`).
-Each round runs the same job (16 images, respaced DDPM 100, seed 0) three ways, read over ``/stream``
-by a client that parses every event: ``frame_every=1`` with ``frame_format=png``, the same with
-``frame_format=raw``, and ``frame_every=100`` (only the final frame). The order rotates between rounds.
+Each round runs the same job (by default the page's: 16 images, respaced DDPM 100, seed 0) three ways,
+read over ``/stream`` by a client that parses every event: ``frame_every=1`` with ``frame_format=png``,
+the same with ``frame_format=raw``, and with only the final frame. The order rotates between rounds.
 The rounds run twice: with the host otherwise idle, then while a separate process this script starts
 keeps one core busy (and stops afterwards). Reports the medians and each frame format's ratio to the
 no-frames job against the targets (≤ 1.03× idle, ≤ 1.10× loaded).
@@ -30,16 +30,16 @@ import httpx  # noqa: E402
 from engine import DEFAULT_MODEL  # noqa: E402
 from tests.server_utils import sse_events, start_server  # noqa: E402
 
-N, STEPS, SAMPLER, SEED = 16, 100, "ddpm", 0
+SAMPLER, SEED = "ddpm", 0
 VARIANTS = {"png, every step": {"frame_every": 1, "frame_format": "png"},
             "raw, every step": {"frame_every": 1, "frame_format": "raw"},
-            "final frame only": {"frame_every": STEPS}}
+            "final frame only": {"frame_every": 100_000}}
 TARGETS = {"idle": 1.03, "one core busy": 1.10}
 
 
 def job_seconds(url: str, **params: object) -> float:
     """Seconds from the request to the ``done`` event, every event parsed on the way."""
-    q = {"n": N, "steps": STEPS, "sampler": SAMPLER, "seed": SEED, **params}
+    q = {"sampler": SAMPLER, "seed": SEED, **params}
     t0 = time.perf_counter()
     with httpx.stream("GET", url + "/api/v1/stream", params=q, timeout=600) as r:
         for ev in sse_events(r):
@@ -50,12 +50,12 @@ def job_seconds(url: str, **params: object) -> float:
     raise RuntimeError("stream closed without done")
 
 
-def rounds(url: str, repeats: int) -> dict[str, list[float]]:
+def rounds(url: str, repeats: int, **job: int) -> dict[str, list[float]]:
     names = list(VARIANTS)
     times: dict[str, list[float]] = {name: [] for name in names}
     for i in range(repeats):
         for name in names[i % len(names):] + names[: i % len(names)]:
-            times[name].append(job_seconds(url, **VARIANTS[name]))
+            times[name].append(job_seconds(url, **job, **VARIANTS[name]))
     return times
 
 
@@ -67,17 +67,20 @@ def busy_core() -> subprocess.Popen:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--n", type=int, default=16, help="images per job")
+    ap.add_argument("--steps", type=int, default=100, help="respaced DDPM steps")
     args = ap.parse_args()
+    job = {"n": args.n, "steps": args.steps}
     server = start_server(DEFAULT_MODEL, Path("/tmp/bench_frames.log"), timeout=120, threads=None)
     results: dict[str, dict[str, list[float]]] = {}
     try:
         for name in VARIANTS:  # first-request costs are not what we measure
-            job_seconds(server.url, **VARIANTS[name])
-        results["idle"] = rounds(server.url, args.repeats)
+            job_seconds(server.url, **job, **VARIANTS[name])
+        results["idle"] = rounds(server.url, args.repeats, **job)
         load = busy_core()
         try:
             time.sleep(1.0)
-            results["one core busy"] = rounds(server.url, args.repeats)
+            results["one core busy"] = rounds(server.url, args.repeats, **job)
         finally:
             load.kill()
             load.wait()
@@ -87,7 +90,8 @@ def main() -> None:
     host = next((line.split(":", 1)[1].strip() for line in subprocess.run(
         ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")),
         platform.processor())
-    print(f"\nbundled model, {SAMPLER} {STEPS} steps, {N} images, seed {SEED}; {host}, {os.cpu_count()} cores; "
+    print(f"\nbundled model, {SAMPLER} {args.steps} steps, {args.n} images, seed {SEED}; {host}, "
+          f"{os.cpu_count()} cores; "
           f"median of {args.repeats} rounds\n")
     print("| host | frames | seconds | runs | vs final frame only | target |")
     print("|---|---|---|---|---|---|")
