@@ -1,1 +1,1 @@
-"""FastAPI server that streams reverse diffusion from a resident model (see DESIGN.md)."""
+"""FastAPI server that streams reverse diffusion from a resident model."""

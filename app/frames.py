@@ -1,10 +1,10 @@
-"""Frame encoding off the worker thread, and per-job event logs that SSE clients read.
+"""Frame pixels for the wire, the frame-encoder thread, and the per-job logs of results that streams read.
 
-The worker hands CPU tensors to :class:`FrameEncoder` and returns to the model at once; the encoder
-thread turns them into PNG data URLs and appends events to the job's :class:`EventLog`. A log keeps
-every control event (queued, started, the final frame, done, …) but only the newest
-``buffer`` intermediate frames, so a slow client skips frames (the latest wins) and never holds
-up the worker or another job.
+The worker hands host copies to :class:`FrameEncoder` and goes back to the model at once; the encoder
+thread tiles them into uint8 grids, encodes them in the job's frame format and appends the
+:class:`~app.results.Frame` to the job's :class:`EventLog`. A log keeps every result except
+intermediate frames, of which it keeps only the newest ``buffer``: a slow client skips frames (the
+latest wins) and never holds up the worker or another job.
 """
 
 from __future__ import annotations
@@ -12,61 +12,92 @@ from __future__ import annotations
 import asyncio
 import base64
 import itertools
+import logging
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Literal
 
+import numpy as np
 from torch import Tensor
 
 from engine.io.images import make_grid, png_bytes, to_uint8_array
+
+from .results import TERMINAL, Frame, Result
+
+log = logging.getLogger(__name__)
+FrameFormat = Literal["png", "raw"]
+FRAME_FORMATS: tuple[FrameFormat, ...] = ("png", "raw")
 
 
 def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
+def grid(x: Tensor, value_range: tuple[float, float]) -> np.ndarray:
+    """A CPU ``(N, C, H, W)`` batch as one uint8 ``(H', W', C)`` grid."""
+    return make_grid(to_uint8_array(x, value_range))
+
+
 def grid_png(x: Tensor, value_range: tuple[float, float]) -> bytes:
     """PNG of a CPU ``(N, C, H, W)`` batch tiled into a grid."""
-    return png_bytes(make_grid(to_uint8_array(x, value_range)))
+    return png_bytes(grid(x, value_range))
+
+
+def encode_image(pixels: np.ndarray, fmt: FrameFormat) -> str:
+    """A uint8 ``(H, W, C)`` image as a PNG data URL (``png``) or the base64 of its bytes, row-major (``raw``)."""
+    if fmt == "png":
+        return data_url(png_bytes(pixels))
+    return base64.b64encode(np.ascontiguousarray(pixels).tobytes()).decode("ascii")
+
+
+def encode_frame(frame: Frame, fmt: FrameFormat) -> tuple[str, str]:
+    """``(x_t, x0)`` of ``frame`` in ``fmt``, encoded once: the encoder thread does it before any reader asks."""
+    cache = frame.encoded
+    hit = cache.get(fmt)
+    if hit is None:
+        hit = cache[fmt] = (encode_image(frame.x_t, fmt), encode_image(frame.x0, fmt))
+    return hit
 
 
 @dataclass(frozen=True)
 class Event:
     seq: int  # position in the log, for cursors
-    id: int  # the SSE id: the step index (0 before the first step, K + 1 for terminal events)
-    event: str
-    data: dict[str, Any]
-    keep: bool  # control events are never dropped
+    result: Result
+
+
+def _droppable(result: Result) -> bool:
+    return isinstance(result, Frame) and not result.last
 
 
 @dataclass
 class EventLog:
-    """Append-only events of one job, readable from asyncio tasks while a thread writes."""
+    """Append-only results of one job, readable from asyncio tasks while threads write."""
 
     buffer: int
     on_drop: Callable[[int], None] = lambda n: None
-    _control: list[Event] = field(default_factory=list)
+    _kept: list[Event] = field(default_factory=list)
     _frames: deque[Event] = field(default_factory=deque)
     _seq: itertools.count = field(default_factory=lambda: itertools.count(1))
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
     closed: bool = False
 
-    def append(self, sse_id: int, event: str, data: dict[str, Any], keep: bool = True, close: bool = False) -> None:
+    def append(self, result: Result) -> None:
+        """Log ``result``; a terminal result closes the log, and nothing is logged after it."""
         with self._lock:
             if self.closed:  # e.g. a frame the encoder finishes after the job was cancelled: the log is final
                 return
-            ev = Event(next(self._seq), sse_id, event, data, keep)
-            if keep:
-                self._control.append(ev)
-            else:
+            ev = Event(next(self._seq), result)
+            if _droppable(result):
                 self._frames.append(ev)
                 while len(self._frames) > self.buffer:
                     self._frames.popleft()
-            self.closed = self.closed or close
+            else:
+                self._kept.append(ev)
+            self.closed = isinstance(result, TERMINAL)
             waiters = list(self._waiters)
         for loop, flag in waiters:
             loop.call_soon_threadsafe(flag.set)
@@ -77,19 +108,13 @@ class EventLog:
 
     def _since(self, seq: int) -> tuple[list[Event], bool]:
         """Events after ``seq`` and whether the log was closed, read together: a reader that saw nothing
-        new and then checked ``closed`` separately could miss a terminal event appended in between."""
+        new and then checked ``closed`` separately could miss a terminal result appended in between."""
         with self._lock:
-            evs = [e for e in self._control if e.seq > seq] + [e for e in self._frames if e.seq > seq]
+            evs = [e for e in self._kept if e.seq > seq] + [e for e in self._frames if e.seq > seq]
             closed = self.closed
         return sorted(evs, key=lambda e: e.seq), closed
 
-    def after_sse_id(self, last_id: int) -> int:
-        """The cursor that replays everything with an SSE id above ``last_id`` (Last-Event-ID)."""
-        with self._lock:
-            older = [e.seq for e in (*self._control, *self._frames) if e.id <= last_id]
-        return max(older, default=0)
-
-    async def follow(self, cursor: int = 0, timeout: float = 15.0):
+    async def follow(self, cursor: int = 0, timeout: float = 15.0) -> AsyncIterator[Event | None]:
         """Yield events after ``cursor`` as they arrive, until the log closes.
 
         Frames evicted before this reader got to them are counted as dropped. Yields ``None``
@@ -124,7 +149,7 @@ class EventLog:
 
 
 class FrameEncoder:
-    """One background thread that PNG-encodes frames in submission order."""
+    """One background thread that runs frame work in submission order."""
 
     def __init__(self) -> None:
         self._q: queue.Queue[Callable[[], None] | None] = queue.Queue()
@@ -134,9 +159,6 @@ class FrameEncoder:
     def submit(self, fn: Callable[[], None]) -> None:
         self._q.put(fn)
 
-    def backlog(self) -> int:
-        return self._q.qsize()
-
     def _run(self) -> None:
         while True:
             fn = self._q.get()
@@ -145,9 +167,7 @@ class FrameEncoder:
             try:
                 fn()
             except Exception:  # an encoding failure must not kill the thread that serves every job
-                import logging
-
-                logging.getLogger(__name__).exception("frame encoding failed")
+                log.exception("frame encoding failed")
 
     def close(self, timeout: float = 5.0) -> None:
         self._q.put(None)

@@ -17,21 +17,24 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
+from prometheus_client import Gauge
 
-from engine import LoadedModel, load_model_file
+from engine import SAMPLERS, LoadedModel, load_model_file, steps_limit
 from engine.training.datasets import BUNDLED
 
+from . import sse
 from .frames import data_url
 from .limits import BodyLimit
-from .routes import api, new_noised_store, root, schedule_info
+from .routes import api, root, schedule_info
 from .settings import Settings
-from .worker import SamplingWorker, on_a_thread_that_exits
+from .state import AppState, install
+from .threads import on_a_thread_that_exits
+from .worker import SamplingWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("ddpm")
-# Respaced 100-step DDPM: on the bundled model it is the interactive sampler that meets the quality
-# bar (confident share 0.908 on 1000 samples, where DDIM 50 and DDIM 100 reach 0.86; README).
+# Respaced 100-step DDPM: on the bundled model it is the fastest sampler that meets the quality bar
+# (BENCHMARKS.md).
 PAGE_DEFAULTS = {"sampler": "ddpm", "steps": 100, "eta": 0.0, "n": 16, "frame_every": 1}
 
 
@@ -86,20 +89,29 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     return Response(body, status_code=422, media_type="application/json")
 
 
-def declare_limits(schema: dict[str, Any], max_batch: int, T: int) -> dict[str, Any]:
+def declare_limits(schema: dict[str, Any], max_batch: int, model: LoadedModel) -> dict[str, Any]:
     """``schema`` (an OpenAPI dict, changed in place) with this server's real limits: ``n`` ≤ max batch,
-    ``steps`` ≤ T and the upload's ``t`` < T. The request models carry only outer caps, since the real
-    limits depend on the model and the flags, so without this a client would learn them from a 422."""
-    caps = {"n": max_batch, "steps": T, "t": T - 1}
+    ``steps`` ≤ the most any sampler takes (:func:`engine.steps_limit`) and the upload's ``t`` < T. The
+    request models carry only outer caps, since the real limits depend on the model and the flags, so
+    without this a client would learn them from a 422."""
+    T = model.diffusion.T
+    hi = max(steps_limit(model.diffusion, sampler) for sampler in SAMPLERS)
+    caps = {"n": (None, max_batch), "steps": (1, hi), "t": (None, T - 1)}
+
+    def narrow(field: str, prop: dict[str, Any]) -> None:
+        low, high = caps[field]
+        prop["maximum"] = min(prop.get("maximum", high), high)
+        if low is not None:
+            prop["minimum"] = max(prop.get("minimum", low), low)
+
     comps = schema.get("components", {}).get("schemas", {})
     for name in ("SampleRequest", "JobRequest", "Body_post_noise_api_v1_noise_post"):
         for field, prop in comps.get(name, {}).get("properties", {}).items():
             if field in caps and prop.get("type") == "integer":
-                prop["maximum"] = min(prop.get("maximum", caps[field]), caps[field])
+                narrow(field, prop)
     for param in schema.get("paths", {}).get(api.prefix + "/stream", {}).get("get", {}).get("parameters", []):
         if param.get("in") == "query" and param["name"] in caps:
-            cap = caps[param["name"]]
-            param["schema"]["maximum"] = min(param["schema"].get("maximum", cap), cap)
+            narrow(param["name"], param["schema"])
     return schema
 
 
@@ -110,7 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         device = resolve_device(settings.device)
 
-        def load() -> tuple[LoadedModel, list[str]]:  # large torch ops: off the loop's thread (see app.worker)
+        def load() -> tuple[LoadedModel, list[str]]:  # large torch ops: not on the loop's thread (see app.worker)
             m = load_model_file(settings.model, device)
             return m, _examples(m) if BUNDLED.exists() else []
 
@@ -122,16 +134,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except BaseException:
             worker.stop()
             raise
-        st = app.state
-        st.settings, st.model, st.worker, st.device = settings, m, worker, device
-        st.model_info = model_info(m, device, settings.max_batch)
-        st.schedule_info = schedule_info(m.diffusion.schedule, st.model_info["schedule"])
-        st.defaults = {**PAGE_DEFAULTS, "steps": min(PAGE_DEFAULTS["steps"], m.diffusion.T),
-                       "n": min(PAGE_DEFAULTS["n"], settings.max_batch)}
-        st.noised = new_noised_store()
-        app.openapi_schema = declare_limits(FastAPI.openapi(app), settings.max_batch, m.diffusion.T)
-        st.noise_slots = threading.BoundedSemaphore(settings.max_noise_uploads)
-        st.examples = examples
+        info = model_info(m, device, settings.max_batch)
+        install(app, AppState(
+            settings=settings, model=m, device=device, worker=worker, model_info=info,
+            schedule_info=schedule_info(m.diffusion.schedule, info["schedule"]),
+            defaults={**PAGE_DEFAULTS, "steps": min(PAGE_DEFAULTS["steps"], m.diffusion.T),
+                      "n": min(PAGE_DEFAULTS["n"], settings.max_batch)},
+            examples=examples, noise_slots=threading.BoundedSemaphore(settings.max_noise_uploads),
+            sse_clients=Gauge("ddpm_sse_clients", "open server-sent event streams", registry=worker.metrics.registry),
+        ))
+        schema = declare_limits(FastAPI.openapi(app), settings.max_batch, m)
+        app.openapi_schema = sse.document_events(schema)
         log.info("model %s (%d parameters) on %s", m.path, m.num_parameters, device)
         try:
             yield
@@ -139,9 +152,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             worker.stop()
 
     app = FastAPI(title="DDPM streaming demo", version="0.1.0", lifespan=lifespan,
-                  description="Watch x_t and the predicted x̂0 form step by step. SSE events: queued, started, "
-                              "frame, done, cancelled, error.")
-    app.state.templates = Jinja2Templates(directory=str(ROOT / "templates"))
+                  description="Watch x_t and the predicted x̂0 form step by step. SSE events: "
+                              + ", ".join(name for name, _ in sse.EVENTS.values())
+                              + "; their payloads are documented on the SSE routes.")
     app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes, upload_paths=(api.prefix + "/noise",))
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(api)

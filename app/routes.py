@@ -4,25 +4,25 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 import secrets
-from collections import OrderedDict
+from pathlib import Path
 from typing import Annotated, Any
 
-import anyio
 import numpy as np
 import torch
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.templating import Jinja2Templates
 from PIL import Image, UnidentifiedImageError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+from sse_starlette.sse import EventSourceResponse
 
-from engine import NoiseSchedule, SamplingPlan
+from engine import NoiseSchedule, SamplingPlan, steps_limit
 from engine.io.images import from_uint8
 
-from .frames import data_url, grid_png
+from . import sse
+from .frames import FrameFormat, data_url, grid_png
 from .schemas import (
     ErrorResponse,
     JobCreated,
@@ -33,12 +33,13 @@ from .schemas import (
     SamplesResponse,
     ValidationErrorResponse,
 )
-from .worker import Job, QueueFull, SamplingWorker, on_a_thread_that_exits
+from .state import State, current
+from .threads import on_a_thread_that_exits
+from .worker import Job, QueueFull, SamplingWorker
 
 api = APIRouter(prefix="/api/v1")
-SHUTTING_DOWN = "the server is shutting down"
-SHUTDOWN_GRACE_S = 3.0  # streams get this long to say goodbye; uvicorn's own graceful timeout is longer (5 s)
 root = APIRouter()
+TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
 # Every status a route can answer is declared with its body, so clients (and the schemathesis suite) can rely on it.
 BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "a JSON body that is not valid UTF-8, or malformed multipart"},
@@ -50,90 +51,53 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "no such job (finished jobs are forgotten after a while)"}}
-SSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"text/event-stream": {}},
-          "description": "events: queued, started, frame, done, cancelled, error"}}
-
-
-def _state(request: Request) -> Any:
-    return request.app.state
 
 
 def _invalid(field: str, msg: str, value: Any, where: str = "body") -> RequestValidationError:
     return RequestValidationError([{"type": "value_error", "loc": (where, field), "msg": msg, "input": value}])
 
 
-def _plan_for(request: Request, req: SampleRequest) -> tuple[SamplingPlan, torch.Tensor | None]:
-    st = _state(request)
-    worker: SamplingWorker = st.worker
+def _plan_for(st: State, req: SampleRequest) -> tuple[SamplingPlan, torch.Tensor | None]:
     T = st.model.diffusion.T
-    if req.n > worker.max_batch:
-        raise _invalid("n", f"n must be ≤ {worker.max_batch} (the server's max batch)", req.n)
+    if req.n > st.worker.max_batch:
+        raise _invalid("n", f"n must be ≤ {st.worker.max_batch} (the server's max batch)", req.n)
     x_start, start_t = None, None
     if req.init is not None:
         init = st.noised.get(req.init)
         if init is None:
             raise _invalid("init", "unknown or expired init id; POST /api/v1/noise again", req.init)
         x_start, start_t = init  # one image; the worker repeats it n times, on its own thread (see app.worker)
-    t_max = T - 1 if start_t is None else start_t
-    if req.steps > t_max + 1:
+    hi = steps_limit(st.model.diffusion, req.sampler, start_t)
+    if req.steps > hi:
         limit = f"T = {T} of this model" if start_t is None else f"the init image's t = {start_t}, plus 1"
-        raise _invalid("steps", f"steps must be ≤ {t_max + 1} ({limit})", req.steps)
+        raise _invalid("steps", f"steps must be ≤ {hi} ({limit})", req.steps)
     return SamplingPlan.build(st.model.diffusion, req.sampler, req.steps, req.eta, start_t), x_start
 
 
-def _submit(request: Request, req: SampleRequest, frame_every: int) -> Job:
-    plan, x_start = _plan_for(request, req)
+def _submit(st: State, req: SampleRequest, frame_every: int, frame_format: FrameFormat = "png") -> Job:
+    plan, x_start = _plan_for(st, req)
     seed = req.seed if req.seed is not None else secrets.randbelow(2**53)
-    frame_every = max(frame_every, _state(request).settings.frame_every_min)  # the operator's cap on frame rate
+    frame_every = max(frame_every, st.settings.frame_every_min)  # the operator's cap on frame rate
     try:
-        return _state(request).worker.submit(req.n, plan, seed, frame_every, req.clip, req.sampler, x_start)
+        return st.worker.submit(req.n, plan, seed, frame_every, req.clip, x_start, frame_format)
     except QueueFull as e:
         raise HTTPException(429, str(e), headers={"Retry-After": "2"}) from None
 
 
 def _job_state(worker: SamplingWorker, job: Job) -> JobState:
-    return JobState(id=job.id, state=job.status, step=job.step, of=job.plan.K, n=job.n, sampler=job.sampler,
+    return JobState(id=job.id, state=job.status, step=job.step, of=job.plan.K, n=job.n, sampler=job.plan.sampler,
                     seed=job.seed, position=worker.position(job), elapsed_ms=job.elapsed_ms, error=job.error)
-
-
-async def _sse(request: Request, job: Job, last_id: int | None, cancel_on_disconnect: bool, shutdown: anyio.Event):
-    cursor = job.events.after_sse_id(last_id) if last_id is not None else 0
-    open_streams = _state(request).worker.metrics.sse_clients
-    open_streams.inc()  # a stream whose task leaks would keep this above zero forever
-    try:
-        # The short timeout bounds how long a quiet stream takes to notice a disconnect or a shutdown.
-        async for ev in job.events.follow(cursor, timeout=1.0):
-            if shutdown.is_set():
-                yield ServerSentEvent(data=json.dumps({"message": SHUTTING_DOWN}), event="error")
-                return
-            if await request.is_disconnected():
-                break
-            if ev is None:
-                continue
-            yield ServerSentEvent(data=json.dumps(ev.data), event=ev.event, id=str(ev.id))
-    finally:
-        open_streams.dec()
-        if cancel_on_disconnect and not job.done:
-            _state(request).worker.cancel(job.id)
-
-
-def _event_stream(request: Request, job: Job, last_id: int | None, cancel_on_disconnect: bool) -> EventSourceResponse:
-    """An SSE response that, on SIGTERM, ends with an ``error`` event instead of a cut connection."""
-    shutdown = anyio.Event()
-    return EventSourceResponse(_sse(request, job, last_id, cancel_on_disconnect, shutdown), ping=10,
-                               shutdown_event=shutdown, shutdown_grace_period=SHUTDOWN_GRACE_S)
 
 
 # ------------------------------------------------------------------------------ model facts
 @api.get("/model", summary="facts about the loaded model")
-def get_model(request: Request) -> dict[str, Any]:
-    return _state(request).model_info
+def get_model(st: State) -> dict[str, Any]:
+    return st.model_info
 
 
 @api.get("/schedule", summary="β, ᾱ and SNR per t, with linear and cosine for comparison")
-def get_schedule(request: Request) -> dict[str, Any]:
-    return _state(request).schedule_info
+def get_schedule(st: State) -> dict[str, Any]:
+    return st.schedule_info
 
 
 def schedule_info(s: NoiseSchedule, name: str) -> dict[str, Any]:
@@ -152,15 +116,15 @@ def schedule_info(s: NoiseSchedule, name: str) -> dict[str, Any]:
               **ERRORS, **BODY_ERRORS, 200: {"content": {"image/png": {}}},
               409: {"model": ErrorResponse, "description": "the job was cancelled"},
               503: {"model": ErrorResponse, "description": "the job failed or the server is shutting down"}})
-async def post_samples(request: Request, req: SampleRequest) -> Any:
-    job = _submit(request, req, frame_every=10**9)
+async def post_samples(request: Request, st: State, req: SampleRequest) -> Any:
+    job = _submit(st, req, frame_every=10**9)
     try:
         async for _ in job.events.follow(0, timeout=5.0):
             if await request.is_disconnected():
                 break
     finally:
         if not job.done:
-            _state(request).worker.cancel(job.id)
+            st.worker.cancel(job.id)
     if job.status != "done" or not job.result or job.grid_png is None:
         raise HTTPException(409 if job.status == "cancelled" else 503, job.error or f"job {job.status}")
     grid = job.grid_png
@@ -173,35 +137,35 @@ async def post_samples(request: Request, req: SampleRequest) -> Any:
 
 @api.post("/jobs", status_code=202, response_model=JobCreated, summary="start a job; stream it from /events",
           responses={**ERRORS, **BODY_ERRORS})
-def post_job(request: Request, req: JobRequest) -> JobCreated:
-    job = _submit(request, req, req.frame_every)
-    return JobCreated(id=job.id, position=_state(request).worker.position(job))
+def post_job(st: State, req: JobRequest) -> JobCreated:
+    job = _submit(st, req, req.frame_every, req.frame_format)
+    return JobCreated(id=job.id, position=st.worker.position(job))
 
 
-def _get_job(request: Request, job_id: str) -> Job:
-    job = _state(request).worker.jobs.get(job_id)
+def _get_job(st: State, job_id: str) -> Job:
+    job = st.worker.jobs.get(job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id!r} (finished jobs are kept for a while, then forgotten)")
     return job
 
 
 @api.get("/jobs/{job_id}", response_model=JobState, summary="a job's state", responses=NOT_FOUND)
-def get_job(request: Request, job_id: str) -> JobState:
-    return _job_state(_state(request).worker, _get_job(request, job_id))
+def get_job(st: State, job_id: str) -> JobState:
+    return _job_state(st.worker, _get_job(st, job_id))
 
 
 @api.delete("/jobs/{job_id}", response_model=JobState, summary="cancel this job only", responses=NOT_FOUND)
-def delete_job(request: Request, job_id: str) -> JobState:
-    job = _get_job(request, job_id)
-    _state(request).worker.cancel(job_id)
-    return _job_state(_state(request).worker, job)
+def delete_job(st: State, job_id: str) -> JobState:
+    job = _get_job(st, job_id)
+    st.worker.cancel(job_id)
+    return _job_state(st.worker, job)
 
 
 @api.get("/jobs/{job_id}/events", summary="the job's server-sent events; honours Last-Event-ID",
-         response_class=EventSourceResponse, responses={**SSE, **NOT_FOUND, 422: ERRORS[422]})
-async def job_events(request: Request, job_id: str,
+         response_class=EventSourceResponse, responses={**sse.RESPONSES, **NOT_FOUND, 422: ERRORS[422]})
+async def job_events(request: Request, st: State, job_id: str,
                      last_event_id: Annotated[int | None, Query(alias="lastEventId", ge=0)] = None):
-    job = _get_job(request, job_id)
+    job = _get_job(st, job_id)
     header = request.headers.get("last-event-id")
     if header is not None:
         try:
@@ -211,14 +175,14 @@ async def job_events(request: Request, job_id: str,
         if last_event_id < 0:
             raise _invalid("last-event-id", "must be an integer ≥ 0 (the id of the last event received)", header,
                            where="header")
-    return _event_stream(request, job, last_event_id, cancel_on_disconnect=False)
+    return sse.event_stream(request, st, job, last_event_id, cancel_on_disconnect=False)
 
 
 @api.get("/stream", summary="one-shot SSE stream for EventSource; the job is cancelled on disconnect",
-         response_class=EventSourceResponse, responses={**SSE, **ERRORS})
-async def stream(request: Request, q: Annotated[JobRequest, Query()]):
-    job = _submit(request, q, q.frame_every)
-    return _event_stream(request, job, None, cancel_on_disconnect=True)
+         response_class=EventSourceResponse, responses={**sse.RESPONSES, **ERRORS})
+async def stream(request: Request, st: State, q: Annotated[JobRequest, Query()]):
+    job = _submit(st, q, q.frame_every, q.frame_format)
+    return sse.event_stream(request, st, job, None, cancel_on_disconnect=True)
 
 
 # ------------------------------------------------------------------------------ noise your own image
@@ -256,10 +220,9 @@ def _decode_upload(data: bytes, max_pixels: int, mode: str, size: int) -> Image.
                      429: {"model": ErrorResponse, "description": "too many uploads at once; retry after Retry-After"},
                      422: {"model": ValidationErrorResponse,
                            "description": "bad t, or an image that cannot be decoded; `loc` names the field"}})
-async def post_noise(request: Request, image: Annotated[UploadFile, File(description="PNG/JPEG image")],
+async def post_noise(st: State, image: Annotated[UploadFile, File(description="PNG/JPEG image")],
                      t: Annotated[int, Form(ge=0, description="timestep, 0 ≤ t < T")],
                      seed: Annotated[int, Form(ge=0, le=2**63 - 1)] = 0) -> NoiseResponse:
-    st = _state(request)
     m = st.model
     if t >= m.diffusion.T:
         raise _invalid("t", f"t must be < {m.diffusion.T}", t)
@@ -286,17 +249,14 @@ async def post_noise(request: Request, image: Annotated[UploadFile, File(descrip
                                  "(max_noise_uploads)", headers={"Retry-After": "1"})
     x_t, x0_url, xt_url = await on_a_thread_that_exits(noise_it)
     handle = secrets.token_hex(8)
-    st.noised[handle] = (x_t, t)
-    while len(st.noised) > 256:
-        st.noised.popitem(last=False)
+    st.remember_noised(handle, x_t, t)
     s_ = m.diffusion.schedule
     return NoiseResponse(id=handle, t=t, alpha_bar=float(s_.alpha_bars[t]), snr=float(s_.snr[t]),
                          x0=x0_url, xt=xt_url)
 
 
 @api.get("/examples", summary="a few images from the model's dataset, as PNG data URLs")
-def examples(request: Request, n: Annotated[int, Query(ge=1, le=64)] = 8) -> dict[str, Any]:
-    st = _state(request)
+def examples(st: State, n: Annotated[int, Query(ge=1, le=64)] = 8) -> dict[str, Any]:
     return {"dataset": st.model.card.data.get("dataset"), "images": st.examples[:n]}
 
 
@@ -308,21 +268,16 @@ def healthz() -> dict[str, str]:
 
 @root.get("/readyz", include_in_schema=False)
 def readyz(request: Request) -> JSONResponse:
-    worker = getattr(_state(request), "worker", None)
-    ok = worker is not None and worker.alive
+    st = current(request.app)
+    ok = st is not None and st.worker.alive
     return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
 
 @root.get("/metrics", include_in_schema=False)
-def metrics(request: Request) -> Response:
-    return Response(generate_latest(_state(request).worker.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+def metrics(st: State) -> Response:
+    return Response(generate_latest(st.worker.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @root.get("/", response_class=HTMLResponse, include_in_schema=False)
-def index(request: Request) -> HTMLResponse:
-    st = _state(request)
-    return st.templates.TemplateResponse(request, "index.html", {"model": st.model_info, "defaults": st.defaults})
-
-
-def new_noised_store() -> OrderedDict[str, tuple[torch.Tensor, int]]:
-    return OrderedDict()
+def index(request: Request, st: State) -> HTMLResponse:
+    return TEMPLATES.TemplateResponse(request, "index.html", {"model": st.model_info, "defaults": st.defaults})

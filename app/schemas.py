@@ -1,4 +1,8 @@
-"""Request and response models. Ranges here are the API's limits: outside them is a 422."""
+"""Request, response and event-payload models. Ranges here are the API's limits: outside them is a 422.
+
+``steps`` has no range here: its limits depend on the model and the start image, and come from
+:func:`engine.steps_limit` (checked when the job is planned, and written into the served OpenAPI).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ class SampleRequest(BaseModel):
         "examples": [{"n": 16, "steps": 50, "sampler": "ddim", "eta": 0.0, "seed": 42}]})
 
     n: int = Field(16, ge=1, le=4096, description="images to generate")
-    steps: int = Field(50, ge=1, le=100_000, description="reverse steps (T for full DDPM)")
+    steps: int = Field(50, description="reverse steps, 1 to T (T for full DDPM); from an init image, 1 to its t + 1")
     sampler: Literal["ddpm", "ddim"] = Field("ddim", description="ddpm: ancestral (respaced if steps < T); ddim")
     eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM noise: 0 deterministic, 1 DDPM-like")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null: a random seed, returned with the result")
@@ -29,6 +33,8 @@ class JobRequest(SampleRequest):
         "examples": [{"n": 16, "steps": 50, "sampler": "ddim", "eta": 0.0, "seed": 42, "frame_every": 1}]})
 
     frame_every: int = Field(1, ge=1, le=100_000, description="send a frame every k steps (the last always)")
+    frame_format: Literal["png", "raw"] = Field(
+        "png", description="frames' x_t and x̂0 as PNG data URLs (png) or as base64 uint8 pixels (raw)")
 
 
 class JobCreated(BaseModel):
@@ -79,3 +85,58 @@ class ValidationErrorResponse(BaseModel):
     """A 422: every field that is wrong, each with its location and the limit it broke."""
 
     detail: list[FieldError]
+
+
+# ------------------------------------------------------------------------------ SSE event payloads
+class QueuedEvent(BaseModel):
+    """``queued``: the job waits; sent at once and again whenever its place changes."""
+
+    id: str
+    position: int = Field(description="place in the queue, 1 = next to start (0: starting now)")
+
+
+class StartedEvent(BaseModel):
+    """``started``: the job's first step is next."""
+
+    id: str
+    steps: int = Field(description="reverse steps the job will take")
+    n: int
+    seed: int
+
+
+class FrameEvent(BaseModel):
+    """``frame``: the state after step ``step`` of ``of``. ``xt`` and ``x0`` are the job's images tiled into one
+    grid (2-pixel black border, ⌈√n⌉ per row), ``width`` × ``height`` pixels of ``channels`` channels each.
+
+    With ``frame_format=png`` each is a PNG data URL. With ``frame_format=raw`` each is the base64 of the
+    grid's uint8 pixels, ``height × width × channels`` bytes in row-major order (channels interleaved)."""
+
+    step: int
+    of: int
+    t: int = Field(description="the model timestep the prediction was made at")
+    format: Literal["png", "raw"]
+    width: int
+    height: int
+    channels: int
+    xt: str = Field(description="x_t after this step (at step = of, the final images)")
+    x0: str = Field(description="the model's prediction of the clean images x̂0")
+
+
+class DoneEvent(BaseModel):
+    """``done``: the job finished; the stream ends."""
+
+    images: list[str] = Field(description="one PNG data URL per image")
+    seed: int
+    elapsed_ms: float
+
+
+class CancelledEvent(BaseModel):
+    """``cancelled``: a client cancelled the job; the stream ends."""
+
+    step: int = Field(description="steps taken before it stopped")
+
+
+class ErrorEvent(BaseModel):
+    """``error``: the job failed or the server is shutting down; the stream ends."""
+
+    message: str

@@ -4,32 +4,25 @@ Each tick takes live jobs round-robin until ``max_batch`` samples, concatenates 
 per-sample step coefficients (each job at its own step of its own plan), runs ONE UNet forward,
 and applies :func:`engine.sampling_step` once for the whole batch. Jobs join and leave between
 ticks. Every job draws x_T and its per-step noise from its own generator in the same order as
-:func:`engine.sample_iter`, so a seed gives the same images however jobs are batched.
+:func:`engine.sample_iter`, so a seed gives the same images however jobs are batched. The worker
+reports each job's progress as typed results (:mod:`app.results`) in the job's log.
 
-On CPU the worker thread should be the only long-lived thread that runs large torch ops. PyTorch's
-CPU kernels use libgomp, which keeps an OpenMP team for every thread that has opened a parallel
-region until that thread exits, and which stops spin-waiting between regions once it manages more
-threads than there are cores. A second team (say, the event loop's, from a warm-up forward) made
-the worker's helpers sleep and wake on every op: about 600 voluntary context switches per step
-and 1.24–1.38× the time of the page's default job on two cores (BENCHMARKS.md §4). So the warm-up
-runs here, the model is loaded and an uploaded image noised by :func:`on_a_thread_that_exits`, a
-denoise job's start image is repeated to n here at admission, and frames are converted with NumPy
-(:func:`engine.io.images.to_uint8_array`).
+Rule: on CPU, large torch ops run only on the worker thread. Every thread that has run one keeps an
+OpenMP team until it exits, and a second team makes the worker's helpers sleep and wake on every op.
+So the warm-up forward runs here, a denoise job's start image is repeated to n here, frames are
+converted with NumPy, and anything else goes through :func:`app.threads.on_a_thread_that_exits`.
+tests/test_server_threads.py guards this.
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import logging
 import secrets
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, TypeVar
+from typing import Literal
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -38,24 +31,10 @@ from torch import Tensor
 from engine import LoadedModel, SamplingPlan, StepCoeffs, draw_noise, sampling_step
 from engine.io.images import make_grid, png_bytes, to_uint8_array
 
-from .frames import EventLog, FrameEncoder, data_url, grid_png
+from .frames import EventLog, FrameEncoder, FrameFormat, encode_frame, grid
+from .results import Cancelled, Done, Failed, Frame, Queued, Started
 
 log = logging.getLogger(__name__)
-R = TypeVar("R")
-
-
-async def on_a_thread_that_exits(fn: Callable[[], R]) -> R:
-    """``fn()`` off the event loop, on a thread that ends with it: for large torch ops outside the worker.
-
-    A long-lived thread (the loop's, or a pool's) that ran them would keep an OpenMP team of its own and
-    slow the worker's for as long as it lives (see the module note).
-    """
-    pool = ThreadPoolExecutor(1, thread_name_prefix="off-worker")
-    try:
-        # Shielded: a cancelled caller must not cancel fn before it starts, since fn may own a release.
-        return await asyncio.shield(asyncio.get_running_loop().run_in_executor(pool, fn))
-    finally:
-        pool.shutdown(wait=False)
 
 
 JobStatus = Literal["queued", "running", "done", "cancelled", "error"]
@@ -75,7 +54,7 @@ class Job:
     seed: int
     frame_every: int
     clip: bool
-    sampler: str
+    frame_format: FrameFormat
     events: EventLog
     x_start: Tensor | None = None  # (1 or n, C, H, W) start image, repeated to n at admission
     status: JobStatus = "queued"
@@ -116,7 +95,6 @@ class Metrics:
         self.step_seconds = Histogram("ddpm_step_seconds", "worker tick latency (forward + update)", registry=r,
                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.frames_dropped = Counter("ddpm_frames_dropped_total", "frames a slow client skipped", registry=r)
-        self.sse_clients = Gauge("ddpm_sse_clients", "open server-sent event streams", registry=r)
         self.jobs = Counter("ddpm_jobs_total", "finished jobs by outcome", ["outcome"], registry=r)
 
 
@@ -141,7 +119,6 @@ class SamplingWorker:
         self._thread = threading.Thread(target=self._loop, name="sampling-worker", daemon=True)
         self._warmed = threading.Event()
         self._warm_error: BaseException | None = None
-        self.ticks = itertools.count()
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -176,8 +153,8 @@ class SamplingWorker:
         self.encoder.close()
 
     # ---------------------------------------------------------------- API for handlers
-    def submit(self, n: int, plan: SamplingPlan, seed: int, frame_every: int, clip: bool, sampler: str,
-               x_start: Tensor | None = None) -> Job:
+    def submit(self, n: int, plan: SamplingPlan, seed: int, frame_every: int, clip: bool,
+               x_start: Tensor | None = None, frame_format: FrameFormat = "png") -> Job:
         with self._cv:
             # Jobs in _pending while there are free slots start at the next tick; the rest wait.
             waiting = len(self._pending) - max(0, self.max_active - len(self._live))
@@ -185,13 +162,13 @@ class SamplingWorker:
                 raise QueueFull(f"{waiting} jobs are already waiting (max_queue={self.max_queue})")
             self._gc()
             job = Job(id=secrets.token_hex(8), n=n, plan=plan, seed=seed, frame_every=frame_every, clip=clip,
-                      sampler=sampler, events=EventLog(self.event_buffer, self.metrics.frames_dropped.inc),
+                      frame_format=frame_format, events=EventLog(self.event_buffer, self.metrics.frames_dropped.inc),
                       x_start=x_start)
             job.gen.manual_seed(seed)
             self.jobs[job.id] = job
             self._pending.append(job)
             job.position_sent = self.position(job)
-            job.events.append(0, "queued", {"id": job.id, "position": job.position_sent})
+            job.events.append(Queued(job.position_sent))
             self.metrics.queue_depth.set(len(self._pending))
             self._cv.notify_all()
         return job
@@ -248,12 +225,12 @@ class SamplingWorker:
                 self._finish(job, "error", f"could not start: {e}")
                 continue
             job.status, job.started = "running", time.monotonic()
-            job.events.append(0, "started", {"id": job.id, "steps": job.plan.K, "n": job.n, "seed": job.seed})
+            job.events.append(Started(job.plan.K, job.n, job.seed))
             self._live.append(job)
         for i, job in enumerate(self._pending):
             if job.position_sent != i + 1:  # only when it moved: a long queue would otherwise log one event per tick
                 job.position_sent = i + 1
-                job.events.append(0, "queued", {"id": job.id, "position": i + 1})
+                job.events.append(Queued(i + 1))
         self._update_gauges()
 
     def _update_gauges(self) -> None:
@@ -312,7 +289,6 @@ class SamplingWorker:
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
         with self._cv:
             self._update_gauges()
-        next(self.ticks)
 
     def _step(self, jobs: list[Job], noise: list[Tensor]) -> None:
         """One reverse step for ``jobs``; ``noise`` holds each job's draw for this step, in order.
@@ -349,20 +325,20 @@ class SamplingWorker:
         job.x = None
 
     def _emit_frame(self, job: Job, x_t: Tensor, x0: Tensor, last: bool) -> None:
-        # Host copies are the only work here; PNG encoding happens on the encoder thread.
+        # Host copies are the only work here; the encoder thread does the rest.
         x_t, x0 = x_t.detach().to("cpu", copy=True), x0.detach().to("cpu", copy=True)
         step, of, t = job.step, job.plan.K, int(job.plan.timesteps[job.step - 1])
         vr = self.model.card.value_range
 
         def encode() -> None:
             try:
-                frame = {"step": step, "of": of, "t": t, "xt": data_url(grid_png(x_t, vr)),
-                         "x0": data_url(grid_png(x0, vr))}
-                job.events.append(step, "frame", frame, keep=last)
+                u8 = to_uint8_array(x_t, vr)
+                frame = Frame(step, of, t, make_grid(u8), grid(x0, vr))
+                encode_frame(frame, job.frame_format)  # here, so that readers on the event loop find it done
+                job.events.append(frame)
                 if last:
-                    u8 = to_uint8_array(x_t, vr)
                     job.result = [png_bytes(u8[i]) for i in range(u8.shape[0])]
-                    job.grid_png = png_bytes(make_grid(u8))
+                    job.grid_png = png_bytes(frame.x_t)
                     self._finish(job, "done")
             except Exception as e:
                 log.exception("encoding job %s failed", job.id)
@@ -378,14 +354,12 @@ class SamplingWorker:
             job.status, job.error, job.finished = status, error, time.monotonic()
             job.x_start = None  # job.x is the worker thread's to clear, when the job leaves _live
             self._finished.append(job)
-        sse_id = job.plan.K + 1
         if status == "done":
-            job.events.append(sse_id, "done", {"images": [data_url(p) for p in job.result or []], "seed": job.seed,
-                                                "elapsed_ms": round(job.elapsed_ms or 0.0, 1)}, close=True)
+            job.events.append(Done(job.result or [], job.grid_png or b"", job.seed, round(job.elapsed_ms or 0.0, 1)))
         elif status == "cancelled":
-            job.events.append(sse_id, "cancelled", {"step": job.step}, close=True)
+            job.events.append(Cancelled(job.step))
         else:
-            job.events.append(sse_id, "error", {"message": error or "failed"}, close=True)
+            job.events.append(Failed(error or "failed"))
         self.metrics.jobs.labels(outcome=status).inc()
 
     def _gc(self) -> None:

@@ -105,7 +105,7 @@ def worker_vs_bare(model_path: Path, batch: int, steps: int, repeats: int) -> tu
         reg = w.metrics.registry
         s0 = reg.get_sample_value("ddpm_step_seconds_sum") or 0.0
         c0 = reg.get_sample_value("ddpm_step_seconds_count") or 0.0
-        job = w.submit(batch, plan, seed=1, frame_every=steps, clip=True, sampler="ddim")
+        job = w.submit(batch, plan, seed=1, frame_every=steps, clip=True)
         while not job.done:
             time.sleep(0.05)  # the tick time comes from the histogram; a busy poll would take the GIL from the worker
         s1 = reg.get_sample_value("ddpm_step_seconds_sum")

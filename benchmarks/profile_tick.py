@@ -55,7 +55,7 @@ def main() -> None:
                        max_active_jobs=1, max_queue=1, event_buffer=8)
     plan = SamplingPlan.build(m.diffusion, "ddim", args.steps, 0.0)
     frame_every = args.frame_every or plan.K
-    job = w.submit(args.batch, plan, seed=0, frame_every=frame_every, clip=True, sampler="ddim")
+    job = w.submit(args.batch, plan, seed=0, frame_every=frame_every, clip=True)
     tick_ms: list[float] = []
     with torch.inference_mode():
         while job.step < plan.K:

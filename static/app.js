@@ -2,7 +2,7 @@
 
 import { showError } from "./api.js";
 import { initGenerate } from "./generate.js";
-import { initNoise } from "./noise.js";
+import { NoisePanel } from "./noise.js";
 import { initSchedule } from "./schedule.js";
 
 async function main() {
@@ -11,12 +11,12 @@ async function main() {
   let markT = () => {};
   const mark = (t) => markT(t);
   const abandonGen = initGenerate(boot, mark);
-  const abandonNoise = initNoise(boot, mark);
+  const noise = new NoisePanel(boot, mark);
   markT = await initSchedule();
   // leaving the page must not leave the server sampling for nobody
   window.addEventListener("pagehide", () => {
     abandonGen();
-    abandonNoise();
+    noise.abandon();
   });
   document.body.dataset.ready = "true";
 }

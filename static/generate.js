@@ -1,7 +1,6 @@
 // The Generate panel: read the controls, run a job into its viewer, Cancel it.
 
-import { showError } from "./api.js";
-import { Job, startJob, wireCancel } from "./job.js";
+import { JobRunner } from "./job.js";
 import { FrameViewer } from "./viewer.js";
 
 const $ = (id) => document.getElementById(id);
@@ -48,13 +47,10 @@ function syncSamplerFields(T) {
  */
 export function initGenerate(boot, markT) {
   const T = boot.model.T;
-  const err = $("gen-error");
   const viewer = new FrameViewer($("gen-viewer"), markT);
-  const go = $("gen-go");
-  const cancel = $("gen-cancel");
+  const runner = new JobRunner({ go: $("gen-go"), cancel: $("gen-cancel"), err: $("gen-error"), viewer });
   const seedFixed = $("gen-seed-fixed");
   const seed = $("gen-seed");
-  let job = null;
 
   $("gen-sampler").value = boot.defaults.sampler === "ddpm" && boot.defaults.steps >= T ? "ddpm-full"
     : boot.defaults.sampler;
@@ -66,26 +62,12 @@ export function initGenerate(boot, markT) {
     if (seedFixed.checked) seed.focus();
   });
 
-  const busy = (on) => {
-    go.disabled = on;
-    cancel.disabled = !on;
-  };
-
   $("gen-form").addEventListener("submit", async (ev) => {
     ev.preventDefault();
-    if (job && !job.ended) return;
-    showError(err, null);
-    busy(true);
-    job = new Job(readGenerateForm(T), viewer, {
-      onEnd: (state) => {
-        busy(false);
-        if (state === "done" && !seedFixed.checked) seed.placeholder = `random (last: ${viewer.seed})`;
-      },
-      onError: (msg) => showError(err, msg),
+    await runner.run(readGenerateForm(T), (state) => {
+      if (state === "done" && !seedFixed.checked) seed.placeholder = `random (last: ${viewer.seed})`;
     });
-    await startJob(job, err, busy);
   });
-  wireCancel(cancel, () => job, err);
 
-  return () => job && job.abandon();
+  return () => runner.abandon();
 }

@@ -3,6 +3,7 @@
 // knows the job id, which Cancel needs.
 
 import { API, postJson, request, showError } from "./api.js";
+import { EVENTS, FRAME_FORMAT } from "./events.js";
 
 export class Job {
   /**
@@ -11,7 +12,7 @@ export class Job {
    * @param {{onEnd?: (state: string) => void, onError?: (msg: string|null) => void}} hooks
    */
   constructor(body, viewer, hooks = {}) {
-    this.body = body;
+    this.body = { ...body, frame_format: FRAME_FORMAT };
     this.viewer = viewer;
     this.onEnd = hooks.onEnd || (() => {});
     this.onError = hooks.onError || (() => {});
@@ -35,12 +36,12 @@ export class Job {
     const on = (name, fn) => es.addEventListener(name, (ev) => {
       if (!this.ended && typeof ev.data === "string") fn(JSON.parse(ev.data));
     });
-    on("queued", (d) => this.viewer.queued(d.position));
-    on("started", (d) => this.viewer.started(d.steps));
-    on("frame", (d) => this.viewer.frame(d));
-    on("done", (d) => { this.settled = true; this.viewer.done(d); this.end("done"); });
-    on("cancelled", (d) => { this.settled = true; this.viewer.cancelled(d.step); this.end("cancelled"); });
-    on("error", (d) => {
+    on(EVENTS.QUEUED, (d) => this.viewer.queued(d.position));
+    on(EVENTS.STARTED, (d) => this.viewer.started(d.steps));
+    on(EVENTS.FRAME, (d) => this.viewer.frame(d));
+    on(EVENTS.DONE, (d) => { this.settled = true; this.viewer.done(d); this.end("done"); });
+    on(EVENTS.CANCELLED, (d) => { this.settled = true; this.viewer.cancelled(d.step); this.end("cancelled"); });
+    on(EVENTS.ERROR, (d) => {
       this.settled = true;
       this.viewer.failed(d.message);
       this.onError(`Sampling failed: ${d.message}`);
@@ -88,37 +89,70 @@ export class Job {
 }
 
 /**
- * Start ``job``; a refusal (422, 429, …) is shown in ``errEl`` and on the viewer, and ``busy(false)`` frees the form.
- * @param {Job} job
- * @param {HTMLElement} errEl
- * @param {(on: boolean) => void} busy
+ * One panel's jobs: its Go and Cancel buttons, its error line and its viewer. Runs one job at a time, keeps
+ * the buttons in step with it, and cancels it when the page goes away.
  */
-export async function startJob(job, errEl, busy) {
-  try {
-    await job.start();
-  } catch (e) {
-    showError(errEl, e.message);
-    job.viewer.failed(e.message);
-    job.ended = true;
-    busy(false);
+export class JobRunner {
+  /**
+   * @param {{go: HTMLButtonElement, cancel: HTMLButtonElement, err: HTMLElement,
+   *   viewer: import("./viewer.js").FrameViewer, canStart?: () => boolean}} parts
+   *   ``canStart`` says whether the panel has what a job needs (Go stays disabled otherwise)
+   */
+  constructor({ go, cancel, err, viewer, canStart = () => true }) {
+    Object.assign(this, { go, cancel, err, viewer, canStart });
+    /** @type {Job|null} */
+    this.job = null;
+    cancel.addEventListener("click", () => this.cancelJob());
   }
-}
 
-/**
- * Make ``button`` cancel whichever job ``current()`` returns; a failed DELETE is shown in ``errEl``.
- * @param {HTMLButtonElement} button
- * @param {() => Job|null} current
- * @param {HTMLElement} errEl
- */
-export function wireCancel(button, current, errEl) {
-  button.addEventListener("click", async () => {
-    const job = current();
-    if (!job) return;
-    button.disabled = true;
+  get running() {
+    return !!(this.job && !this.job.ended);
+  }
+
+  /** Enable Go and Cancel for the current state. */
+  sync() {
+    this.go.disabled = this.running || !this.canStart();
+    this.cancel.disabled = !this.running;
+  }
+
+  /**
+   * Start a job for ``body``; a refusal (422, 429, …) is shown on the error line and on the viewer.
+   * @param {object} body the JobRequest fields
+   * @param {(state: string) => void} onEnd told how the job ended
+   */
+  async run(body, onEnd = () => {}) {
+    if (this.running) return;
+    showError(this.err, null);
+    this.job = new Job(body, this.viewer, {
+      onEnd: (state) => {
+        this.sync();
+        onEnd(state);
+      },
+      onError: (msg) => showError(this.err, msg),
+    });
+    this.sync();
     try {
-      await job.cancel();
+      await this.job.start();
     } catch (e) {
-      showError(errEl, e.message);
+      showError(this.err, e.message);
+      this.viewer.failed(e.message);
+      this.job.ended = true;
+      this.sync();
     }
-  });
+  }
+
+  async cancelJob() {
+    if (!this.job) return;
+    this.cancel.disabled = true;
+    try {
+      await this.job.cancel();
+    } catch (e) {
+      showError(this.err, e.message);
+    }
+  }
+
+  /** Best-effort cancel when the page goes away. */
+  abandon() {
+    if (this.job) this.job.abandon();
+  }
 }

@@ -1,96 +1,126 @@
 // Noise your own image: upload or pick a sample → q(x_t | x0) at the slider's t → "Denoise from here".
 
 import { request, showError } from "./api.js";
-import { Job, startJob, wireCancel } from "./job.js";
+import { JobRunner } from "./job.js";
 import { FrameViewer } from "./viewer.js";
 import { dataUrlBytes } from "./zip.js";
 
 const $ = (id) => document.getElementById(id);
 
-/**
- * @param {{model: object}} boot
- * @param {(t: number|null) => void} markT the schedule marker
- */
-export function initNoise(boot, markT) {
-  const err = $("noise-error");
-  const tIn = $("noise-t");
-  const tOut = $("noise-t-out");
-  const stepsIn = $("noise-steps");
-  const go = $("noise-go");
-  const cancel = $("noise-cancel");
-  const viewer = new FrameViewer($("noise-viewer"), markT);
-  $("noise-n").max = boot.model.max_batch ?? 64;
+export class NoisePanel {
+  /**
+   * @param {{model: object}} boot
+   * @param {(t: number|null) => void} markT the schedule marker
+   */
+  constructor(boot, markT) {
+    this.markT = markT;
+    this.err = $("noise-error");
+    this.tIn = $("noise-t");
+    this.stepsIn = $("noise-steps");
+    /** @type {Blob|null} the image being noised */
+    this.source = null;
+    this.noised = null; // the last /noise answer: {id, t, …}
+    this.noiseSeed = 0;
+    this.inFlight = false;
+    this.stale = false;
+    this.runner = new JobRunner({
+      go: $("noise-go"), cancel: $("noise-cancel"), err: this.err,
+      viewer: new FrameViewer($("noise-viewer"), markT), canStart: () => !!this.noised,
+    });
+    $("noise-n").max = boot.model.max_batch ?? 64;
 
-  /** @type {Blob|null} */
-  let source = null;
-  let noised = null; // the last /noise answer: {id, t, …}
-  let noiseSeed = 0;
-  let inFlight = false;
-  let stale = false;
-  let job = null;
+    $("noise-file").addEventListener("change", (ev) => {
+      const f = ev.target.files[0];
+      if (f) this.use(f);
+    });
+    this.tIn.addEventListener("input", () => {
+      $("noise-t-out").textContent = this.tIn.value;
+      this.clampSteps();
+      this.refresh();
+    });
+    $("noise-reseed").addEventListener("click", () => {
+      this.noiseSeed += 1;
+      this.refresh();
+    });
+    $("noise-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      this.denoise();
+    });
+    this.clampSteps();
+    this.loadExamples();
+  }
 
-  const clampSteps = () => {
-    const t = Number(tIn.value);
-    stepsIn.max = t + 1;
-    if (Number(stepsIn.value) > t + 1) stepsIn.value = t + 1;
-  };
+  /** Denoising cannot take more steps than there are timesteps below t. */
+  clampSteps() {
+    const t = Number(this.tIn.value);
+    this.stepsIn.max = t + 1;
+    if (Number(this.stepsIn.value) > t + 1) this.stepsIn.value = t + 1;
+  }
 
-  // One request at a time; while one is out, slider moves only mark the result stale and the newest t wins.
-  async function refresh() {
-    if (!source) return;
-    if (inFlight) {
-      stale = true;
+  /** Start noising ``blob``. */
+  use(blob) {
+    this.source = blob;
+    this.tIn.disabled = false;
+    $("noise-reseed").disabled = false;
+    this.refresh();
+  }
+
+  /** POST /noise at the slider's t. One request at a time; moves meanwhile mark it stale and the newest t wins. */
+  async refresh() {
+    if (!this.source) return;
+    if (this.inFlight) {
+      this.stale = true;
       return;
     }
-    inFlight = true;
-    stale = false;
+    this.inFlight = true;
+    this.stale = false;
     const form = new FormData();
-    form.append("image", source, source.name || "image.png");
-    form.append("t", tIn.value);
-    form.append("seed", String(noiseSeed));
+    form.append("image", this.source, this.source.name || "image.png");
+    form.append("t", this.tIn.value);
+    form.append("seed", String(this.noiseSeed));
     try {
-      noised = await request("/noise", { method: "POST", body: form });
-      $("noise-x0").src = noised.x0;
-      $("noise-xt").src = noised.xt;
-      $("noise-xt").dataset.t = String(noised.t);
-      $("noise-facts").textContent = `t = ${noised.t}, ᾱ = ${noised.alpha_bar.toFixed(4)}, `
-        + `SNR = ${noised.snr.toPrecision(3)}`;
-      showError(err, null);
-      go.disabled = !!(job && !job.ended);
-      markT(noised.t);
+      this.show(await request("/noise", { method: "POST", body: form }));
     } catch (e) {
-      showError(err, e.message);
+      showError(this.err, e.message);
     } finally {
-      inFlight = false;
+      this.inFlight = false;
     }
-    if (stale) refresh();
+    if (this.stale) this.refresh();
   }
 
-  function useSource(blob) {
-    source = blob;
-    tIn.disabled = false;
-    $("noise-reseed").disabled = false;
-    refresh();
+  show(noised) {
+    this.noised = noised;
+    $("noise-x0").src = noised.x0;
+    $("noise-xt").src = noised.xt;
+    $("noise-xt").dataset.t = String(noised.t);
+    $("noise-facts").textContent = `t = ${noised.t}, ᾱ = ${noised.alpha_bar.toFixed(4)}, `
+      + `SNR = ${noised.snr.toPrecision(3)}`;
+    showError(this.err, null);
+    this.runner.sync();
+    this.markT(noised.t);
   }
 
-  $("noise-file").addEventListener("change", (ev) => {
-    const f = ev.target.files[0];
-    if (f) useSource(f);
-  });
+  denoise() {
+    if (!this.noised) return;
+    this.runner.run({
+      init: this.noised.id,
+      n: Number($("noise-n").value),
+      sampler: $("noise-sampler").value,
+      steps: Number(this.stepsIn.value),
+      frame_every: 1,
+    });
+  }
 
-  tIn.addEventListener("input", () => {
-    tOut.textContent = tIn.value;
-    clampSteps();
-    refresh();
-  });
-  $("noise-reseed").addEventListener("click", () => {
-    noiseSeed += 1;
-    refresh();
-  });
-  clampSteps();
-
-  request("/examples?n=10").then((ex) => {
+  /** Buttons for a few of the dataset's images, when the model has bundled samples. */
+  async loadExamples() {
     const box = $("noise-examples");
+    let ex;
+    try {
+      ex = await request("/examples?n=10");
+    } catch (e) {
+      showError(this.err, `Could not load dataset samples: ${e.message}`);
+      return;
+    }
     ex.images.forEach((url, i) => {
       const b = document.createElement("button");
       b.type = "button";
@@ -106,34 +136,15 @@ export function initNoise(boot, markT) {
         b.setAttribute("aria-pressed", "true");
         const blob = new Blob([dataUrlBytes(url)], { type: "image/png" });
         blob.name = `${ex.dataset}-${i + 1}.png`;
-        useSource(blob);
+        this.use(blob);
       });
       box.append(b);
     });
     if (!ex.images.length) box.textContent = "(this model's dataset has no bundled samples; upload an image)";
-  }).catch((e) => showError(err, `Could not load dataset samples: ${e.message}`));
+  }
 
-  const busy = (on) => {
-    go.disabled = on || !noised;
-    cancel.disabled = !on;
-  };
-
-  $("noise-form").addEventListener("submit", async (ev) => {
-    ev.preventDefault();
-    if (!noised || (job && !job.ended)) return;
-    showError(err, null);
-    busy(true);
-    const body = {
-      init: noised.id,
-      n: Number($("noise-n").value),
-      sampler: $("noise-sampler").value,
-      steps: Number(stepsIn.value),
-      frame_every: 1,
-    };
-    job = new Job(body, viewer, { onEnd: () => busy(false), onError: (msg) => showError(err, msg) });
-    await startJob(job, err, busy);
-  });
-  wireCancel(cancel, () => job, err);
-
-  return () => job && job.abandon();
+  /** Best-effort cancel of a running denoise when the page goes away. */
+  abandon() {
+    this.runner.abandon();
+  }
 }

@@ -1,7 +1,40 @@
 // One job's view: progress bar, the x_t and x̂0 grids side by side, a timeline over the frames received,
-// and the downloads. It only displays; job.js feeds it events.
+// and the downloads. It only displays; job.js feeds it events. Frames arrive as raw pixels and are drawn
+// on canvases; PNGs are made in the browser only for the downloads.
 
 import { zipBlob, dataUrlBytes } from "./zip.js";
+
+/** A frame's raw image: base64 of ``height × width × channels`` uint8 bytes, row-major. */
+function decodeRaw(b64) {
+  const bin = atob(b64);
+  const bytes = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+  return bytes;
+}
+
+/** Draw raw pixels (1 channel: grey; 3: RGB) on ``canvas``, resizing it to the image. */
+function draw(canvas, bytes, width, height, channels) {
+  if (canvas.width !== width || canvas.height !== height) {
+    canvas.width = width;
+    canvas.height = height;
+  }
+  const img = new ImageData(width, height);
+  const px = img.data;
+  for (let i = 0, j = 0; i < width * height; i++, j += channels) {
+    px[4 * i] = bytes[j];
+    px[4 * i + 1] = bytes[channels === 1 ? j : j + 1];
+    px[4 * i + 2] = bytes[channels === 1 ? j : j + 2];
+    px[4 * i + 3] = 255;
+  }
+  canvas.getContext("2d").putImageData(img, 0, 0);
+}
+
+/** A PNG data URL of one of a frame's images. */
+function pngOf(f, key) {
+  const canvas = document.createElement("canvas");
+  draw(canvas, f[key], f.width, f.height, f.channels);
+  return canvas.toDataURL("image/png");
+}
 
 const fmtRate = (r) => (r >= 10 ? r.toFixed(0) : r.toFixed(1));
 const fmtSecs = (s) => (s >= 60 ? `${Math.floor(s / 60)} min ${Math.round(s % 60)} s` : `${s.toFixed(1)} s`);
@@ -37,7 +70,8 @@ export class FrameViewer {
   }
 
   reset() {
-    /** @type {{step:number, of:number, t:number, xt:string, x0:string}[]} */
+    /** @type {{step:number, of:number, t:number, width:number, height:number, channels:number,
+     *   xt:Uint8Array, x0:Uint8Array}[]} */
     this.frames = [];
     this.seed = null;
     this.tStart = null;
@@ -70,8 +104,9 @@ export class FrameViewer {
     this.setStatus(`step 0/${steps}`);
   }
 
-  frame(f) {
+  frame(d) {
     const following = this.frames.length === 0 || Number(this.scrub.value) === this.frames.length - 1;
+    const f = { ...d, xt: decodeRaw(d.xt), x0: decodeRaw(d.x0) };
     this.frames.push(f);
     this.scrub.max = this.frames.length - 1;
     this.scrub.disabled = false;
@@ -93,8 +128,10 @@ export class FrameViewer {
   show(i) {
     const f = this.frames[i];
     if (!f) return;
-    this.xt.src = f.xt;
-    this.x0.src = f.x0;
+    draw(this.xt, f.xt, f.width, f.height, f.channels);
+    draw(this.x0, f.x0, f.width, f.height, f.channels);
+    this.xt.dataset.step = String(f.step);
+    this.x0.dataset.step = String(f.step);
     this.tLabel.textContent = `t = ${f.t}`;
     this.updateScrubLabel(i);
     this.onT(f.t);
@@ -114,7 +151,7 @@ export class FrameViewer {
       this.scrub.value = this.frames.length - 1;
       this.show(this.frames.length - 1);
       this.bar.value = this.bar.max;
-      this.dlPng.href = last.xt;
+      this.dlPng.href = pngOf(last, "xt");
       this.dlPng.download = `ddpm-seed-${d.seed}.png`;
       this.dlPng.hidden = false;
       this.dlZip.hidden = false;
@@ -142,8 +179,8 @@ export class FrameViewer {
     const files = [];
     for (const f of this.frames) {
       const s = String(f.step).padStart(width, "0");
-      files.push({ name: `xt_${s}.png`, data: dataUrlBytes(f.xt) });
-      files.push({ name: `x0_${s}.png`, data: dataUrlBytes(f.x0) });
+      files.push({ name: `xt_${s}.png`, data: dataUrlBytes(pngOf(f, "xt")) });
+      files.push({ name: `x0_${s}.png`, data: dataUrlBytes(pngOf(f, "x0")) });
     }
     const url = URL.createObjectURL(zipBlob(files));
     const a = document.createElement("a");

@@ -100,19 +100,30 @@ def page(browser, server) -> Iterator[tuple[Page, Console]]:
     ctx.close()
 
 
+# What an element shows, as a data URL: an <img>'s src, or a PNG of a <canvas>'s pixels (the viewers draw
+# frames on canvases and mark each drawing with data-step).
+SHOWN_JS = "(el) => el.tagName === 'CANVAS' ? el.toDataURL('image/png') : el.src"
+
+
 def record_srcs(pg: Page, selector: str) -> None:
-    """Collect every distinct src the element is given, in order, into window.__srcs[selector]."""
-    pg.evaluate("""(sel) => {
+    """Collect every distinct image the element shows, in order, into window.__srcs[selector]."""
+    pg.evaluate("""([sel, shownSrc]) => {
+        const shown = eval(shownSrc);
         window.__srcs = window.__srcs || {};
         const seen = window.__srcs[sel] = [];
         const el = document.querySelector(sel);
-        new MutationObserver(() => { if (seen[seen.length - 1] !== el.src) seen.push(el.src); })
-            .observe(el, {attributes: true, attributeFilter: ["src"]});
-    }""", selector)
+        new MutationObserver(() => { const s = shown(el); if (seen[seen.length - 1] !== s) seen.push(s); })
+            .observe(el, {attributes: true, attributeFilter: ["src", "data-step"]});
+    }""", [selector, SHOWN_JS])
 
 
 def srcs(pg: Page, selector: str) -> list[str]:
     return pg.evaluate("(sel) => window.__srcs[sel]", selector)
+
+
+def shown(pg: Page, selector: str) -> str:
+    """The image the element shows now, as a data URL."""
+    return pg.eval_on_selector(selector, SHOWN_JS)
 
 
 def frame_count(pg: Page, prefix: str) -> int:
@@ -120,13 +131,20 @@ def frame_count(pg: Page, prefix: str) -> int:
     return 0 if scrub.is_disabled() else int(scrub.get_attribute("max") or 0) + 1
 
 
+def _grey_if_grey(a: np.ndarray) -> np.ndarray:
+    """Opaque RGBA whose channels agree (a canvas's grey image) as one channel, like the server's PNGs."""
+    if a.ndim == 3 and a.shape[2] == 4 and (a[..., 3] == 255).all() and (a[..., :1] == a[..., 1:3]).all():
+        return a[..., 0]
+    return a
+
+
 def img(pg: Page, selector: str) -> np.ndarray:
-    """The pixels an <img> shows, from its data URL."""
-    return decode_png(pg.get_attribute(selector, "src")).astype(np.int16)
+    """The pixels an <img> or a <canvas> shows."""
+    return _grey_if_grey(decode_png(shown(pg, selector))).astype(np.int16)
 
 
 def png_array(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data))).astype(np.int16)
+    return _grey_if_grey(np.asarray(Image.open(io.BytesIO(data)))).astype(np.int16)
 
 
 def fill_generate(pg: Page, *, n: int, sampler: str, steps: int | None = None, stride: int = 1,
@@ -219,12 +237,12 @@ def test_generate_streams_frames_then_the_seeds_images_and_the_slider_scrubs(pag
     # the slider goes back to the first frame and forward again, by keyboard as a person would
     pg.focus("#gen-scrub")
     pg.keyboard.press("Home")
-    assert pg.get_attribute("#gen-xt", "src") == xt_seen[0]
-    assert pg.get_attribute("#gen-x0", "src") == x0_seen[0]
+    assert shown(pg, "#gen-xt") == xt_seen[0]
+    assert shown(pg, "#gen-x0") == x0_seen[0]
     assert pg.inner_text("#gen-scrub-out").startswith(f"frame 1/{steps}")
     assert pg.get_attribute("#plot-alpha", "data-marker-t") == str(marks[0])
     pg.keyboard.press("ArrowRight")
-    assert pg.get_attribute("#gen-xt", "src") == xt_seen[1]
+    assert shown(pg, "#gen-xt") == xt_seen[1]
     pg.keyboard.press("End")
     assert np.array_equal(img(pg, "#gen-xt"), final)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import math
 import re
@@ -59,6 +60,37 @@ def test_events_in_order_with_expected_frames(server, steps, frame_every):
     for f in frames:
         assert decode_png(f.data["xt"]).shape == decode_png(f.data["x0"]).shape
     assert len(evs[-1].data["images"]) == 2 and evs[-1].data["seed"] == 3
+
+
+def _raw(frame: dict, key: str) -> np.ndarray:
+    pixels = np.frombuffer(base64.b64decode(frame[key]), np.uint8)
+    return pixels.reshape(frame["height"], frame["width"], frame["channels"])
+
+
+def test_raw_frames_are_the_png_frames_pixels(server):
+    params = dict(n=3, steps=6, sampler="ddpm", seed=11, frame_every=2)
+    png = [e.data for e in _stream(server.url, **params) if e.event == "frame"]
+    raw = [e.data for e in _stream(server.url, **params, frame_format="raw") if e.event == "frame"]
+    assert [f["step"] for f in raw] == [f["step"] for f in png] == [2, 4, 6]
+    for p, r in zip(png, raw, strict=True):
+        assert p["format"] == "png" and r["format"] == "raw" and r["channels"] == 1
+        for key in ("xt", "x0"):
+            assert np.array_equal(_raw(r, key)[..., 0], decode_png(p[key]))
+            assert decode_png(p[key]).shape == (p["height"], p["width"])
+
+
+def test_openapi_documents_each_event_payload(server):
+    spec = httpx.get(server.url + "/openapi.json").json()
+    comps = spec["components"]["schemas"]
+    for route in ("/stream", "/jobs/{job_id}/events"):
+        events = spec["paths"][API + route]["get"]["responses"]["200"]["content"]["text/event-stream"]["x-events"]
+        assert set(events) == {"queued", "started", "frame", "done", "cancelled", "error"}
+        for ref in events.values():
+            assert ref["$ref"].removeprefix("#/components/schemas/") in comps
+    frame = comps["FrameEvent"]["properties"]
+    assert {"step", "of", "t", "format", "width", "height", "channels", "xt", "x0"} <= set(frame)
+    params = {p["name"]: p["schema"] for p in spec["paths"][API + "/stream"]["get"]["parameters"]}
+    assert params["frame_format"]["enum"] == ["png", "raw"] and params["frame_format"]["default"] == "png"
 
 
 def test_same_seed_same_images_everywhere(server, model_file, tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from app.results import Queued
 from app.worker import Job, SamplingWorker
 from engine import SamplingPlan, load_model_file
 
@@ -21,7 +22,7 @@ def worker(tmp_path):
 
 def _submit(w: SamplingWorker, n: int, seed: int, sampler: str = "ddim") -> Job:
     plan = SamplingPlan.build(w.model.diffusion, sampler, 20)  # type: ignore[arg-type]
-    job = w.submit(n, plan, seed=seed, frame_every=100, clip=True, sampler=sampler)
+    job = w.submit(n, plan, seed=seed, frame_every=100, clip=True)
     with w._cv:
         w._admit()
     return job
@@ -73,8 +74,7 @@ def test_newcomers_beyond_max_batch_wait_for_a_later_tick(worker):
 
 def _queue(w: SamplingWorker, seed: int) -> Job:
     """Submit without a tick: the job waits in the queue as it would between two ticks."""
-    return w.submit(1, SamplingPlan.build(w.model.diffusion, "ddim", 20), seed=seed, frame_every=100, clip=True,
-                    sampler="ddim")
+    return w.submit(1, SamplingPlan.build(w.model.diffusion, "ddim", 20), seed=seed, frame_every=100, clip=True)
 
 
 def test_the_queue_limit_holds_between_ticks_with_free_slots(tmp_path):
@@ -110,7 +110,7 @@ def test_a_waiting_job_gets_a_queued_event_only_when_its_position_changes(tmp_pa
         w.cancel(first.id)
         with w._cv:
             w._admit()
-        queued = [e.data["position"] for e in second.events.since(0) if e.event == "queued"]
+        queued = [e.result.position for e in second.events.since(0) if isinstance(e.result, Queued)]
         assert queued == [2, 1], "one event at submit, one when the job ahead left, none per tick"
         assert running.status == "running"
     finally:

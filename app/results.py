@@ -1,0 +1,76 @@
+"""What the sampling worker reports about a job, as typed values; :mod:`app.sse` turns them into events.
+
+A job's results, in order: :class:`Queued` (again whenever its place changes), :class:`Started`, a
+:class:`Frame` every ``frame_every`` steps and at the last step, then exactly one terminal result:
+:class:`Done`, :class:`Cancelled` or :class:`Failed`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The job waits; ``position`` 1 is next to start (0: it starts at the next tick)."""
+
+    position: int
+
+
+@dataclass(frozen=True)
+class Started:
+    """The job's x_T is drawn and it takes its first step at the next tick it is picked for."""
+
+    steps: int
+    n: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class Frame:
+    """The state after reverse step ``step`` (1-based) of ``of``, predicted at model timestep ``t``.
+
+    ``x_t`` and ``x0`` are the job's ``n`` images tiled into one uint8 grid, ``(H, W, C)``
+    (see :func:`engine.io.images.make_grid`). At ``step == of``, ``x_t`` holds the final images.
+    """
+
+    step: int
+    of: int
+    t: int
+    x_t: np.ndarray
+    x0: np.ndarray
+    encoded: dict[str, tuple[str, str]] = field(default_factory=dict, compare=False, repr=False)  # by format
+
+    @property
+    def last(self) -> bool:
+        return self.step == self.of
+
+
+@dataclass(frozen=True)
+class Done:
+    """The job finished: one PNG per image, and the grid of all of them as one PNG."""
+
+    images: list[bytes]
+    grid: bytes
+    seed: int
+    elapsed_ms: float
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """A client cancelled the job after ``step`` steps."""
+
+    step: int
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The job ended in an error (including a server shutdown)."""
+
+    message: str
+
+
+Result = Queued | Started | Frame | Done | Cancelled | Failed
+TERMINAL = (Done, Cancelled, Failed)

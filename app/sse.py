@@ -1,0 +1,122 @@
+"""The wire format of a job's events: worker results → SSE ids, event names and JSON payloads.
+
+Ids are the step index: 0 for ``queued`` and ``started``, the step for a ``frame``, and K + 1 for the
+terminal event (``done``, ``cancelled`` or ``error``), so a client that reconnects with Last-Event-ID
+gets everything it has not seen. The payloads are the models in :mod:`app.schemas`, and
+:func:`document_events` lists them in the OpenAPI of the SSE routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+from fastapi import Request
+from pydantic import BaseModel
+from sse_starlette.sse import EventSourceResponse, ServerSentEvent
+
+from .frames import Event, data_url, encode_frame
+from .results import TERMINAL, Cancelled, Done, Failed, Frame, Queued, Result, Started
+from .schemas import CancelledEvent, DoneEvent, ErrorEvent, FrameEvent, QueuedEvent, StartedEvent
+from .state import AppState
+from .worker import Job
+
+SHUTTING_DOWN = "the server is shutting down"
+SHUTDOWN_GRACE_S = 3.0  # streams get this long to say goodbye; uvicorn's own graceful timeout is longer (5 s)
+
+# Event name and payload model of each result type; static/events.js names the same events for the page.
+EVENTS: dict[type, tuple[str, type[BaseModel]]] = {
+    Queued: ("queued", QueuedEvent),
+    Started: ("started", StartedEvent),
+    Frame: ("frame", FrameEvent),
+    Done: ("done", DoneEvent),
+    Cancelled: ("cancelled", CancelledEvent),
+    Failed: ("error", ErrorEvent),
+}
+
+
+def event_id(result: Result, steps: int) -> int:
+    """The SSE id of ``result`` in a job of ``steps`` steps."""
+    if isinstance(result, Frame):
+        return result.step
+    return steps + 1 if isinstance(result, TERMINAL) else 0
+
+
+def payload(result: Result, job: Job) -> BaseModel:
+    """The JSON body of ``result``'s event (frames in the job's frame format)."""
+    match result:
+        case Queued(position):
+            return QueuedEvent(id=job.id, position=position)
+        case Started(steps, n, seed):
+            return StartedEvent(id=job.id, steps=steps, n=n, seed=seed)
+        case Frame():
+            xt, x0 = encode_frame(result, job.frame_format)
+            h, w, c = result.x_t.shape
+            return FrameEvent(step=result.step, of=result.of, t=result.t, format=job.frame_format, width=w,
+                              height=h, channels=c, xt=xt, x0=x0)
+        case Done(images, _, seed, elapsed_ms):
+            return DoneEvent(images=[data_url(p) for p in images], seed=seed, elapsed_ms=elapsed_ms)
+        case Cancelled(step):
+            return CancelledEvent(step=step)
+        case Failed(message):
+            return ErrorEvent(message=message)
+    raise TypeError(f"not a worker result: {result!r}")
+
+
+def to_sse(result: Result, job: Job) -> ServerSentEvent:
+    name, _ = EVENTS[type(result)]
+    return ServerSentEvent(data=payload(result, job).model_dump_json(), event=name,
+                           id=str(event_id(result, job.plan.K)))
+
+
+def cursor_after(job: Job, last_id: int) -> int:
+    """The log cursor that replays every event with an SSE id above ``last_id`` (Last-Event-ID)."""
+    seen = [e.seq for e in job.events.since(0) if event_id(e.result, job.plan.K) <= last_id]
+    return max(seen, default=0)
+
+
+async def _events(request: Request, st: AppState, job: Job, last_id: int | None, cancel_on_disconnect: bool,
+                  shutdown: anyio.Event) -> AsyncIterator[ServerSentEvent]:
+    cursor = cursor_after(job, last_id) if last_id is not None else 0
+    st.sse_clients.inc()  # a stream whose task leaks would keep this above zero forever
+    try:
+        # The short timeout bounds how long a quiet stream takes to notice a disconnect or a shutdown.
+        ev: Event | None
+        async for ev in job.events.follow(cursor, timeout=1.0):
+            if shutdown.is_set():
+                yield ServerSentEvent(data=ErrorEvent(message=SHUTTING_DOWN).model_dump_json(),
+                                      event=EVENTS[Failed][0])
+                return
+            if await request.is_disconnected():
+                break
+            if ev is not None:
+                yield to_sse(ev.result, job)
+    finally:
+        st.sse_clients.dec()
+        if cancel_on_disconnect and not job.done:
+            st.worker.cancel(job.id)
+
+
+def event_stream(request: Request, st: AppState, job: Job, last_id: int | None,
+                 cancel_on_disconnect: bool) -> EventSourceResponse:
+    """``job``'s events from after ``last_id``; on SIGTERM the stream ends with an ``error`` event, not a cut."""
+    shutdown = anyio.Event()
+    return EventSourceResponse(_events(request, st, job, last_id, cancel_on_disconnect, shutdown), ping=10,
+                               shutdown_event=shutdown, shutdown_grace_period=SHUTDOWN_GRACE_S)
+
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "server-sent events: " + ", ".join(name for name, _ in EVENTS.values())
+                         + "; each event's JSON payload is the schema named in `x-events`",
+          "content": {"text/event-stream": {
+              "x-events": {name: {"$ref": f"#/components/schemas/{model.__name__}"}
+                           for name, model in EVENTS.values()}}}}}
+
+
+def document_events(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` (an OpenAPI dict, changed in place) with every event payload model among its components."""
+    comps = schema.setdefault("components", {}).setdefault("schemas", {})
+    for _, model in EVENTS.values():
+        comps[model.__name__] = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    return schema

@@ -1,0 +1,13 @@
+// The wire names the page relies on: a job's server-sent events (app/sse.py names the same ones) and the
+// frame format it asks for (raw pixels, drawn on a canvas).
+
+export const EVENTS = Object.freeze({
+  QUEUED: "queued",
+  STARTED: "started",
+  FRAME: "frame",
+  DONE: "done",
+  CANCELLED: "cancelled",
+  ERROR: "error",
+});
+
+export const FRAME_FORMAT = "raw";
