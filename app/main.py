@@ -19,7 +19,8 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import Gauge
 
-from engine import SAMPLERS, LoadedModel, load_model_file, steps_limit
+from engine import SAMPLER_INFO, SAMPLERS, LoadedModel, choose, load_model_file, steps_limit
+from engine.sampling import SamplerName
 from engine.training.datasets import BUNDLED
 
 from . import sse
@@ -33,9 +34,7 @@ from .worker import SamplingWorker
 
 ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("ddpm")
-# Respaced 100-step DDPM: on the bundled model it is the fastest sampler that meets the quality bar
-# (BENCHMARKS.md).
-PAGE_DEFAULTS = {"sampler": "ddpm", "steps": 100, "eta": 0.0, "n": 16, "frame_every": 1}
+PAGE_DEFAULTS = {"n": 16, "frame_every": 1}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -44,7 +43,18 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_info(m: LoadedModel, device: torch.device, max_batch: int) -> dict[str, Any]:
+def sampling_defaults(m: LoadedModel, sampler: SamplerName) -> dict[str, Any]:
+    """The server's default setting, and each sampler's, with step counts capped by this model's limits."""
+
+    def capped(name: SamplerName) -> dict[str, Any]:
+        choice = choose(name).as_dict()
+        return {**choice, "steps": min(choice["steps"], steps_limit(m.diffusion, name)), "about": SAMPLER_INFO[name]}
+
+    per = {name: capped(name) for name in SAMPLERS}
+    return {**{k: v for k, v in per[sampler].items() if k != "about"}, "samplers": per}
+
+
+def model_info(m: LoadedModel, device: torch.device, max_batch: int, sampler: SamplerName) -> dict[str, Any]:
     c, d = m.card, m.card.diffusion
     return {
         "name": c.name, "parameters": m.num_parameters, "dataset": c.data.get("dataset", "unknown"),
@@ -52,7 +62,7 @@ def model_info(m: LoadedModel, device: torch.device, max_batch: int) -> dict[str
         "image_size": m.sample_shape[1], "channels": m.sample_shape[0], "T": m.diffusion.T,
         "schedule": "custom" if d.betas is not None else d.schedule, "prediction": d.prediction,
         "variance": d.variance, "value_range": list(c.value_range), "arch": c.model.arch, "max_batch": max_batch,
-        "file": m.path.name,
+        "file": m.path.name, "defaults": sampling_defaults(m, sampler),
     }
 
 
@@ -134,12 +144,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except BaseException:
             worker.stop()
             raise
-        info = model_info(m, device, settings.max_batch)
+        info = model_info(m, device, settings.max_batch, settings.sampler)
         install(app, AppState(
             settings=settings, model=m, device=device, worker=worker, model_info=info,
             schedule_info=schedule_info(m.diffusion.schedule, info["schedule"]),
-            defaults={**PAGE_DEFAULTS, "steps": min(PAGE_DEFAULTS["steps"], m.diffusion.T),
-                      "n": min(PAGE_DEFAULTS["n"], settings.max_batch)},
+            defaults={**PAGE_DEFAULTS, **info["defaults"], "n": min(PAGE_DEFAULTS["n"], settings.max_batch)},
             examples=examples, noise_slots=threading.BoundedSemaphore(settings.max_noise_uploads),
             sse_clients=Gauge("ddpm_sse_clients", "open server-sent event streams", registry=worker.metrics.registry),
         ))

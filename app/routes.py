@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
-from engine import NoiseSchedule, SamplingPlan, steps_limit
+from engine import NoiseSchedule, SamplingPlan, choose, steps_limit
 from engine.io.images import from_uint8
 
 from . import sse
@@ -67,11 +67,21 @@ def _plan_for(st: State, req: SampleRequest) -> tuple[SamplingPlan, torch.Tensor
         if init is None:
             raise _invalid("init", "unknown or expired init id; POST /api/v1/noise again", req.init)
         x_start, start_t = init  # one image; the worker repeats it n times, on its own thread (see app.worker)
-    hi = steps_limit(st.model.diffusion, req.sampler, start_t)
-    if req.steps > hi:
+    choice = choose(req.sampler, req.steps, req.spacing, req.eta, st.settings.sampler)
+    hi = steps_limit(st.model.diffusion, choice.sampler, start_t)
+    steps = min(choice.steps, hi) if req.steps is None else req.steps
+    if steps > hi:
         limit = f"T = {T} of this model" if start_t is None else f"the init image's t = {start_t}, plus 1"
-        raise _invalid("steps", f"steps must be ≤ {hi} ({limit})", req.steps)
-    return SamplingPlan.build(st.model.diffusion, req.sampler, req.steps, req.eta, start_t), x_start
+        if choice.sampler not in ("ddpm", "ddim"):
+            limit += f", less one: {choice.sampler} takes no step at t = 0"
+        raise _invalid("steps", f"steps must be ≤ {hi} for {choice.sampler} ({limit})", steps)
+    try:
+        plan = SamplingPlan.build(st.model.diffusion, choice.sampler, steps, choice.eta, start_t, choice.spacing)
+    except ValueError as e:  # the plan names the field it refuses (eta for a sampler without it, …)
+        field = str(e).split()[0]
+        field = field if field in SampleRequest.model_fields else "sampler"
+        raise _invalid(field, str(e), getattr(req, field)) from None
+    return plan, x_start
 
 
 def _submit(st: State, req: SampleRequest, frame_every: int, frame_format: FrameFormat = "png") -> Job:
@@ -86,6 +96,7 @@ def _submit(st: State, req: SampleRequest, frame_every: int, frame_format: Frame
 
 def _job_state(worker: SamplingWorker, job: Job) -> JobState:
     return JobState(id=job.id, state=job.status, step=job.step, of=job.plan.K, n=job.n, sampler=job.plan.sampler,
+                    spacing=job.plan.spacing, eta=job.plan.eta,
                     seed=job.seed, position=worker.position(job), elapsed_ms=job.elapsed_ms, error=job.error)
 
 

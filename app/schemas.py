@@ -1,7 +1,7 @@
 """Request, response and event-payload models. Ranges here are the API's limits: outside them is a 422.
 
-``steps`` has no range here: its limits depend on the model and the start image, and come from
-:func:`engine.steps_limit` (checked when the job is planned, and written into the served OpenAPI).
+``steps`` has no upper bound here: it depends on the model, the sampler and the start image, and comes
+from :func:`engine.steps_limit` (checked when the job is planned, and written into the served OpenAPI).
 """
 
 from __future__ import annotations
@@ -10,19 +10,32 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from engine import SAMPLER_INFO
+from engine.sampling import SamplerName, Spacing
+
 MAX_SEED = 2**63 - 1
 
 
+def _sampler_help() -> str:
+    lines = "; ".join(f"{name}: {info}" for name, info in SAMPLER_INFO.items())
+    return f"null: the server's default (GET /model's defaults). {lines}"
+
+
 class SampleRequest(BaseModel):
-    """What to sample. ``steps`` ≤ the model's T; ``n`` ≤ the server's max batch (both checked at run time)."""
+    """What to sample. A field left out (or null) takes the server's default: see ``defaults`` in GET /model.
+    ``steps`` ≤ the model's T (one less for the DPM-Solver++ family); ``n`` ≤ the server's max batch."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"n": 16, "steps": 50, "sampler": "ddim", "eta": 0.0, "seed": 42}]})
+        "examples": [{"n": 16, "sampler": "dpmpp_2m", "steps": 20, "spacing": "logsnr", "seed": 42}]})
 
     n: int = Field(16, ge=1, le=4096, description="images to generate")
-    steps: int = Field(50, description="reverse steps, 1 to T (T for full DDPM); from an init image, 1 to its t + 1")
-    sampler: Literal["ddpm", "ddim"] = Field("ddim", description="ddpm: ancestral (respaced if steps < T); ddim")
-    eta: float = Field(0.0, ge=0.0, le=1.0, description="DDIM noise: 0 deterministic, 1 DDPM-like")
+    steps: int | None = Field(None, ge=1, description="reverse steps = model evaluations; null: the sampler's default")
+    sampler: SamplerName | None = Field(None, description=_sampler_help())
+    spacing: Spacing | None = Field(
+        None, description="timesteps: linspace (even in t), leading, trailing (diffusers' names), logsnr (even in "
+                          "log α/σ), karras (ρ = 7); null: the sampler's default")
+    eta: float | None = Field(None, ge=0.0, le=1.0, description="ddim and dpmpp_2m_sde only: 0 deterministic, "
+                                                                "1 fully stochastic; null: ddim 0, dpmpp_2m_sde 1")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null: a random seed, returned with the result")
     clip: bool = Field(True, description="clip the predicted x̂0 to the data range")
     init: str | None = Field(None, max_length=64, description="id from POST /noise: start from that x_t")
@@ -30,7 +43,7 @@ class SampleRequest(BaseModel):
 
 class JobRequest(SampleRequest):
     model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"n": 16, "steps": 50, "sampler": "ddim", "eta": 0.0, "seed": 42, "frame_every": 1}]})
+        "examples": [{"n": 16, "sampler": "dpmpp_2m", "steps": 20, "seed": 42, "frame_every": 1}]})
 
     frame_every: int = Field(1, ge=1, le=100_000, description="send a frame every k steps (the last always)")
     frame_format: Literal["png", "raw"] = Field(
@@ -48,7 +61,9 @@ class JobState(BaseModel):
     step: int
     of: int
     n: int
-    sampler: str
+    sampler: SamplerName
+    spacing: Spacing
+    eta: float | None
     seed: int
     position: int
     elapsed_ms: float | None = None

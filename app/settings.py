@@ -7,6 +7,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from engine import DEFAULT_SAMPLER
+from engine.sampling import SamplerName
+
 ENV_PREFIX = "DDPM_"
 
 
@@ -27,6 +30,7 @@ class Settings(BaseModel):
     job_ttl_s: float = Field(600.0, gt=0, description="finished jobs are forgotten after this long")
     max_finished_jobs: int = Field(256, ge=0, description="finished jobs kept for replay; oldest forgotten first")
     max_noise_uploads: int = Field(2, ge=1, description="uploads decoded at once by POST /noise; more get 429")
+    sampler: SamplerName = Field(DEFAULT_SAMPLER, description="the sampler of a request that names none")
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

@@ -28,8 +28,18 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from torch import Tensor
 
-from engine import LoadedModel, SamplingPlan, StepCoeffs, draw_noise, sampling_step
+from engine import (
+    Conditioning,
+    LoadedModel,
+    SamplingPlan,
+    StepCoeffs,
+    draw_noise,
+    guided_forward,
+    resolve_labels,
+    sampling_step,
+)
 from engine.io.images import make_grid, png_bytes, to_uint8_array
+from engine.sampling import History, LabelSpec
 
 from .frames import EventLog, FrameEncoder, FrameFormat, encode_frame, grid
 from .results import Cancelled, Done, Failed, Frame, Queued, Started
@@ -61,6 +71,10 @@ class Job:
     position_sent: int | None = None  # the queue position in the last ``queued`` event
     step: int = 0
     x: Tensor | None = None
+    history: History | None = None  # the last two x̂0, for multistep plans (on the model's device)
+    labels: LabelSpec = None  # a class-conditional model's request, resolved at admission
+    guidance: float = 1.0
+    cond: Conditioning | None = None
     gen: torch.Generator = field(default_factory=torch.Generator)
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
@@ -104,6 +118,7 @@ class SamplingWorker:
     def __init__(self, model: LoadedModel, device: torch.device, max_batch: int, max_active_jobs: int,
                  max_queue: int, event_buffer: int, job_ttl_s: float = 600.0, max_finished_jobs: int = 256) -> None:
         self.model, self.device = model, device
+        self.num_classes = model.num_classes
         self.max_batch, self.max_active, self.max_queue = max_batch, max_active_jobs, max_queue
         self.event_buffer, self.job_ttl_s, self.max_finished = event_buffer, job_ttl_s, max_finished_jobs
         self.metrics = Metrics()
@@ -154,7 +169,8 @@ class SamplingWorker:
 
     # ---------------------------------------------------------------- API for handlers
     def submit(self, n: int, plan: SamplingPlan, seed: int, frame_every: int, clip: bool,
-               x_start: Tensor | None = None, frame_format: FrameFormat = "png") -> Job:
+               x_start: Tensor | None = None, frame_format: FrameFormat = "png", labels: LabelSpec = None,
+               guidance: float = 1.0) -> Job:
         with self._cv:
             # Jobs in _pending while there are free slots start at the next tick; the rest wait.
             waiting = len(self._pending) - max(0, self.max_active - len(self._live))
@@ -163,7 +179,7 @@ class SamplingWorker:
             self._gc()
             job = Job(id=secrets.token_hex(8), n=n, plan=plan, seed=seed, frame_every=frame_every, clip=clip,
                       frame_format=frame_format, events=EventLog(self.event_buffer, self.metrics.frames_dropped.inc),
-                      x_start=x_start)
+                      x_start=x_start, labels=labels, guidance=guidance)
             job.gen.manual_seed(seed)
             self.jobs[job.id] = job
             self._pending.append(job)
@@ -218,9 +234,7 @@ class SamplingWorker:
         while self._pending and len(self._live) < self.max_active:
             job = self._pending.popleft()
             try:
-                shape = (job.n, *self.model.sample_shape)
-                job.x = (draw_noise(shape, job.gen, self.device) if job.x_start is None
-                         else job.x_start.to(self.device).expand(shape).clone())
+                self._prepare(job)
             except Exception as e:
                 self._finish(job, "error", f"could not start: {e}")
                 continue
@@ -232,6 +246,17 @@ class SamplingWorker:
                 job.position_sent = i + 1
                 job.events.append(Queued(i + 1))
         self._update_gauges()
+
+    def _prepare(self, job: Job) -> None:
+        """Labels, x_T and history, in :func:`engine.sample`'s order of generator draws (labels first)."""
+        shape = (job.n, *self.model.sample_shape)
+        if self.num_classes:
+            labels = resolve_labels(job.labels, job.n, self.num_classes, job.gen)
+            job.cond = Conditioning.of(labels, job.guidance, self.num_classes).to(self.device)
+        job.x = (draw_noise(shape, job.gen, self.device) if job.x_start is None
+                 else job.x_start.to(self.device).expand(shape).clone())
+        if job.plan.order:
+            job.history = (torch.zeros_like(job.x), torch.zeros_like(job.x))
 
     def _update_gauges(self) -> None:
         """Callers hold ``_cv``. Also run after every tick: jobs that finish there leave ``_live`` without
@@ -296,14 +321,24 @@ class SamplingWorker:
         Raises only before any job has changed, so the caller can retry the jobs one by one."""
         m = self.model
         coeffs = StepCoeffs.cat([j.plan.coeffs(j.step, j.n, self.device, j.clip) for j in jobs])
-        x = torch.cat([j.x for j in jobs]) if len(jobs) > 1 else jobs[0].x
-        out = m.net(x, coeffs.t)
-        noise_t = (torch.cat(noise) if len(noise) > 1 else noise[0]).to(self.device)
-        x_prev, x0 = sampling_step(m.diffusion.prediction, out, x, coeffs, noise_t, m.diffusion.clip_range)
+        x = _cat([j.x for j in jobs])
+        if self.num_classes:
+            out = guided_forward(m.net, x, coeffs.t, Conditioning.cat([j.cond for j in jobs]))
+        else:
+            out = m.net(x, coeffs.t)
+        noise_t = _cat(noise).to(self.device)
+        history = None
+        if any(j.history is not None for j in jobs):
+            # single-step jobs' rows have zero weight on the history: zeros keep the batch one tensor
+            rows = [j.history or (torch.zeros_like(j.x),) * 2 for j in jobs]
+            history = (_cat([r[0] for r in rows]), _cat([r[1] for r in rows]))
+        x_prev, x0 = sampling_step(m.diffusion.prediction, out, x, coeffs, noise_t, m.diffusion.clip_range, history)
         a = 0
         for job in jobs:
             b = a + job.n
             job.x = x_prev[a:b]
+            if job.history is not None:
+                job.history = (x0[a:b], job.history[0])
             job.step += 1
             last = job.step == job.plan.K
             if last:
@@ -322,7 +357,7 @@ class SamplingWorker:
         with self._cv:
             if job in self._live:
                 self._live.remove(job)
-        job.x = None
+        job.x = job.history = None
 
     def _emit_frame(self, job: Job, x_t: Tensor, x0: Tensor, last: bool) -> None:
         # Host copies are the only work here; the encoder thread does the rest.
@@ -371,3 +406,8 @@ class SamplingWorker:
         while self._finished and (len(self._finished) > self.max_finished
                                   or now - (self._finished[0].finished or now) > self.job_ttl_s):
             self.jobs.pop(self._finished.popleft().id, None)
+
+
+def _cat(parts: list[Tensor]) -> Tensor:
+    """One tensor of ``parts`` along the batch, without a copy when there is only one."""
+    return parts[0] if len(parts) == 1 else torch.cat(parts)

@@ -18,13 +18,16 @@ from .io.modelfile import (
 )
 from .models.unet import PRESETS, UNet, UNetConfig, build_model, count_parameters, preset_config
 from .sampling import (
+    DEFAULT_SAMPLER,
     SAMPLER_INFO,
     SAMPLERS,
     SPACINGS,
     Conditioning,
     SampleFrame,
+    SamplingChoice,
     SamplingPlan,
     StepCoeffs,
+    choose,
     draw_noise,
     guided_forward,
     resolve_labels,
@@ -36,6 +39,7 @@ from .sampling import (
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DEFAULT_SAMPLER",
     "PRESETS",
     "SAMPLERS",
     "SAMPLER_INFO",
@@ -50,6 +54,7 @@ __all__ = [
     "Prediction",
     "RespacedSchedule",
     "SampleFrame",
+    "SamplingChoice",
     "SamplingPlan",
     "StepCoeffs",
     "UNet",
@@ -57,6 +62,7 @@ __all__ = [
     "Variance",
     "bits_per_dim",
     "build_model",
+    "choose",
     "count_parameters",
     "discretized_gaussian_log_likelihood",
     "draw_noise",

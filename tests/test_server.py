@@ -94,7 +94,7 @@ def test_openapi_documents_each_event_payload(server):
 
 
 def test_same_seed_same_images_everywhere(server, model_file, tmp_path):
-    params = dict(n=3, steps=12, sampler="ddpm", eta=0.0, seed=77)
+    params = dict(n=3, steps=12, sampler="ddpm", seed=77)
     done = _stream(server.url, **params, frame_every=4)[-1]
     via_stream = np.stack([decode_png(u) for u in done.data["images"]])
     r = httpx.post(server.url + API + "/samples", json=params, timeout=60)

@@ -156,10 +156,10 @@ def test_a_failed_batch_is_retried_per_job_with_the_same_noise(worker, monkeypat
         _run_alone(worker, job)
         alone.append(job.result)
 
-    def fails_when_batched(prediction, out, x, coeffs, noise, clip_range):
+    def fails_when_batched(prediction, out, x, coeffs, noise, clip_range, history=None):
         if x.shape[0] > 2:
             raise RuntimeError("injected: the batched update failed")
-        return real_step(prediction, out, x, coeffs, noise, clip_range)
+        return real_step(prediction, out, x, coeffs, noise, clip_range, history)
 
     monkeypatch.setattr(worker_module, "sampling_step", fails_when_batched)
     a, b = _submit(worker, 2, seed=1, sampler="ddpm"), _submit(worker, 2, seed=2, sampler="ddpm")
@@ -186,3 +186,34 @@ def test_a_job_whose_last_frame_cannot_be_sent_ends_in_error_not_running(worker,
     with worker._cv:
         worker._admit()
     assert job.status == "error" and job not in worker._live
+
+
+def test_mixed_samplers_batched_together_give_each_seed_its_images(worker):
+    """Jobs of four samplers (multistep ones keep an x̂0 history) share every forward, yet each gives the
+    images it gives alone and the images engine.sample gives offline for its seed."""
+    from engine import sample, to_uint8
+    from engine.io.images import png_bytes
+
+    specs = [("ddpm", 20, None, 2), ("dpmpp_3m", 12, None, 1), ("dpmpp_2m_sde", 10, None, 2), ("ddim", 15, 0.5, 1)]
+
+    def plan(sampler, steps, eta):
+        return SamplingPlan.build(worker.model.diffusion, sampler, steps, eta, spacing="logsnr")
+
+    jobs = [worker.submit(n, plan(s, k, e), seed=10 + i, frame_every=100, clip=True)
+            for i, (s, k, e, n) in enumerate(specs)]
+    with worker._cv:
+        worker._admit()
+    sizes = []
+    while any(not j.done for j in jobs):
+        sizes.append(sum(j.n for j in _tick(worker)))
+        worker.encoder.close()
+        worker.encoder = type(worker.encoder)()
+    assert max(sizes) == 6, "the four jobs never shared a forward"
+    m = worker.model
+    for i, ((s, k, e, n), job) in enumerate(zip(specs, jobs, strict=True)):
+        offline = sample(m.net, m.diffusion, plan(s, k, e), (n, *m.sample_shape), torch.Generator().manual_seed(10 + i))
+        u8 = to_uint8(offline, m.card.value_range).numpy()
+        assert job.result == [png_bytes(u8[j]) for j in range(n)], s
+        again = worker.submit(n, plan(s, k, e), seed=10 + i, frame_every=100, clip=True)
+        _run_alone(worker, again)
+        assert again.result == job.result, s

@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..diffusion.gaussian import GaussianDiffusion
 from ..io.modelfile import ModelFileError
+from ..sampling import Conditioning, SamplingPlan
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -37,17 +39,72 @@ def resolve_device(name: str) -> torch.device:
     return dev
 
 
+# ------------------------------------------------------------------------------- sampling options
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The sampler options ``sample`` and ``eval`` share; left out, each takes the server's default."""
+    from ..sampling import SAMPLER_INFO, SAMPLERS, SPACINGS
+
+    p.add_argument("--sampler", choices=SAMPLERS, default=None,
+                   help="default: " + "; ".join(f"{k}: {v}" for k, v in SAMPLER_INFO.items()))
+    p.add_argument("--steps", type=int, default=None, help="reverse steps = model evaluations (default: the sampler's)")
+    p.add_argument("--spacing", choices=SPACINGS, default=None, help="timestep spacing (default: the sampler's)")
+    p.add_argument("--eta", type=float, default=None,
+                   help="ddim and dpmpp_2m_sde only, in [0, 1] (default: ddim 0, dpmpp_2m_sde 1)")
+    p.add_argument("--label", default=None,
+                   help="class-conditional models: a class, 'any' (drawn from the seed) or 'none' (default: any)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale s: eps_u + s(eps_c - eps_u); 1 = conditional (default 1)")
+
+
+def plan_from_args(args: argparse.Namespace, diffusion: GaussianDiffusion) -> SamplingPlan:
+    """The plan ``args`` ask for, with the server's defaults for what they leave out."""
+    from ..sampling import SamplingPlan, choose, steps_limit
+
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be ≥ 1, got {args.steps}")
+    choice = choose(args.sampler, args.steps, args.spacing, args.eta)
+    steps = min(choice.steps, steps_limit(diffusion, choice.sampler)) if args.steps is None else choice.steps
+    try:
+        return SamplingPlan.build(diffusion, choice.sampler, steps, choice.eta, spacing=choice.spacing)
+    except ValueError as e:
+        raise UserError(f"--{e}") from None
+
+
+def cond_from_args(args: argparse.Namespace, num_classes: int, n: int, gen: torch.Generator) -> Conditioning | None:
+    """Labels and guidance for a class-conditional model; drawn from ``gen`` before x_T, as the server does."""
+    from ..sampling import Conditioning, resolve_labels
+
+    if not num_classes:
+        if args.label is not None or args.guidance is not None:
+            raise UserError("--label/--guidance: this model is unconditional")
+        return None
+    spec = args.label if args.label is not None else "any"
+    label = None if spec == "none" else spec if spec == "any" else _int_label(spec)
+    try:
+        labels = resolve_labels(label, n, num_classes, gen)
+    except ValueError as e:
+        raise UserError(f"--label: {e}") from None
+    guidance = 1.0 if args.guidance is None else args.guidance
+    if not 0.0 <= guidance <= 20.0:
+        raise UserError(f"--guidance must lie in [0, 20], got {guidance}")
+    return Conditioning.of(labels, guidance, num_classes)
+
+
+def _int_label(spec: str) -> int:
+    try:
+        return int(spec)
+    except ValueError:
+        raise UserError(f"--label must be a class number, 'any' or 'none', got {spec!r}") from None
+
+
 # ------------------------------------------------------------------------------- sample
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw samples from a model file into a PNG grid or an .npz")
     p.add_argument("--model", default=None, help="model file (.safetensors); default: the bundled MNIST model")
     p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
-    p.add_argument("--steps", type=int, default=None, help="reverse steps (default: all T)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0)")
+    add_sampling_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output .png (grid) or .npz (uint8 images (N, H, W, C))")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-clip", action="store_true", help="do not clip x̂0 to the data range")
     p.set_defaults(handler=_run_sample)
@@ -56,7 +113,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 def _run_sample(args: argparse.Namespace) -> int:
     from ..io.images import save_samples, to_uint8
     from ..io.loader import load_model_file
-    from ..sampling import SamplingPlan, sample
+    from ..sampling import sample
 
     if not 1 <= args.n <= 100_000:
         raise UserError(f"--n must lie in [1, 100000], got {args.n}")
@@ -64,12 +121,13 @@ def _run_sample(args: argparse.Namespace) -> int:
         raise UserError(f"--out must end in .png or .npz, got {args.out!r}")
     device = resolve_device(args.device)
     m = load_model_file(args.model, device)
-    plan = SamplingPlan.build(m.diffusion, args.sampler, args.steps, args.eta)
+    plan = plan_from_args(args, m.diffusion)
     gen = torch.Generator().manual_seed(args.seed)
+    cond = cond_from_args(args, m.num_classes, args.n, gen)
     t0 = time.perf_counter()
     # One generator drawn in one batch is what the server does for a job: same seed, same images.
     x = sample(m.net, m.diffusion, plan, (args.n, *m.sample_shape), gen, device,
-               clip=not args.no_clip, progress=True)
+               clip=not args.no_clip, progress=True, cond=cond)
     out = save_samples(args.out, to_uint8(x, m.card.value_range))
     print(f"wrote {args.n} samples to {out} in {time.perf_counter() - t0:.1f}s ({plan.sampler}, {plan.K} steps)")
     return 0

@@ -145,6 +145,11 @@ class LoadedModel:
         return (c.in_channels, c.image_size, c.image_size)
 
     @property
+    def num_classes(self) -> int:
+        """Classes of a class-conditional model (its labels are 0 … num_classes − 1), 0 if unconditional."""
+        return int(getattr(self.card.model, "num_classes", 0))
+
+    @property
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.net.parameters())
 

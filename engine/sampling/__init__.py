@@ -4,7 +4,8 @@
 packs them per step and per sample, ``step`` applies one update, and ``loop`` runs a plan offline.
 """
 
-from .guidance import Conditioning, guided_forward, resolve_labels
+from .defaults import DEFAULT_SAMPLER, SamplingChoice, choose
+from .guidance import Conditioning, LabelSpec, guided_forward, resolve_labels
 from .loop import SampleFrame, sample, sample_iter
 from .plan import SamplingPlan, StepCoeffs, steps_limit
 from .solvers import DEFAULT_ETA, SAMPLER_INFO, SAMPLERS, SamplerName, takes_eta
@@ -13,18 +14,22 @@ from .step import History, Model, draw_noise, sampling_step
 
 __all__ = [
     "DEFAULT_ETA",
+    "DEFAULT_SAMPLER",
     "DEFAULT_SPACING",
     "SAMPLERS",
     "SAMPLER_INFO",
     "SPACINGS",
     "Conditioning",
     "History",
+    "LabelSpec",
     "Model",
     "SampleFrame",
     "SamplerName",
+    "SamplingChoice",
     "SamplingPlan",
     "Spacing",
     "StepCoeffs",
+    "choose",
     "draw_noise",
     "guided_forward",
     "resolve_labels",
