@@ -43,7 +43,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def sampling_defaults(m: LoadedModel, sampler: SamplerName) -> dict[str, Any]:
+def sampling_defaults(m: LoadedModel, sampler: SamplerName, guidance: float) -> dict[str, Any]:
     """The server's default setting, and each sampler's, with step counts capped by this model's limits."""
 
     def capped(name: SamplerName) -> dict[str, Any]:
@@ -51,18 +51,21 @@ def sampling_defaults(m: LoadedModel, sampler: SamplerName) -> dict[str, Any]:
         return {**choice, "steps": min(choice["steps"], steps_limit(m.diffusion, name)), "about": SAMPLER_INFO[name]}
 
     per = {name: capped(name) for name in SAMPLERS}
-    return {**{k: v for k, v in per[sampler].items() if k != "about"}, "samplers": per}
+    conditional = {"labels": "any", "guidance": guidance} if m.num_classes else {"labels": None, "guidance": None}
+    return {**{k: v for k, v in per[sampler].items() if k != "about"}, **conditional, "samplers": per}
 
 
-def model_info(m: LoadedModel, device: torch.device, max_batch: int, sampler: SamplerName) -> dict[str, Any]:
+def model_info(m: LoadedModel, device: torch.device, settings: Settings) -> dict[str, Any]:
     c, d = m.card, m.card.diffusion
     return {
         "name": c.name, "parameters": m.num_parameters, "dataset": c.data.get("dataset", "unknown"),
         "steps": c.trained_total("steps"), "images_seen": c.trained_total("images_seen"), "device": str(device),
         "image_size": m.sample_shape[1], "channels": m.sample_shape[0], "T": m.diffusion.T,
         "schedule": "custom" if d.betas is not None else d.schedule, "prediction": d.prediction,
-        "variance": d.variance, "value_range": list(c.value_range), "arch": c.model.arch, "max_batch": max_batch,
-        "file": m.path.name, "defaults": sampling_defaults(m, sampler),
+        "variance": d.variance, "value_range": list(c.value_range), "arch": c.model.arch,
+        "max_batch": settings.max_batch, "file": m.path.name,
+        "classes": c.data.get("classes") or list(range(m.num_classes)),
+        "defaults": sampling_defaults(m, settings.sampler, settings.guidance),
     }
 
 
@@ -144,7 +147,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         except BaseException:
             worker.stop()
             raise
-        info = model_info(m, device, settings.max_batch, settings.sampler)
+        info = model_info(m, device, settings)
         install(app, AppState(
             settings=settings, model=m, device=device, worker=worker, model_info=info,
             schedule_info=schedule_info(m.diffusion.schedule, info["schedule"]),

@@ -18,8 +18,9 @@ from PIL import Image, UnidentifiedImageError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
-from engine import NoiseSchedule, SamplingPlan, choose, steps_limit
+from engine import NoiseSchedule, SamplingPlan, choose, resolve_labels, steps_limit
 from engine.io.images import from_uint8
+from engine.sampling import LabelSpec
 
 from . import sse
 from .frames import FrameFormat, data_url, grid_png
@@ -84,12 +85,30 @@ def _plan_for(st: State, req: SampleRequest) -> tuple[SamplingPlan, torch.Tensor
     return plan, x_start
 
 
+def _conditioning(st: State, req: SampleRequest) -> tuple[LabelSpec, float]:
+    """The request's labels and guidance, checked against the model (validated now, "any" drawn at admission)."""
+    classes = st.model.num_classes
+    if not classes:
+        for field in ("labels", "guidance"):
+            if getattr(req, field) is not None:
+                raise _invalid(field, f"{field}: this model is unconditional", getattr(req, field))
+        return None, 1.0
+    spec = "any" if req.labels is None else None if req.labels == "none" else req.labels
+    if spec != "any":
+        try:
+            resolve_labels(spec, req.n, classes, None)
+        except ValueError as e:
+            raise _invalid("labels", str(e), req.labels) from None
+    return spec, st.settings.guidance if req.guidance is None else req.guidance
+
+
 def _submit(st: State, req: SampleRequest, frame_every: int, frame_format: FrameFormat = "png") -> Job:
     plan, x_start = _plan_for(st, req)
+    labels, guidance = _conditioning(st, req)
     seed = req.seed if req.seed is not None else secrets.randbelow(2**53)
     frame_every = max(frame_every, st.settings.frame_every_min)  # the operator's cap on frame rate
     try:
-        return st.worker.submit(req.n, plan, seed, frame_every, req.clip, x_start, frame_format)
+        return st.worker.submit(req.n, plan, seed, frame_every, req.clip, x_start, frame_format, labels, guidance)
     except QueueFull as e:
         raise HTTPException(429, str(e), headers={"Retry-After": "2"}) from None
 

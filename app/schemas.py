@@ -36,6 +36,11 @@ class SampleRequest(BaseModel):
                           "log α/σ), karras (ρ = 7); null: the sampler's default")
     eta: float | None = Field(None, ge=0.0, le=1.0, description="ddim and dpmpp_2m_sde only: 0 deterministic, "
                                                                 "1 fully stochastic; null: ddim 0, dpmpp_2m_sde 1")
+    labels: int | Literal["any", "none"] | list[int | None] | None = Field(
+        None, description="class-conditional models: a class, 'any' (uniform, drawn from the seed), 'none' (the "
+                          "unconditional branch), or one class or null per sample; null: 'any'")
+    guidance: float | None = Field(None, ge=0.0, le=20.0, description="classifier-free guidance scale s in "
+                                   "ε̂ = ε_u + s·(ε_c − ε_u): 1 plain conditional, 0 unconditional; null: the default")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null: a random seed, returned with the result")
     clip: bool = Field(True, description="clip the predicted x̂0 to the data range")
     init: str | None = Field(None, max_length=64, description="id from POST /noise: start from that x_t")

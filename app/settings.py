@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from engine import DEFAULT_SAMPLER
-from engine.sampling import SamplerName
+from engine.sampling import DEFAULT_GUIDANCE, SamplerName
 
 ENV_PREFIX = "DDPM_"
 
@@ -31,6 +31,8 @@ class Settings(BaseModel):
     max_finished_jobs: int = Field(256, ge=0, description="finished jobs kept for replay; oldest forgotten first")
     max_noise_uploads: int = Field(2, ge=1, description="uploads decoded at once by POST /noise; more get 429")
     sampler: SamplerName = Field(DEFAULT_SAMPLER, description="the sampler of a request that names none")
+    guidance: float = Field(DEFAULT_GUIDANCE, ge=0.0, le=20.0,
+                            description="guidance scale of a request that gives none (class-conditional models)")
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

@@ -23,15 +23,21 @@ from engine import DiffusionConfig, ModelCard, build_model, preset_config, save_
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def tiny_model_file(path: Path, image_size: int = 8, seed: int = 0, T: int = 1000) -> Path:
-    """An untrained tiny UNet; a small ``T`` bounds how long any request to its server can run."""
+def tiny_model_file(path: Path, image_size: int = 8, seed: int = 0, T: int = 1000, num_classes: int = 0) -> Path:
+    """An untrained tiny UNet; a small ``T`` bounds how long any request to its server can run.
+
+    With ``num_classes`` it is class-conditional, with a random class embedding so that labels matter."""
     import torch
 
     torch.manual_seed(seed)
-    cfg = preset_config("tiny", image_size=image_size)
+    cfg = preset_config("tiny", image_size=image_size, num_classes=num_classes)
     card = ModelCard(model=cfg, diffusion=DiffusionConfig(T=T), data={"dataset": "test", "value_range": [-1, 1]},
                      name="tiny-test")
-    return save_model_file(path, build_model(cfg), card)
+    net = build_model(cfg)
+    if num_classes:
+        with torch.no_grad():
+            net.class_emb.weight.normal_()
+    return save_model_file(path, net, card)
 
 
 def free_port() -> int:

@@ -273,3 +273,21 @@ def test_serve_with_a_missing_model_is_a_one_line_error(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert "nope.safetensors" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("body,field", [(dict(labels=3), "labels"), (dict(guidance=2.0), "guidance"),
+                                        (dict(sampler="ddpm", eta=0.5), "eta"),
+                                        (dict(sampler="dpmpp_2m", steps=1000), "steps")])
+def test_fields_a_model_or_sampler_cannot_honour_are_refused(server, body, field):
+    """An unconditional model takes no labels or guidance, and ddpm no eta: a 422 names the field, never silence."""
+    r = httpx.post(server.url + API + "/samples", json=dict(n=1, **body), timeout=30)
+    assert r.status_code == 422, r.text
+    assert any(field in e["loc"] for e in r.json()["detail"]), r.text
+
+
+def test_defaults_are_served_and_used(server):
+    d = httpx.get(server.url + API + "/model").json()["defaults"]
+    assert set(d) >= {"sampler", "steps", "spacing", "eta", "samplers"}
+    job = httpx.post(server.url + API + "/jobs", json=dict(n=1), timeout=30).json()
+    state = httpx.get(f"{server.url}{API}/jobs/{job['id']}").json()
+    assert (state["sampler"], state["of"], state["spacing"]) == (d["sampler"], d["steps"], d["spacing"])

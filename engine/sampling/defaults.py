@@ -28,6 +28,8 @@ class SamplingChoice:
 
 
 DEFAULT_SAMPLER: SamplerName = "dpmpp_2m"
+#: The guidance scale of a class-conditional model's request that gives none.
+DEFAULT_GUIDANCE = 2.0
 #: Steps and spacing per sampler when only the sampler is given.
 PER_SAMPLER: dict[SamplerName, tuple[int, Spacing]] = {
     "ddpm": (100, "linspace"),

@@ -1,0 +1,73 @@
+"""A class-conditional model behind a real server: labels, guidance, defaults, and the same images everywhere."""
+
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+
+from .server_utils import ROOT, decode_png, start_server, tiny_model_file
+
+API = "/api/v1"
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    return tiny_model_file(tmp_path_factory.mktemp("m") / "cond.safetensors", T=50, num_classes=10)
+
+
+@pytest.fixture(scope="module")
+def server(model_file, tmp_path_factory):
+    s = start_server(model_file, tmp_path_factory.mktemp("log") / "server.log")
+    yield s
+    s.stop()
+
+
+def _images(server, **body) -> np.ndarray:
+    r = httpx.post(server.url + API + "/samples", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    return np.stack([decode_png(b) for b in r.json()["images"]])
+
+
+def test_model_lists_classes_and_conditional_defaults(server):
+    info = httpx.get(server.url + API + "/model").json()
+    assert info["classes"] == list(range(10))
+    assert info["defaults"]["labels"] == "any" and info["defaults"]["guidance"] == 2.0
+
+
+def test_labels_and_guidance_match_the_cli(server, model_file, tmp_path):
+    for label, guidance in (("7", 3.0), ("any", 2.0), ("none", 1.0)):
+        body = dict(n=3, steps=6, sampler="dpmpp_2m", seed=5, labels=label if label in ("any", "none") else 7,
+                    guidance=guidance)
+        via_api = _images(server, **body)
+        subprocess.run([sys.executable, "-m", "engine", "sample", "--model", str(model_file), "--n", "3", "--steps",
+                        "6", "--sampler", "dpmpp_2m", "--seed", "5", "--label", label, "--guidance", str(guidance),
+                        "--out", str(tmp_path / "s.npz")], cwd=ROOT, check=True, capture_output=True)
+        assert np.array_equal(via_api, np.load(tmp_path / "s.npz")["images"][..., 0]), label
+
+
+def test_the_label_changes_the_image_and_guidance_the_strength(server):
+    base = dict(n=2, steps=6, sampler="ddim", seed=1)
+    a, b = _images(server, **base, labels=1, guidance=1.0), _images(server, **base, labels=2, guidance=1.0)
+    assert not np.array_equal(a, b)
+    assert not np.array_equal(a, _images(server, **base, labels=1, guidance=4.0))
+    # one list entry per sample, null for "no label"
+    mixed = _images(server, **base, labels=[1, None], guidance=1.0)
+    assert np.array_equal(mixed[0], a[0])
+
+
+@pytest.mark.parametrize("body,field", [(dict(labels=10), "labels"), (dict(labels=[1, 2, 3]), "labels"),
+                                        (dict(labels="seven"), "labels"), (dict(guidance=-1), "guidance"),
+                                        (dict(guidance=21), "guidance")])
+def test_bad_labels_and_guidance_name_the_field(server, body, field):
+    r = httpx.post(server.url + API + "/samples", json=dict(n=2, steps=3, **body), timeout=30)
+    assert r.status_code == 422, r.text
+    assert any(field in e["loc"] for e in r.json()["detail"]), r.text
+
+
+def test_stream_takes_a_label(server):
+    with httpx.stream("GET", server.url + API + "/stream", params=dict(n=1, steps=4, labels=3, guidance=2.5),
+                      timeout=30) as r:
+        assert r.status_code == 200
+        assert "event: done" in r.read().decode()
