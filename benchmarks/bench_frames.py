@@ -1,6 +1,6 @@
 """What streaming every frame costs: the page's job with a frame each step (PNG, raw) vs with the final frame only.
 
-    .venv/bin/python benchmarks/bench_frames.py [--repeats 3] [--n 16] [--steps 100]
+    .venv/bin/python benchmarks/bench_frames.py [--repeats 3] [--n 16] [--steps 100] [--cpu-only]
 
 One real ``ddpm serve`` of the bundled model on 127.0.0.1, at torch's default threads (as `make demo`).
 Each round runs the same job (by default the page's: 16 images, respaced DDPM 100, seed 0) three ways,
@@ -9,6 +9,10 @@ the same with ``frame_format=raw``, and with only the final frame. The order rot
 The rounds run twice: with the host otherwise idle, then while a separate process this script starts
 keeps one core busy (and stops afterwards). Reports the medians and each frame format's ratio to the
 no-frames job against the targets (≤ 1.03× idle, ≤ 1.10× loaded).
+
+A second table times, in this process, the server's own work for one frame of that job in each format
+(the grids, the encoding, the SSE event's bytes) in CPU time of the thread that does it, which other
+load on the host does not inflate the way it inflates wall time.
 """
 
 from __future__ import annotations
@@ -56,7 +60,36 @@ def rounds(url: str, repeats: int, **job: int) -> dict[str, list[float]]:
     for i in range(repeats):
         for name in names[i % len(names):] + names[: i % len(names)]:
             times[name].append(job_seconds(url, **job, **VARIANTS[name]))
+            print(f"round {i + 1}, {name}: {times[name][-1]:.2f} s", file=sys.stderr, flush=True)
     return times
+
+
+def frame_cpu_ms(n: int, fmt: str, repeats: int = 200) -> float:
+    """Median thread CPU ms to turn one step's x_t and x̂0 (``n`` images) into an SSE event's bytes."""
+    import numpy as np
+    import torch
+
+    from app import sse
+    from app.frames import EventLog, encode_frame, grid
+    from app.results import Frame
+    from app.worker import Job
+    from engine import SamplingPlan, load_model_file
+
+    m = load_model_file(DEFAULT_MODEL)
+    plan = SamplingPlan.build(m.diffusion, SAMPLER, 100)
+    job = Job(id="bench", n=n, plan=plan, seed=SEED, frame_every=1, clip=True, frame_format=fmt,  # type: ignore[arg-type]
+              events=EventLog(8))
+    gen = torch.Generator().manual_seed(0)
+    x_t, x0 = torch.randn(n, *m.sample_shape, generator=gen), torch.rand(n, *m.sample_shape, generator=gen) * 2 - 1
+    vr = m.card.value_range
+    times = []
+    for step in range(1, repeats + 1):
+        t0 = time.thread_time()
+        frame = Frame(step, repeats, 0, grid(x_t, vr), grid(x0, vr))
+        encode_frame(frame, fmt)  # type: ignore[arg-type]
+        sse.to_sse(frame, job).encode()
+        times.append((time.thread_time() - t0) * 1000)
+    return float(np.median(times))
 
 
 def busy_core() -> subprocess.Popen:
@@ -69,18 +102,28 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--n", type=int, default=16, help="images per job")
     ap.add_argument("--steps", type=int, default=100, help="respaced DDPM steps")
+    ap.add_argument("--cpu-only", action="store_true", help="only the per-frame CPU table (no server)")
     args = ap.parse_args()
     job = {"n": args.n, "steps": args.steps}
+    if not args.cpu_only:
+        server_table(args.repeats, job)
+    print(f"\n| frame format | server CPU per frame ({args.n} images), ms |")
+    print("|---|---|")
+    for fmt in ("png", "raw"):
+        print(f"| {fmt} | {frame_cpu_ms(args.n, fmt):.3f} |")
+
+
+def server_table(repeats: int, job: dict[str, int]) -> None:
     server = start_server(DEFAULT_MODEL, Path("/tmp/bench_frames.log"), timeout=120, threads=None)
     results: dict[str, dict[str, list[float]]] = {}
     try:
         for name in VARIANTS:  # first-request costs are not what we measure
             job_seconds(server.url, **job, **VARIANTS[name])
-        results["idle"] = rounds(server.url, args.repeats, **job)
+        results["idle"] = rounds(server.url, repeats, **job)
         load = busy_core()
         try:
             time.sleep(1.0)
-            results["one core busy"] = rounds(server.url, args.repeats, **job)
+            results["one core busy"] = rounds(server.url, repeats, **job)
         finally:
             load.kill()
             load.wait()
@@ -90,9 +133,9 @@ def main() -> None:
     host = next((line.split(":", 1)[1].strip() for line in subprocess.run(
         ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")),
         platform.processor())
-    print(f"\nbundled model, {SAMPLER} {args.steps} steps, {args.n} images, seed {SEED}; {host}, "
+    print(f"\nbundled model, {SAMPLER} {job['steps']} steps, {job['n']} images, seed {SEED}; {host}, "
           f"{os.cpu_count()} cores; "
-          f"median of {args.repeats} rounds\n")
+          f"median of {repeats} rounds\n")
     print("| host | frames | seconds | runs | vs final frame only | target |")
     print("|---|---|---|---|---|---|")
     for cond, times in results.items():
