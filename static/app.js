@@ -3,6 +3,7 @@
 import { showError } from "./api.js";
 import { initGenerate } from "./generate.js";
 import { NoisePanel } from "./noise.js";
+import { RacePanel } from "./race.js";
 import { initSchedule } from "./schedule.js";
 
 async function main() {
@@ -12,11 +13,13 @@ async function main() {
   const mark = (t) => markT(t);
   const abandonGen = initGenerate(boot, mark);
   const noise = new NoisePanel(boot, mark);
+  const race = new RacePanel(boot, mark);
   markT = await initSchedule();
   // leaving the page must not leave the server sampling for nobody
   window.addEventListener("pagehide", () => {
     abandonGen();
     noise.abandon();
+    race.abandon();
   });
   document.body.dataset.ready = "true";
 }

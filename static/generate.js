@@ -17,28 +17,46 @@ export function readGenerateForm(T) {
     n: num("gen-n"),
     sampler: sampler === "ddpm-full" ? "ddpm" : sampler,
     steps: sampler === "ddpm-full" ? T : num("gen-steps"),
+    spacing: $("gen-spacing").value,
     frame_every: num("gen-stride"),
   };
-  if (sampler === "ddim") body.eta = num("gen-eta");
+  if (takesEta(body.sampler)) body.eta = num("gen-eta");
+  Object.assign(body, readConditioning("gen", body.n));
   // seeds go up to 2^63-1, beyond what a JS number holds exactly; the server parses numeric strings
   if ($("gen-seed-fixed").checked) body.seed = $("gen-seed").value.trim();
   for (const k of Object.keys(body)) if (body[k] === null) delete body[k];
   return body;
 }
 
-function syncSamplerFields(T) {
+const takesEta = (sampler) => sampler === "ddim" || sampler === "dpmpp_2m_sde";
+
+/**
+ * Labels and guidance from a panel's digit picker and slider (absent for an unconditional model).
+ * "one of each" cycles 0–9 over the n images.
+ */
+export function readConditioning(prefix, n) {
+  const pick = $(`${prefix}-labels`);
+  if (!pick) return {};
+  const guidance = Number($(`${prefix}-guidance`).value);
+  if (pick.value === "each") return { labels: Array.from({ length: n || 0 }, (_, i) => i % 10), guidance };
+  if (pick.value === "any" || pick.value === "none") return { labels: pick.value, guidance };
+  return { labels: Number(pick.value), guidance };
+}
+
+/** Fill steps, spacing and η with the server's defaults for the chosen sampler, and say what it is. */
+function applySamplerDefaults(boot) {
+  const T = boot.model.T;
   const sampler = $("gen-sampler").value;
   const steps = $("gen-steps");
-  if (sampler === "ddpm-full") {
-    steps.dataset.kept = steps.dataset.kept || steps.value;
-    steps.value = T;
-    steps.disabled = true;
-  } else if (steps.disabled) {
-    steps.value = steps.dataset.kept || steps.value;
-    delete steps.dataset.kept;
-    steps.disabled = false;
-  }
-  $("gen-eta").disabled = sampler !== "ddim";
+  const name = sampler === "ddpm-full" ? "ddpm" : sampler;
+  const d = boot.model.defaults.samplers[name];
+  steps.disabled = sampler === "ddpm-full";
+  steps.value = sampler === "ddpm-full" ? T : d.steps;
+  $("gen-spacing").value = d.spacing;
+  $("gen-spacing").disabled = sampler === "ddpm-full";
+  $("gen-eta").disabled = !takesEta(name);
+  if (d.eta !== null) $("gen-eta").value = d.eta;
+  $("gen-about").textContent = sampler === "ddpm-full" ? `${d.about} All ${T} steps: the original DDPM.` : d.about;
 }
 
 /**
@@ -52,10 +70,11 @@ export function initGenerate(boot, markT) {
   const seedFixed = $("gen-seed-fixed");
   const seed = $("gen-seed");
 
-  $("gen-sampler").value = boot.defaults.sampler === "ddpm" && boot.defaults.steps >= T ? "ddpm-full"
-    : boot.defaults.sampler;
-  syncSamplerFields(T);
-  $("gen-sampler").addEventListener("change", () => syncSamplerFields(T));
+  $("gen-sampler").value = boot.defaults.sampler;
+  applySamplerDefaults(boot);
+  $("gen-sampler").addEventListener("change", () => applySamplerDefaults(boot));
+  const guidance = $("gen-guidance");
+  if (guidance) guidance.addEventListener("input", () => { $("gen-guidance-out").value = guidance.value; });
   seedFixed.addEventListener("change", () => {
     seed.disabled = !seedFixed.checked;
     if (seedFixed.checked && !seed.value && viewer.seed !== null) seed.value = String(viewer.seed);

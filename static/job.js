@@ -9,13 +9,15 @@ export class Job {
   /**
    * @param {object} body the JobRequest fields (n, steps, sampler, eta, seed, frame_every, init)
    * @param {import("./viewer.js").FrameViewer} viewer
-   * @param {{onEnd?: (state: string) => void, onError?: (msg: string|null) => void}} hooks
+   * @param {{onEnd?: (state: string) => void, onError?: (msg: string|null) => void,
+   *   onDone?: (d: object) => void}} hooks ``onDone`` gets the ``done`` event's payload
    */
   constructor(body, viewer, hooks = {}) {
     this.body = { ...body, frame_format: FRAME_FORMAT };
     this.viewer = viewer;
     this.onEnd = hooks.onEnd || (() => {});
     this.onError = hooks.onError || (() => {});
+    this.onDone = hooks.onDone || (() => {});
     this.id = null;
     this.source = null;
     this.ended = false; // we stopped listening
@@ -39,7 +41,7 @@ export class Job {
     on(EVENTS.QUEUED, (d) => this.viewer.queued(d.position));
     on(EVENTS.STARTED, (d) => this.viewer.started(d.steps));
     on(EVENTS.FRAME, (d) => this.viewer.frame(d));
-    on(EVENTS.DONE, (d) => { this.settled = true; this.viewer.done(d); this.end("done"); });
+    on(EVENTS.DONE, (d) => { this.settled = true; this.viewer.done(d); this.onDone(d); this.end("done"); });
     on(EVENTS.CANCELLED, (d) => { this.settled = true; this.viewer.cancelled(d.step); this.end("cancelled"); });
     on(EVENTS.ERROR, (d) => {
       this.settled = true;

@@ -1,6 +1,7 @@
 // Noise your own image: upload or pick a sample → q(x_t | x0) at the slider's t → "Denoise from here".
 
 import { request, showError } from "./api.js";
+import { readConditioning } from "./generate.js";
 import { JobRunner } from "./job.js";
 import { FrameViewer } from "./viewer.js";
 import { dataUrlBytes } from "./zip.js";
@@ -102,12 +103,14 @@ export class NoisePanel {
 
   denoise() {
     if (!this.noised) return;
+    const n = Number($("noise-n").value);
     this.runner.run({
       init: this.noised.id,
-      n: Number($("noise-n").value),
+      n,
       sampler: $("noise-sampler").value,
       steps: Number(this.stepsIn.value),
       frame_every: 1,
+      ...readConditioning("gen", n),
     });
   }
 

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.main import PAGE_DEFAULTS
 from tests.server_utils import ROOT, Server, decode_png, start_server
 
 pytestmark = pytest.mark.browser
@@ -177,11 +176,14 @@ def test_page_loads_with_model_card_plots_and_no_console_errors(page, server):
         .filter(e => e.type !== 'hidden' && !e.labels?.length && !e.getAttribute('aria-label') && !e.textContent.trim())
         .map(e => e.id || e.outerHTML)""")
     assert unnamed == []
-    # the form opens on the server's page defaults (T = 1000 here, so a respaced DDPM)
-    assert PAGE_DEFAULTS["steps"] < model["T"]
-    assert pg.input_value("#gen-sampler") == PAGE_DEFAULTS["sampler"]
-    assert pg.input_value("#gen-steps") == str(PAGE_DEFAULTS["steps"]) and not pg.is_disabled("#gen-steps")
-    assert pg.is_disabled("#gen-eta") == (PAGE_DEFAULTS["sampler"] != "ddim")
+    # the form opens on the server's defaults (GET /model), which a request without those fields gets
+    d = model["defaults"]
+    assert d["steps"] < model["T"]
+    assert pg.input_value("#gen-sampler") == d["sampler"]
+    assert pg.input_value("#gen-steps") == str(d["steps"]) and not pg.is_disabled("#gen-steps")
+    assert pg.input_value("#gen-spacing") == d["spacing"]
+    assert pg.is_disabled("#gen-eta") == (d["sampler"] not in ("ddim", "dpmpp_2m_sde"))
+    assert pg.inner_text("#gen-about") == d["samplers"][d["sampler"]]["about"]
     # selecting full DDPM pins steps to T
     pg.select_option("#gen-sampler", "ddpm-full")
     assert pg.input_value("#gen-steps") == str(model["T"]) and pg.is_disabled("#gen-steps")
@@ -443,3 +445,32 @@ def test_screenshot_script_drives_the_page_to_a_png(browser, server, tmp_path):
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ARTIFACTS.mkdir(exist_ok=True)
     shutil.copy(out, ARTIFACTS / "browser-screenshot-script.png")
+
+
+def test_sampler_race_runs_both_lanes_on_one_seed(page, server):
+    page, console = page
+    page.select_option("#race-a-sampler", "ddpm")
+    page.fill("#race-a-steps", "12")
+    page.select_option("#race-b-sampler", "dpmpp_2m")
+    page.fill("#race-b-steps", "4")
+    page.fill("#race-n", "2")
+    page.click("#race-go")
+    for side, nfe in (("a", 12), ("b", 4)):
+        page.wait_for_selector(f"#race-{side}-viewer[data-state=done]", timeout=TIMEOUT_MS)
+        assert page.inner_text(f"#race-{side}-stats").startswith(f"NFE {nfe} · ")
+    ids = [page.get_attribute(f"#race-{s}-viewer", "data-job-id") for s in ("a", "b")]
+    seeds = {httpx.get(f"{server.url}{API}/jobs/{i}").json()["seed"] for i in ids}
+    assert len(seeds) == 1, "both lanes must start from the same x_T"
+    assert page.is_enabled("#race-go") and page.is_disabled("#race-cancel")
+    assert console.errors == []
+
+
+def test_sampler_menu_offers_every_sampler_with_its_defaults(page, server):
+    page, _ = page
+    d = httpx.get(server.url + API + "/model").json()["defaults"]["samplers"]
+    for name, facts in d.items():
+        page.select_option("#gen-sampler", name)
+        assert page.input_value("#gen-steps") == str(facts["steps"])
+        assert page.input_value("#gen-spacing") == facts["spacing"]
+        assert page.inner_text("#gen-about") == facts["about"]
+        assert page.is_disabled("#gen-eta") == (facts["eta"] is None)
