@@ -25,10 +25,13 @@ from engine.training.datasets import BUNDLED
 from .frames import data_url
 from .limits import BodyLimit
 from .routes import api, new_noised_store, root, schedule_info
+from .security import ClientJobs, secure
 from .settings import Settings
 from .worker import SamplingWorker, on_a_thread_that_exits
 
-ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+# The page's templates/ and static/: inside the app package in the image's wheel, beside the packages in a checkout.
+WEB = HERE if (HERE / "templates").is_dir() else HERE.parent
 log = logging.getLogger("ddpm")
 # Respaced 100-step DDPM: on the bundled model it is the interactive sampler that meets the quality
 # bar (confident share 0.908 on 1000 samples, where DDIM 50 and DDIM 100 reach 0.86; README).
@@ -129,6 +132,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         st.defaults = {**PAGE_DEFAULTS, "steps": min(PAGE_DEFAULTS["steps"], m.diffusion.T),
                        "n": min(PAGE_DEFAULTS["n"], settings.max_batch)}
         st.noised = new_noised_store()
+        st.clients = ClientJobs(settings.max_jobs_per_client, settings.trusted_proxies)
         app.openapi_schema = declare_limits(FastAPI.openapi(app), settings.max_batch, m.diffusion.T)
         st.noise_slots = threading.BoundedSemaphore(settings.max_noise_uploads)
         st.examples = examples
@@ -141,10 +145,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="DDPM streaming demo", version="0.1.0", lifespan=lifespan,
                   description="Watch x_t and the predicted x̂0 form step by step. SSE events: queued, started, "
                               "frame, done, cancelled, error.")
-    app.state.templates = Jinja2Templates(directory=str(ROOT / "templates"))
+    app.state.templates = Jinja2Templates(directory=str(WEB / "templates"))
     app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes, upload_paths=(api.prefix + "/noise",))
+    secure(app, settings)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(api)
     app.include_router(root)
-    app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
+    app.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
     return app

@@ -86,8 +86,10 @@ def _submit(request: Request, req: SampleRequest, frame_every: int) -> Job:
     plan, x_start = _plan_for(request, req)
     seed = req.seed if req.seed is not None else secrets.randbelow(2**53)
     frame_every = max(frame_every, _state(request).settings.frame_every_min)  # the operator's cap on frame rate
+    st = _state(request)
     try:
-        return _state(request).worker.submit(req.n, plan, seed, frame_every, req.clip, req.sampler, x_start)
+        return st.clients.submit(st.clients.client(request), lambda: st.worker.submit(
+            req.n, plan, seed, frame_every, req.clip, req.sampler, x_start))
     except QueueFull as e:
         raise HTTPException(429, str(e), headers={"Retry-After": "2"}) from None
 
