@@ -16,9 +16,13 @@ ENV PATH=/opt/venv/bin:$PATH \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# Only the lock: a code or README edit leaves this (large) layer cached.
+# Only the lock: a code or README edit leaves this (large) layer cached. The optional build secret
+# pip_ca is a CA bundle for pip, for a network that reaches PyPI through a TLS proxy
+# (`--secret id=pip_ca,src=/etc/ssl/certs/ca-certificates.crt`); a secret is never stored in a layer.
 COPY requirements-image.lock /tmp/requirements-image.lock
-RUN python3 -m venv /opt/venv \
+RUN --mount=type=secret,id=pip_ca \
+    if [ -f /run/secrets/pip_ca ]; then export PIP_CERT=/run/secrets/pip_ca; fi \
+    && python3 -m venv /opt/venv \
     && pip install --require-hashes -r /tmp/requirements-image.lock \
     && rm /tmp/requirements-image.lock
 
@@ -33,9 +37,10 @@ COPY static ./app/static
 RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM deps
-# A plain (non-editable) install: the code is root-owned and read-only to the service user.
-COPY --from=wheel /wheels /tmp/wheels
-RUN pip install --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels \
+# A plain (non-editable) install, the code root-owned and read-only to the service user. The wheel is
+# mounted from its stage rather than copied, so it is not kept in a layer of its own.
+RUN --mount=type=bind,from=wheel,source=/wheels,target=/tmp/wheels \
+    pip install --no-deps /tmp/wheels/*.whl \
     && useradd --create-home --uid 10001 ddpm
 
 USER ddpm
