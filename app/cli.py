@@ -18,6 +18,11 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-active-jobs", type=int, help="jobs stepped together (env DDPM_MAX_ACTIVE_JOBS)")
     p.add_argument("--max-queue", type=int, help="waiting jobs before 429 (env DDPM_MAX_QUEUE)")
     p.add_argument("--frame-every-min", type=int, help="floor on jobs' frame_every (env DDPM_FRAME_EVERY_MIN)")
+    p.add_argument("--max-jobs-per-client", type=int,
+                   help="live jobs one client address may hold; 0: no limit (env DDPM_MAX_JOBS_PER_CLIENT)")
+    p.add_argument("--trusted-proxies", help="comma-separated proxies whose X-Forwarded-For names the client "
+                                             "(env DDPM_TRUSTED_PROXIES)")
+    p.add_argument("--cors-origins", help="comma-separated origins allowed to call the API (env DDPM_CORS_ORIGINS)")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.set_defaults(handler=_run_serve)
 
@@ -34,18 +39,25 @@ def _run_serve(args: argparse.Namespace) -> int:
     try:
         settings = Settings.load(model=args.model, host=args.host, port=args.port, device=args.device,
                                  max_batch=args.max_batch, max_active_jobs=args.max_active_jobs,
-                                 max_queue=args.max_queue, frame_every_min=args.frame_every_min)
+                                 max_queue=args.max_queue, frame_every_min=args.frame_every_min,
+                                 max_jobs_per_client=args.max_jobs_per_client, trusted_proxies=args.trusted_proxies,
+                                 cors_origins=args.cors_origins)
     except ValidationError as e:
         err = e.errors()[0]
-        raise UserError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}") from None
+        name = str(err["loc"][0])
+        env = f"DDPM_{name.upper()}"
+        where = f"--{name.replace('_', '-')} (env {env})" if hasattr(args, name) else env
+        raise UserError(f"{where}: {err['msg']}") from None
     from pathlib import Path
 
     model = Path(settings.model) if settings.model else DEFAULT_MODEL
     if not model.is_dir():
         read_card(model)  # fail fast with a one-line message, before uvicorn starts
     print(f"Serving {model} on http://{settings.host}:{settings.port}", flush=True)
+    # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from any loopback peer, and which
+    # proxies to believe is DDPM_TRUSTED_PROXIES' call alone (app.security).
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                timeout_graceful_shutdown=5)
+                timeout_graceful_shutdown=5, proxy_headers=False)
     return 0
 
 

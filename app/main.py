@@ -7,7 +7,6 @@ import logging
 import math
 import threading
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,13 +25,13 @@ from engine.training.datasets import BUNDLED
 from . import sse
 from .frames import data_url
 from .limits import BodyLimit
-from .routes import api, root, schedule_info
+from .routes import WEB, api, root, schedule_info
+from .security import ClientJobs, secure
 from .settings import Settings
 from .state import AppState, install
 from .threads import on_a_thread_that_exits
 from .worker import SamplingWorker
 
-ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("ddpm")
 PAGE_DEFAULTS = {"n": 16, "frame_every": 1}
 
@@ -153,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             schedule_info=schedule_info(m.diffusion.schedule, info["schedule"]),
             defaults={**PAGE_DEFAULTS, **info["defaults"], "n": min(PAGE_DEFAULTS["n"], settings.max_batch)},
             examples=examples, noise_slots=threading.BoundedSemaphore(settings.max_noise_uploads),
+            clients=ClientJobs(settings.max_jobs_per_client, settings.trusted_proxies),
             sse_clients=Gauge("ddpm_sse_clients", "open server-sent event streams", registry=worker.metrics.registry),
         ))
         schema = declare_limits(FastAPI.openapi(app), settings.max_batch, m)
@@ -168,8 +168,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               + ", ".join(name for name, _ in sse.EVENTS.values())
                               + "; their payloads are documented on the SSE routes.")
     app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes, upload_paths=(api.prefix + "/noise",))
+    secure(app, settings)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(api)
     app.include_router(root)
-    app.mount("/static", StaticFiles(directory=str(ROOT / "static")), name="static")
+    app.mount("/static", StaticFiles(directory=str(WEB / "static")), name="static")
     return app

@@ -40,7 +40,10 @@ from .worker import Job, QueueFull, SamplingWorker
 
 api = APIRouter(prefix="/api/v1")
 root = APIRouter()
-TEMPLATES = Jinja2Templates(directory=str(Path(__file__).resolve().parent.parent / "templates"))
+HERE = Path(__file__).resolve().parent
+# The page's templates/ and static/: inside the app package in the image's wheel, beside the packages in a checkout.
+WEB = HERE if (HERE / "templates").is_dir() else HERE.parent
+TEMPLATES = Jinja2Templates(directory=str(WEB / "templates"))
 # Every status a route can answer is declared with its body, so clients (and the schemathesis suite) can rely on it.
 BODY_ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "a JSON body that is not valid UTF-8, or malformed multipart"},
@@ -102,13 +105,15 @@ def _conditioning(st: State, req: SampleRequest) -> tuple[LabelSpec, float]:
     return spec, st.settings.guidance if req.guidance is None else req.guidance
 
 
-def _submit(st: State, req: SampleRequest, frame_every: int, frame_format: FrameFormat = "png") -> Job:
+def _submit(request: Request, st: State, req: SampleRequest, frame_every: int,
+            frame_format: FrameFormat = "png") -> Job:
     plan, x_start = _plan_for(st, req)
     labels, guidance = _conditioning(st, req)
     seed = req.seed if req.seed is not None else secrets.randbelow(2**53)
     frame_every = max(frame_every, st.settings.frame_every_min)  # the operator's cap on frame rate
     try:
-        return st.worker.submit(req.n, plan, seed, frame_every, req.clip, x_start, frame_format, labels, guidance)
+        return st.clients.submit(st.clients.client(request), lambda: st.worker.submit(
+            req.n, plan, seed, frame_every, req.clip, x_start, frame_format, labels, guidance))
     except QueueFull as e:
         raise HTTPException(429, str(e), headers={"Retry-After": "2"}) from None
 
@@ -147,7 +152,7 @@ def schedule_info(s: NoiseSchedule, name: str) -> dict[str, Any]:
               409: {"model": ErrorResponse, "description": "the job was cancelled"},
               503: {"model": ErrorResponse, "description": "the job failed or the server is shutting down"}})
 async def post_samples(request: Request, st: State, req: SampleRequest) -> Any:
-    job = _submit(st, req, frame_every=10**9)
+    job = _submit(request, st, req, frame_every=10**9)
     try:
         async for _ in job.events.follow(0, timeout=5.0):
             if await request.is_disconnected():
@@ -167,8 +172,8 @@ async def post_samples(request: Request, st: State, req: SampleRequest) -> Any:
 
 @api.post("/jobs", status_code=202, response_model=JobCreated, summary="start a job; stream it from /events",
           responses={**ERRORS, **BODY_ERRORS})
-def post_job(st: State, req: JobRequest) -> JobCreated:
-    job = _submit(st, req, req.frame_every, req.frame_format)
+def post_job(request: Request, st: State, req: JobRequest) -> JobCreated:
+    job = _submit(request, st, req, req.frame_every, req.frame_format)
     return JobCreated(id=job.id, position=st.worker.position(job))
 
 
@@ -211,7 +216,7 @@ async def job_events(request: Request, st: State, job_id: str,
 @api.get("/stream", summary="one-shot SSE stream for EventSource; the job is cancelled on disconnect",
          response_class=EventSourceResponse, responses={**sse.RESPONSES, **ERRORS})
 async def stream(request: Request, st: State, q: Annotated[JobRequest, Query()]):
-    job = _submit(st, q, q.frame_every, q.frame_format)
+    job = _submit(request, st, q, q.frame_every, q.frame_format)
     return sse.event_stream(request, st, job, None, cancel_on_disconnect=True)
 
 

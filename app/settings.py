@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from engine import DEFAULT_SAMPLER
 from engine.sampling import DEFAULT_GUIDANCE, SamplerName
@@ -33,6 +33,27 @@ class Settings(BaseModel):
     sampler: SamplerName = Field(DEFAULT_SAMPLER, description="the sampler of a request that names none")
     guidance: float = Field(DEFAULT_GUIDANCE, ge=0.0, le=20.0,
                             description="guidance scale of a request that gives none (class-conditional models)")
+    max_jobs_per_client: int = Field(0, ge=0, description="live jobs one client address may hold; 0: no limit")
+    trusted_proxies: str = Field("", description="comma-separated proxy addresses/networks whose X-Forwarded-For "
+                                                 "names the client")
+    api_token: SecretStr | None = Field(None, description="the API needs Authorization: Bearer <it>")
+    cors_origins: str = Field("", description="comma-separated origins allowed to call the API; * for any")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, v: str) -> str:
+        from .security import parse_networks
+
+        parse_networks(v, "trusted_proxies")
+        return v
+
+    @field_validator("api_token")
+    @classmethod
+    def _long_enough(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None and len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters; make one with: "
+                             "python3 -c 'import secrets; print(secrets.token_urlsafe())'")
+        return v
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

@@ -13,6 +13,7 @@ from prometheus_client import Gauge
 
 from engine import LoadedModel
 
+from .security import ClientJobs
 from .settings import Settings
 from .worker import SamplingWorker
 
@@ -30,6 +31,7 @@ class AppState:
     defaults: dict[str, Any]  # the page's form
     examples: list[str]  # PNG data URLs of dataset samples, for the page
     noise_slots: threading.BoundedSemaphore  # uploads being decoded at once
+    clients: ClientJobs  # live jobs per client address, for the per-client limit
     sse_clients: Gauge  # open event streams
     noised: OrderedDict[str, tuple[torch.Tensor, int]] = field(default_factory=OrderedDict)  # id → (x_t, t)
 

@@ -128,6 +128,25 @@ def test_ddp_two_processes_match_one(tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4, msg=k)
 
 
+@pytest.mark.slow
+def test_ddp_two_nodes_match_one_process(tmp_path):
+    """torchrun --nnodes 2, as on two machines: two launchers with one gloo process each, meeting at a
+    static rendezvous on loopback, follow the one-process trajectory."""
+    common = ["--preset", "tiny", "--max-steps", "4", "--ckpt-every", "4", "--sample-every", "0"]
+    _cli("train", "--run-dir", str(tmp_path / "one"), *common)
+    port = str(29600 + os.getpid() % 300)
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node",
+                               "1", "--node-rank", str(rank), "--master-addr", "127.0.0.1", "--master-port", port,
+                               "-m", "engine", "train", "--run-dir", str(tmp_path / "two"), *common],
+                              env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    outs = [node.communicate(timeout=240)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outs[0][-2000:] + outs[1][-2000:]
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-4, rtol=1e-4, msg=k)
+
+
 def test_cli_train_export_sample_round_trip(tmp_path):
     run = tmp_path / "run"
     _cli("train", "--preset", "tiny", "--run-dir", str(run), "--max-steps", "6", "--sample-every", "3")
