@@ -111,6 +111,9 @@ def declare_limits(schema: dict[str, Any], max_batch: int, model: LoadedModel) -
     caps = {"n": (None, max_batch), "steps": (1, hi), "t": (None, T - 1)}
 
     def narrow(field: str, prop: dict[str, Any]) -> None:
+        """Bound an integer field, nullable ones (``anyOf`` integer/null) included: bounds only constrain numbers."""
+        if prop.get("type") != "integer" and not any(b.get("type") == "integer" for b in prop.get("anyOf", [])):
+            return
         low, high = caps[field]
         prop["maximum"] = min(prop.get("maximum", high), high)
         if low is not None:
@@ -119,7 +122,7 @@ def declare_limits(schema: dict[str, Any], max_batch: int, model: LoadedModel) -
     comps = schema.get("components", {}).get("schemas", {})
     for name in ("SampleRequest", "JobRequest", "Body_post_noise_api_v1_noise_post"):
         for field, prop in comps.get(name, {}).get("properties", {}).items():
-            if field in caps and prop.get("type") == "integer":
+            if field in caps:
                 narrow(field, prop)
     for param in schema.get("paths", {}).get(api.prefix + "/stream", {}).get("get", {}).get("parameters", []):
         if param.get("in") == "query" and param["name"] in caps:

@@ -76,9 +76,9 @@ def _plan_for(st: State, req: SampleRequest) -> tuple[SamplingPlan, torch.Tensor
     steps = min(choice.steps, hi) if req.steps is None else req.steps
     if steps > hi:
         limit = f"T = {T} of this model" if start_t is None else f"the init image's t = {start_t}, plus 1"
-        if choice.sampler not in ("ddpm", "ddim"):
-            limit += f", less one: {choice.sampler} takes no step at t = 0"
-        raise _invalid("steps", f"steps must be ≤ {hi} for {choice.sampler} ({limit})", steps)
+        if hi == (T if start_t is None else start_t + 1) - 1:  # the DPM-Solver++ family visits no t = 0
+            limit = f"{limit.removesuffix(', plus 1')}: {choice.sampler} takes no step at t = 0"
+        raise _invalid("steps", f"steps must be ≤ {hi} ({limit})", steps)
     try:
         plan = SamplingPlan.build(st.model.diffusion, choice.sampler, steps, choice.eta, start_t, choice.spacing)
     except ValueError as e:  # the plan names the field it refuses (eta for a sampler without it, …)

@@ -13,7 +13,8 @@ from .server_utils import Server, sse_events, start_server, tiny_model_file
 API = "/api/v1"
 TOKEN = "correct-horse-battery-staple"
 ORIGIN = "https://demo.example"
-LONG_JOB = {"n": 1, "steps": 1000, "frame_every": 1000}  # stays live until cancelled or ~1 s of ticks
+# stays live until cancelled or ~1 s of ticks
+LONG_JOB = {"n": 1, "sampler": "ddpm", "steps": 1000, "frame_every": 1000}
 
 
 def _serve(tmp_path_factory, name: str, **env: str) -> Server:
