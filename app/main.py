@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
-from engine import LoadedModel, load_model_file
+from engine import LoadedModel, load_model_file, resolve_device
 from engine.training.datasets import BUNDLED
 
 from .frames import data_url
@@ -33,12 +33,6 @@ log = logging.getLogger("ddpm")
 # Respaced 100-step DDPM: on the bundled model it is the interactive sampler that meets the quality
 # bar (confident share 0.908 on 1000 samples, where DDIM 50 and DDIM 100 reach 0.86; README).
 PAGE_DEFAULTS = {"sampler": "ddpm", "steps": 100, "eta": 0.0, "n": 16, "frame_every": 1}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def model_info(m: LoadedModel, device: torch.device, max_batch: int) -> dict[str, Any]:
