@@ -31,7 +31,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from engine import DEFAULT_MODEL, read_card
+    from engine import DEFAULT_MODEL, read_card, resolve_device
 
     from .main import create_app
     from .settings import Settings
@@ -50,6 +50,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         raise UserError(f"{where}: {err['msg']}") from None
     from pathlib import Path
 
+    resolve_device(settings.device)  # fail fast on a bad --device, as on a bad model file below
     model = Path(settings.model) if settings.model else DEFAULT_MODEL
     if not model.is_dir():
         read_card(model)  # fail fast with a one-line message, before uvicorn starts

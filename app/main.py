@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import Gauge
 
-from engine import SAMPLER_INFO, SAMPLERS, LoadedModel, choose, load_model_file, steps_limit
+from engine import SAMPLER_INFO, SAMPLERS, LoadedModel, choose, load_model_file, resolve_device, steps_limit
 from engine.sampling import SamplerName
 from engine.training.datasets import BUNDLED
 
@@ -34,12 +34,6 @@ from .worker import SamplingWorker
 
 log = logging.getLogger("ddpm")
 PAGE_DEFAULTS = {"n": 16, "frame_every": 1}
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def sampling_defaults(m: LoadedModel, sampler: SamplerName, guidance: float) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
 from engine import NoiseSchedule, SamplingPlan, choose, resolve_labels, steps_limit
-from engine.io.images import from_uint8
+from engine.io.images import center_crop_resize, from_uint8
 from engine.sampling import LabelSpec
 
 from . import sse
@@ -240,10 +240,7 @@ def _decode_upload(data: bytes, max_pixels: int, mode: str, size: int) -> Image.
         raise HTTPException(413, f"image: {w}×{h} pixels exceeds the limit of {max_pixels} pixels")
     try:
         img.load()
-        img = img.convert(mode)
-        s = min(img.size)
-        left, top = (img.width - s) // 2, (img.height - s) // 2
-        return img.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
+        return center_crop_resize(img.convert(mode), size)
     except (OSError, Image.DecompressionBombError, ValueError, SyntaxError) as e:
         raise _invalid("image", f"could not be decoded ({type(e).__name__})", None) from None
 

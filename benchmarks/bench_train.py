@@ -1,4 +1,4 @@
-"""Our trainer's img/s vs the seed's plain loop, same model and batch, in one run.
+"""Our trainer's img/s vs the tutorial's plain loop (``seed loop``), same model and batch, in one run.
 
     .venv/bin/python benchmarks/bench_train.py [--preset mnist] [--batch 32] [--steps 20] [--repeats 5]
                                                [--threads 2] [--no-compile]
@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_loop import SeedLoop
 
-from engine.models.unet import build_model
+from engine.models.unet import build_model, count_parameters
 from engine.training.config import preset_train_config
 from engine.training.datasets import load_dataset
 from engine.training.trainer import Trainer
@@ -100,7 +100,7 @@ def main() -> None:
         ckpt = statistics.median(trainers["trainer"].ckpt_seconds)
 
     ips = {k: batch * args.steps / statistics.median(v) for k, v in times.items()}
-    params = sum(p.numel() for p in seed.model.parameters())
+    params = count_parameters(seed.model)
     print(f"\nmodel preset {base.model.arch}/{args.preset} ({params / 1e6:.2f}M params), batch {batch}, "
           f"{args.steps} steps × {args.repeats} repeats (median), {args.threads} threads, torch {torch.__version__}\n")
     print("| variant | img/s | s/step | vs seed loop | vs trainer |")

@@ -1,4 +1,4 @@
-"""The seed tutorial's plain training loop (§7 ``train``), as the baseline for ``bench_train.py``.
+"""The tutorial's plain training loop (its ``train`` function; docs/ERRATA.md), as the baseline for ``bench_train.py``.
 
 No EMA, no logging, no clipping, no warmup, no checkpoints: a shuffled ``DataLoader``, uniform t,
 q-sample with a linear β schedule, MSE on ε, ``AdamW.step``. Written to match the tutorial's

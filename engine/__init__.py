@@ -1,5 +1,6 @@
 """DDPM engine: schedules, diffusion math, samplers, the UNet, training and metrics (pure PyTorch)."""
 
+from .devices import resolve_device
 from .diffusion.gaussian import GaussianDiffusion, Prediction, Variance
 from .diffusion.likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
 from .diffusion.losses import loss_weights, sample_timesteps, simple_loss
@@ -72,6 +73,7 @@ __all__ = [
     "normal_kl",
     "preset_config",
     "read_card",
+    "resolve_device",
     "resolve_labels",
     "respace",
     "sample",

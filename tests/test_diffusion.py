@@ -13,23 +13,23 @@ EPS = torch.tensor([[0.5, -0.3], [0.1, -0.2]], dtype=torch.float64)
 
 
 def test_seed_2x2_example_through_public_api():
-    """Seed §2.2 and §3 with β1 = 0.1. The seed prints x1 ≈ [[0.76, 0.51], [0.39, 0.17]];
-    the arithmetic gives [[0.917, 0.474], [0.411, 0.127]] (DESIGN errata §2.2)."""
+    """The tutorial's 2×2 example with β1 = 0.1 (docs/ERRATA.md, E1): it prints x1 ≈ [[0.76, 0.51],
+    [0.39, 0.17]]; the arithmetic gives [[0.917, 0.474], [0.411, 0.127]]."""
     d = GaussianDiffusion(NoiseSchedule([0.1]), prediction="eps")
     x0, eps, t = X0[None, None], EPS[None, None], torch.zeros(1, dtype=torch.long)
     x1 = d.q_sample(x0, t, eps)
     expected = torch.tensor([[0.917, 0.474], [0.411, 0.127]], dtype=torch.float64)
-    torch.testing.assert_close(x1[0, 0], expected, atol=1e-3, rtol=0)  # errata gives 3 digits
+    torch.testing.assert_close(x1[0, 0], expected, atol=1e-3, rtol=0)  # ERRATA.md gives 3 digits
     torch.testing.assert_close(x1[0, 0], 0.9**0.5 * X0 + 0.1**0.5 * EPS, atol=1e-12, rtol=0)
     wrong = torch.tensor([[0.76, 0.51], [0.39, 0.17]], dtype=torch.float64)
     assert (x1[0, 0] - wrong).abs().max() > 0.05
-    # §3: with the true ε, the reverse mean recovers x0 exactly.
+    # With the true ε, the reverse mean recovers x0 exactly (eq. 7, Ho et al. 2020).
     mean, var = d.q_posterior(x0, x1, t)
     torch.testing.assert_close(mean, x0, atol=1e-6, rtol=0)
     assert var.item() == 0.0
     p = d.p_mean_variance(eps, x1, t)
     torch.testing.assert_close(p.mean, x0, atol=1e-6, rtol=0)
-    # the seed's own formula μ̃ = (x1 − (1−α1)/√(1−ᾱ1)·ε)/√α1 agrees
+    # and so does the ε form of the mean, μ̃ = (x1 − (1−α1)/√(1−ᾱ1)·ε)/√α1 (eq. 11, Ho et al. 2020)
     seed_mu = (x1 - 0.1 / (0.1**0.5) * eps) / 0.9**0.5
     torch.testing.assert_close(seed_mu, x0, atol=1e-6, rtol=0)
 
@@ -81,7 +81,7 @@ def test_parameterizations_round_trip():
     # x0 from ε divides by √ᾱ, tiny at the end of the cosine schedule: compare where it is sane
     ok = s.sqrt_alpha_bars > 1e-3
     torch.testing.assert_close(x0_from_eps(xt, eps, sa, s1)[ok], x0[ok])
-    # v is the standard Salimans & Ho form, not either of the seed's (errata): at t where
+    # v is Salimans & Ho 2022's form, not the tutorial's (docs/ERRATA.md, E3): at t where
     # √(1−ᾱ) differs from √(1−α²) they disagree.
     seed_v = s.alphas[:, None] * eps - (1 - s.alphas[:, None] ** 2).sqrt() * x0
     assert (seed_v - v).abs().max() > 0.1

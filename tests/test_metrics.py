@@ -28,6 +28,7 @@ from engine.evaluation.metrics import (
     nearest_distances,
     quantize,
 )
+from engine.io.images import from_uint8
 from engine.io.modelfile import DiffusionConfig
 from engine.sampling import SamplingPlan, sample
 
@@ -235,13 +236,34 @@ def test_cache_key_digests_files_and_folders_by_content(tmp_path):
     assert file_digest(pipe) != before
 
 
-def test_evaluate_model_on_a_non_digit_size_skips_digit_metrics(tmp_path):
+def test_evaluate_model_on_a_non_digit_size_skips_digit_metrics(tmp_path, monkeypatch):
+    import engine.evaluation.metrics as metrics
+    from engine.diffusion.likelihood import bits_per_dim
+    from engine.training.datasets import load_dataset
+
     m = load_model_file(_tiny(tmp_path / "t.safetensors", 8))
     out = evaluate_model(m, 6, "ddpm", 3, 0.0, 0, 4, "cpu", bpd_images=3, bpd_timesteps=2, progress=False)
     assert "fld" not in out and any(s.startswith("digit metrics") for s in out["skipped"])
-    assert 0.0 <= out["near_copy_share"] <= 1.0 and out["nn_distance_min"] > 0
-    assert out["bits_per_dim"] > 0 and out["bits_per_dim_images"] == 3 and out["bits_per_dim_stderr"] >= 0
+    # the figures are those of the samples it drew, against the model's data at the model's size
+    train, test = load_dataset("mnist5k", "train", image_size=8), load_dataset("mnist5k", "test", image_size=8)
+    drawn = generate(m, 6, "ddpm", 3, 0.0, seed=0, batch_size=4, device="cpu", progress=False)
+    thr = copy_threshold(test.images, train.images)
+    expected = metrics.memorization(drawn, train.images, thr)
+    assert {k: out[k] for k in expected} == expected and out["copy_threshold"] == thr
+    # bits/dim of 3 evenly spaced held-out images, t drawn with the run's seed: mean and standard error
+    x = test.images[torch.linspace(0, len(test) - 1, 3).round().long()]
+    bpd = bits_per_dim(m.diffusion, m.net, x, 2, torch.Generator().manual_seed(0))
+    assert out["bits_per_dim"] == pytest.approx(float(bpd.mean()), rel=1e-6)
+    assert out["bits_per_dim_stderr"] == pytest.approx(float(bpd.std() / math.sqrt(3)), rel=1e-6)
+    assert out["bits_per_dim_images"] == 3
     json.dumps(out)
+    # known answers: training images are all near-copies at distance 0; held-out ones none
+    monkeypatch.setattr(metrics, "generate", lambda *a, **k: train.images[:6])
+    copies = evaluate_model(m, 6, "ddpm", 3, 0.0, 0, 4, "cpu", bpd_images=0, progress=False)
+    assert copies["near_copy_share"] == 1.0 and copies["nn_distance_min"] == 0.0
+    monkeypatch.setattr(metrics, "generate", lambda *a, **k: test.images[:6])
+    unseen = evaluate_model(m, 6, "ddpm", 3, 0.0, 0, 4, "cpu", bpd_images=0, progress=False)
+    assert unseen["near_copy_share"] == 0.0 and unseen["nn_distance_min"] >= thr
     with pytest.raises(MetricsError, match="steps must lie in \\[1, 40\\]"):
         evaluate_model(m, 6, "ddpm", 41, progress=False)
     with pytest.raises(MetricsError, match="eta must lie in \\[0, 1\\]"):
@@ -257,7 +279,7 @@ def test_eval_cli_prints_json_with_every_metric(tmp_path):
     model = _tiny(tmp_path / "m.safetensors", 28)
     out_file = tmp_path / "metrics.json"
     r = _eval("--model", str(model), "--n", "12", "--steps", "3", "--batch-size", "8", "--bpd-images", "4",
-              "--bpd-timesteps", "2", "--device", "cpu", "--out", str(out_file))
+              "--bpd-timesteps", "2", "--device", "cpu", "--out", str(out_file), "--cache-dir", str(tmp_path / "c"))
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)  # stdout is exactly the JSON; progress goes to stderr
     assert json.loads(out_file.read_text()) == out
@@ -267,7 +289,22 @@ def test_eval_cli_prints_json_with_every_metric(tmp_path):
         assert key in out, key
     assert all(not isinstance(v, dict) for v in out.values())  # flat
     assert out["samples"] == 12 and out["steps"] == 3 and out["sampler"] == "ddim"
-    assert 0 <= out["confident_share"] <= 1 and 0 <= out["class_entropy"] <= 1 and out["bits_per_dim"] > 0
+    # the digit metrics are those of the very samples drawn (kept in the cache), against the real digits
+    from engine.diffusion.likelihood import bits_per_dim
+    from engine.evaluation.sample_cache import SampleCache
+
+    cache = SampleCache(tmp_path / "c", model)
+    drawn = torch.cat([cache.load("ddim", 3, 0.0, seed, (n, 1, 28, 28)) for seed, n in ((0, 8), (1, 4))])
+    digits = DigitMetrics()
+    expected = digits.evaluate(from_uint8(drawn.permute(0, 2, 3, 1)))
+    for key in ("confident_share", "class_entropy", "near_copy_share"):
+        assert out[key] == expected[key], key
+    assert out["fld"] == pytest.approx(expected["fld"], rel=1e-6)
+    assert out["real_confident_share"] >= 0.9 and out["real_class_entropy"] >= 0.98  # real digits look real
+    m = load_model_file(model)
+    x = digits.test.images[torch.linspace(0, 499, 4).round().long()]
+    bpd = bits_per_dim(m.diffusion, m.net, x, 2, torch.Generator().manual_seed(0))
+    assert out["bits_per_dim"] == pytest.approx(float(bpd.mean()), rel=1e-5)
     # an untrained net makes blobs, not digits: far from real data
     assert out["fld"] > 3 * out["real_fld"]
 

@@ -1,9 +1,9 @@
-"""Issue 8's reliability suite: training faults, API fuzzing, hostile uploads, an SSE storm and SIGTERM.
+"""The reliability suite: training faults, API fuzzing, hostile uploads, an SSE storm and SIGTERM.
 
 Everything runs for real: `python -m engine train` subprocesses killed with SIGKILL, a uvicorn
 subprocess on 127.0.0.1 read by real HTTP/SSE clients, and kernel-refused writes. The figures each
 test measures are printed (see them with `pytest -s`) and, when DDPM_RELIABILITY_FIGURES names a
-file, written there as JSON for the README's reliability table.
+file, written there as JSON for the table in docs/RELIABILITY.md.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ def test_linear_matches_definition():
     ab = torch.cumprod(1 - s.betas, 0)
     torch.testing.assert_close(s.alpha_bars, ab, rtol=1e-12, atol=0)
     torch.testing.assert_close(s.alpha_bars_prev[1:], ab[:-1], rtol=0, atol=0)
-    assert s.alpha_bars_prev[0].item() == 1.0  # no wrap-around to the last index (seed §7)
+    assert s.alpha_bars_prev[0].item() == 1.0  # no wrap-around to the last index (docs/ERRATA.md, E2)
 
 
 def test_cosine_matches_closed_form():
@@ -25,6 +25,27 @@ def test_cosine_matches_closed_form():
     for t in (0, 1, 10, 100, 500, 900, 980):
         assert s.alpha_bars[t].item() == pytest.approx(f(t + 1) / f(0), rel=1e-9)
     assert s.betas.max().item() <= 0.999
+
+
+def test_log_snr_matches_closed_form():
+    """log SNR = log(ᾱ/(1−ᾱ)); half of it is DPM-Solver's λ = log(√ᾱ/√(1−ᾱ)) (Lu et al. 2022)."""
+    T, sft = 1000, 0.008
+    f = lambda t: math.cos((t / T + sft) / (1 + sft) * math.pi / 2) ** 2  # noqa: E731
+    cos = NoiseSchedule.cosine(T, s=sft)
+    for t in (0, 1, 10, 100, 500, 900, 980):  # ᾱ_t = f(t+1)/f(0) while β_t is below its cap
+        ab = f(t + 1) / f(0)
+        assert cos.log_snr[t].item() == pytest.approx(math.log(ab / (1 - ab)), rel=1e-9)
+        assert cos.log_snr[t].item() / 2 == pytest.approx(math.log(math.sqrt(ab) / math.sqrt(1 - ab)), rel=1e-9)
+    lin = NoiseSchedule.linear(1000, 1e-4, 0.02)
+    ab = 1.0
+    for t, beta in enumerate(lin.betas.tolist()):
+        ab *= 1 - beta
+        if t in (0, 1, 499, 999):  # t = 0: ᾱ = 1 − 1e-4, where 1 − ᾱ must not lose its digits
+            assert lin.log_snr[t].item() == pytest.approx(math.log(ab) - math.log(beta if t == 0 else 1 - ab),
+                                                          rel=1e-9)
+    for s in (cos, lin):
+        assert s.log_snr.dtype == torch.float64 and (s.log_snr[1:] < s.log_snr[:-1]).all()
+        torch.testing.assert_close(s.log_snr.exp(), s.snr, rtol=1e-9, atol=0)
 
 
 def test_derived_constants_are_consistent():

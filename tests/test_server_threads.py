@@ -1,11 +1,10 @@
 """The server's CPU threading: the sampling worker must be the only thread with an OpenMP team.
 
 libgomp stops spin-waiting between parallel regions once it manages more threads than there are
-cores, and every thread that has ever run a large torch op keeps its team until it exits. A warm-up
-forward on the event-loop thread once left a second team alive, and the worker's helpers then slept
-and woke on every op: ~600 context switches per step and the page's default job 1.24–1.38× slower on
-two cores. The signature is unmistakable in /proc, so these tests count context switches rather than
-timing anything. The server is pinned to as many CPUs as it has threads: libgomp only stops spinning
+cores, and every thread that has ever run a large torch op keeps its team until it exits. A second
+team makes the worker's helpers sleep and wake on every op, hundreds of context switches per step,
+which slows sampling. The signature is unmistakable in /proc, so these tests count context switches
+rather than timing anything. The server is pinned to as many CPUs as it has threads: libgomp only stops spinning
 when it manages more threads than it may use CPUs, so on a bigger host the bug would otherwise hide.
 """
 
@@ -53,7 +52,7 @@ def _switches_per_step(s: Server, **params) -> float:
 
 
 # With one team the helpers spin between regions; the few switches per step left are the event loop,
-# the encoder and the SSE writes (4–8 measured). A second team shows up as hundreds per step.
+# the encoder and the SSE writes. A second team shows up as hundreds per step.
 BOUND = 100
 
 

@@ -241,3 +241,87 @@ def test_cosine_lr_follows_its_closed_form():
     assert lr_factor(cfg, s) == pytest.approx(0.2 + 0.4 * (1 + math.cos(math.pi / 4)), rel=1e-12)
     flat = preset_train_config("tiny", warmup_steps=0, max_steps=1000)
     assert {lr_factor(flat, s) for s in (0, 10, 999, 5000)} == {1.0}
+
+
+def _rows(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_applies_safe_flags_and_records_them(tmp_path):
+    """`--resume --lr 1e-5` trains on at 1e-5 from the next step; config.json and metrics.jsonl say so."""
+    run = tmp_path / "run"
+    _cli("train", "--preset", "tiny", "--run-dir", str(run), "--max-steps", "6", "--ckpt-every", "3",
+         "--sample-every", "0")
+    assert json.loads((run / "config.json").read_text())["lr"] == 1e-3
+    # --preset equal to the run's, and flags that are not passed, change nothing
+    _cli("train", "--run-dir", str(run), "--resume", "--preset", "tiny", "--max-steps", "10", "--lr", "1e-5",
+         "--log-every", "1")
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["lr"], cfg["max_steps"], cfg["log_every"], cfg["batch_size"]) == (1e-5, 10, 1, 16)
+    change = [r for r in _rows(run) if r.get("event") == "config_change"]
+    assert change == [{"event": "config_change", "step": 6,
+                       "changes": {"lr": [1e-3, 1e-5], "max_steps": [6, 10], "log_every": [5, 1]}}]
+    steps = {r["step"]: r for r in _rows(run) if "loss" in r}
+    assert [steps[s]["lr"] for s in (7, 8, 9, 10)] == [pytest.approx(1e-5)] * 4  # warmup (5 steps) is over
+    _, _, state = load_checkpoint(latest_checkpoint(run))
+    assert state["step"] == 10 and state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-5)
+
+
+def test_resume_refuses_flags_that_change_what_is_trained(tmp_path):
+    run = tmp_path / "run"
+    _cli("train", "--preset", "tiny", "--run-dir", str(run), "--max-steps", "5", "--sample-every", "0")
+    before = {p: (run / p).read_text() for p in ("config.json", "metrics.jsonl")}
+    for args, named in ((["--batch-size", "8", "--seed", "3", "--lr", "1e-4"], ["--batch-size", "--seed"]),
+                        (["--ch", "16", "--T", "50"], ["--ch", "--T"]),
+                        (["--preset", "mnist"], ["--preset"]),
+                        (["--ema-decay", "0"], ["--ema-decay 0"])):
+        r = _cli("train", "--run-dir", str(run), "--resume", "--max-steps", "8", *args, check=False)
+        assert r.returncode == 2, (args, r.stderr)
+        err = r.stderr.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err and "--resume cannot change" in err, err
+        assert all(n in err.split(":")[2] for n in named) and "--lr" not in err.split(":")[2], err
+    assert {p: (run / p).read_text() for p in before} == before  # nothing was written
+    assert latest_checkpoint(run).name == "step_0000005"
+
+
+def test_train_flags_are_the_config_fields_and_keep_their_names():
+    import dataclasses
+
+    from engine.cli import build_parser
+    from engine.training.config import NESTED_FLAGS, TrainConfig
+
+    parser, sub = build_parser()
+    train = sub.choices["train"]
+    flags = {s for a in train._actions for s in a.option_strings}
+    fields = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["flag"]}
+    assert {"--" + n.replace("_", "-") for n in fields | set(NESTED_FLAGS)} <= flags
+    # the flag names the README, BENCHMARKS.md and the tests use parse to the value given
+    old = {"--dataset": "mnist", "--data-root": "d", "--batch-size": "8", "--lr": "1e-5", "--warmup-steps": "3",
+           "--lr-decay": "cosine", "--lr-min-ratio": "0.2", "--init-from": "m.safetensors", "--grad-clip": "0",
+           "--ema-decay": "0", "--max-steps": "9", "--max-minutes": "1.5", "--schedule": "cosine", "--T": "50",
+           "--prediction": "v", "--timestep-sampling": "beta", "--weighting": "min_snr", "--grad-accum": "2",
+           "--seed": "4", "--device": "cpu", "--amp": "off", "--sample-every": "0", "--ckpt-every": "7",
+           "--keep-last": "2", "--ch": "16", "--dropout": "0.1"}
+    switches = ["--resume", "--download", "--channels-last", "--compile"]
+    args = parser.parse_args(["train", "--preset", "tiny", "--run-dir", "r", *[x for kv in old.items() for x in kv],
+                              *switches])
+    for flag, text in old.items():
+        value = getattr(args, flag[2:].replace("-", "_"))
+        assert str(value) == text or value == float(text), (flag, value)
+    assert args.resume and args.download and args.channels_last and args.compile
+    from engine.cli.train import passed_config
+
+    top, nested = passed_config(parser.parse_args(["train", "--lr", "1e-5", "--no-compile", "--T", "50"]))
+    assert top == {"lr": 1e-5, "compile": False} and nested == {"model": {}, "diffusion": {"T": 50}}
+
+
+def test_config_rules_live_in_the_config():
+    cfg = preset_train_config("tiny", grad_clip=0, ema_decay=0)
+    assert cfg.grad_clip is None and cfg.ema_decay is None  # "0 disables"
+    for over, needle in (({"batch_size": 0}, "batch_size must be ≥ 1"), ({"lr": 0}, "lr must be > 0"),
+                         ({"lr_min_ratio": 1.5}, "lr_min_ratio must be ≤ 1"),
+                         ({"ema_decay": 1.0}, "ema_decay must be < 1"), ({"lr_decay": "step"}, "lr_decay must be one"),
+                         ({"dataset": "imagenet"}, "dataset must be one"),
+                         ({"batch_size": 16, "grad_accum": 3}, "divisible by grad_accum")):
+        with pytest.raises(ValueError, match=needle):
+            preset_train_config("tiny", **over)

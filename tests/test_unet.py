@@ -24,6 +24,22 @@ def test_cifar10_preset_has_ho_et_al_parameter_count():
     assert abs(n - 35.7e6) <= 0.5e6, n
 
 
+def test_parameter_count_follows_the_architecture():
+    """Every layer's width is a multiple of ch, so the count is a quadratic in ch (the attention's
+    and convolutions' ch² terms, the norms' and biases' ch terms, the in/out channels' constant):
+    its second differences over equally spaced widths are equal and positive. A fixed total would
+    only say that nothing changed."""
+    counts = [count_parameters(build_model(preset_config("tiny", ch=ch))) for ch in (8, 16, 24, 32)]
+    second = [counts[i] - 2 * counts[i + 1] + counts[i + 2] for i in range(2)]
+    assert second[0] == second[1] > 0, counts
+    m = build_model(preset_config("tiny"))
+    assert count_parameters(m) == sum(v.numel() for v in m.state_dict().values())  # no buffers hide in it
+    # two more image channels in and out: 2·ch more 3×3 kernels in the first conv, 2·ch more and 2 biases in the last
+    base, rgb = (count_parameters(build_model(preset_config("tiny", in_channels=c, out_channels=c))) for c in (1, 3))
+    ch = preset_config("tiny").ch
+    assert rgb - base == 2 * 9 * ch + 2 * 9 * ch + 2
+
+
 def test_output_depends_on_t():
     torch.manual_seed(0)
     for name in ("tiny", "seed"):

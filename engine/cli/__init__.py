@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..devices import resolve_device
 from ..diffusion.gaussian import GaussianDiffusion
 from ..io.modelfile import ModelFileError
 from ..sampling import Conditioning, SamplingPlan
@@ -24,19 +25,6 @@ Handler = Callable[[argparse.Namespace], int | None]
 
 class UserError(Exception):
     """A problem the user can fix; printed as one line."""
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device: unknown device {name!r}; use auto, cpu or cuda[:N]") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but CUDA is not available")
-    return dev
 
 
 # ------------------------------------------------------------------------------- sampling options

@@ -40,37 +40,25 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from ..evaluation.metrics import MetricsError, evaluate_model
+    from ..devices import resolve_device
+    from ..evaluation.metrics import check_eval_args, evaluate_model
     from ..io.loader import load_model_file
-    from . import UserError, resolve_device
+    from . import UserError
 
-    limits = [
-        (args.n >= 1, f"--n must be ≥ 1, got {args.n}"),
-        (args.steps >= 0, f"--steps must be ≥ 0 (0 = all T), got {args.steps}"),
-        (0.0 <= args.eta <= 1.0, f"--eta must lie in [0, 1], got {args.eta}"),
-        (args.batch_size >= 1, f"--batch-size must be ≥ 1, got {args.batch_size}"),
-        (args.bpd_images >= 0, f"--bpd-images must be ≥ 0, got {args.bpd_images}"),
-        (args.bpd_timesteps >= 0, f"--bpd-timesteps must be ≥ 0 (0 = exact sum), got {args.bpd_timesteps}"),
-        (0.0 <= args.copy_percentile <= 100.0, f"--copy-percentile must lie in [0, 100], got {args.copy_percentile}"),
-    ]
-    for ok, msg in limits:
-        if not ok:
-            raise UserError(msg)
+    # MetricsError is a ValueError: the dispatcher prints it as one line and exits with status 2.
+    limits = (args.n, args.sampler, args.steps, args.eta, args.batch_size, args.bpd_images, args.bpd_timesteps,
+              args.copy_percentile)
+    check_eval_args(*limits, cli=True)  # before the model loads, so a typo fails at once
     if args.out and not Path(args.out).parent.is_dir():
         raise UserError(f"--out: folder {Path(args.out).parent} does not exist")
     if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
         raise UserError(f"--cache-dir: {args.cache_dir} exists and is not a folder")
     device = resolve_device(args.device)
     m = load_model_file(args.model, device)
-    if args.steps > m.diffusion.T:
-        raise UserError(f"--steps must lie in [0, {m.diffusion.T}] for this model, got {args.steps}")
-    try:
-        res = evaluate_model(m, args.n, args.sampler, args.steps or None, args.eta, args.seed, args.batch_size, device,
-                             args.bpd_images, args.bpd_timesteps or None, data_root=args.data_root,
-                             fid_weights=args.fid_weights, copy_percentile=args.copy_percentile,
-                             cache_dir=args.cache_dir)
-    except MetricsError as e:
-        raise UserError(str(e)) from None
+    check_eval_args(*limits, T=m.diffusion.T, cli=True)
+    res = evaluate_model(m, args.n, args.sampler, args.steps or None, args.eta, args.seed, args.batch_size, device,
+                         args.bpd_images, args.bpd_timesteps or None, data_root=args.data_root,
+                         fid_weights=args.fid_weights, copy_percentile=args.copy_percentile, cache_dir=args.cache_dir)
     text = json.dumps(res, indent=2)
     print(text)
     if args.out:

@@ -1,64 +1,43 @@
-"""``train`` and ``export`` subcommands."""
+"""``train`` and ``export`` subcommands.
+
+The ``train`` flags are generated from :class:`~engine.training.config.TrainConfig`'s fields (and a few
+keys of the network and diffusion configs), in the manner of improved-diffusion's ``add_dict_to_argparser``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
+import typing
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from ..training.config import TRAIN_PRESETS, TrainConfig, preset_train_config
-
-
-def _positive_int(s: str) -> int:
-    v = int(s)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be ≥ 1, got {v}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {v}")
-    return v
+from ..io.modelfile import DiffusionConfig
+from ..models.unet import UNetConfig
+from ..training.config import (
+    NESTED_FLAGS,
+    TRAIN_PRESETS,
+    TrainConfig,
+    config_types,
+    literal_choices,
+    out_of_bounds,
+    preset_train_config,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model into a run directory (resumable)")
-    p.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default="mnist", help="training recipe (default mnist)")
+    p = sub.add_parser("train", help="train a model into a run directory (resumable)",
+                       description="Every config flag defaults to the --preset recipe's value. With --resume the "
+                                   "run's config.json is the base, and only flags that are safe to change on resume "
+                                   "may be given; they are recorded in config.json and metrics.jsonl.")
+    # Not config fields: the recipe to start from, where the run lives, and whether it continues.
+    p.add_argument("--preset", choices=sorted(TRAIN_PRESETS), default=None, help="training recipe (default mnist)")
     p.add_argument("--run-dir", default=None, help="run directory (default runs/<preset>)")
     p.add_argument("--resume", action="store_true", help="continue from the run directory's latest checkpoint")
-    p.add_argument("--dataset", choices=["mnist5k", "mnist", "fashion_mnist", "cifar10", "folder"])
-    p.add_argument("--data-root", help="folder with the dataset's files (torchvision layout, or any image folder)")
-    p.add_argument("--download", action="store_true", help="let torchvision download the dataset (needs internet)")
-    p.add_argument("--batch-size", type=_positive_int)
-    p.add_argument("--lr", type=_positive_float)
-    p.add_argument("--warmup-steps", type=int)
-    p.add_argument("--lr-decay", choices=["constant", "cosine"], help="after warmup (default constant)")
-    p.add_argument("--lr-min-ratio", type=float, help="cosine decay ends at lr × this at --max-steps (default 0.1)")
-    p.add_argument("--init-from", metavar="MODEL_FILE",
-                   help="start from this model file's weights (same network and schedule), e.g. to fine-tune")
-    p.add_argument("--grad-clip", type=float, help="0 disables clipping")
-    p.add_argument("--ema-decay", type=float, help="0 disables the EMA")
-    p.add_argument("--max-steps", type=_positive_int)
-    p.add_argument("--max-minutes", type=_positive_float)
-    p.add_argument("--schedule", choices=["linear", "cosine"])
-    p.add_argument("--T", type=_positive_int, dest="T")
-    p.add_argument("--prediction", choices=["eps", "x0", "v"])
-    p.add_argument("--timestep-sampling", choices=["uniform", "beta"])
-    p.add_argument("--weighting", choices=["none", "min_snr"])
-    p.add_argument("--grad-accum", type=_positive_int)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--device", help="auto (default), cpu or cuda")
-    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"])
-    p.add_argument("--channels-last", action="store_true", default=None)
-    p.add_argument("--compile", action="store_true", default=None, help="torch.compile the model (opt-in)")
-    p.add_argument("--sample-every", type=int)
-    p.add_argument("--ckpt-every", type=_positive_int)
-    p.add_argument("--keep-last", type=_positive_int)
-    p.add_argument("--ch", type=_positive_int, help="override the model width")
-    p.add_argument("--dropout", type=float)
+    add_config_flags(p)
     p.set_defaults(handler=run_train)
 
     e = sub.add_parser("export", help="turn a run directory into a model file (EMA weights + ddpm.config)")
@@ -68,50 +47,99 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(handler=run_export)
 
 
-def _config_from_args(args: argparse.Namespace) -> TrainConfig:
-    over = {
-        "dataset": args.dataset, "data_root": args.data_root, "batch_size": args.batch_size, "lr": args.lr,
-        "warmup_steps": args.warmup_steps, "lr_decay": args.lr_decay, "lr_min_ratio": args.lr_min_ratio,
-        "init_from": args.init_from, "max_steps": args.max_steps, "max_minutes": args.max_minutes,
-        "timestep_sampling": args.timestep_sampling, "weighting": args.weighting, "grad_accum": args.grad_accum,
-        "seed": args.seed, "device": args.device, "amp": args.amp, "channels_last": args.channels_last,
-        "compile": args.compile, "sample_every": args.sample_every, "ckpt_every": args.ckpt_every,
-        "keep_last": args.keep_last,
-    }
-    if args.download:
-        over["download"] = True
-    cfg = preset_train_config(args.preset, **over)
-    if args.grad_clip is not None:
-        cfg.grad_clip = args.grad_clip or None
-    if args.ema_decay is not None:
-        cfg.ema_decay = args.ema_decay or None
-    model_over = {k: v for k, v in {"ch": args.ch, "dropout": args.dropout}.items() if v is not None}
-    diff_over = {k: v for k, v in {"schedule": args.schedule, "T": args.T, "prediction": args.prediction}.items()
-                 if v is not None}
-    d = cfg.to_dict()
-    d["model"].update(model_over)
-    d["diffusion"].update(diff_over)
+# ------------------------------------------------------------------------------ flags from the config
+def _config_flags() -> list[tuple[str, Any, str, dict[str, Any]]]:
+    """``(dest, annotation, help, bounds)`` of every flag the config declares, top-level then nested."""
+    out = []
+    hints = config_types(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.metadata.get("flag", True):
+            out.append((f.name, hints[f.name], f.metadata["help"], dict(f.metadata)))
+    for name, (part, help_text) in NESTED_FLAGS.items():
+        owner = UNetConfig if part == "model" else DiffusionConfig
+        out.append((name, config_types(owner)[name], help_text, {}))
+    return out
+
+
+def _value_type(annotation: Any) -> type:
+    """``int``/``float``/``str``/``bool`` from an annotation such as ``float | None`` or ``Literal[...]``."""
+    choices = literal_choices(annotation)
+    if choices is not None:
+        return type(choices[0])
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def _parse(kind: type, bounds: dict[str, Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        why = None if value == 0 and bounds.get("zero_is_off") else out_of_bounds(value, bounds)
+        if why:
+            raise argparse.ArgumentTypeError(f"{why}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in "invalid int value"
+    return parse
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per config field (``--batch-size`` for ``batch_size``): type, choices and help from the field.
+
+    Every default is None, so that :func:`passed_config` can tell what the user actually gave.
+    """
+    for dest, annotation, help_text, bounds in _config_flags():
+        flag = "--" + dest.replace("_", "-")
+        kind = _value_type(annotation)
+        if kind is bool:
+            p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            choices = literal_choices(annotation)
+            p.add_argument(flag, dest=dest, type=_parse(kind, bounds), choices=choices, default=None,
+                           metavar=None if choices else bounds.get("metavar") or dest.upper(), help=help_text)
+
+
+def passed_config(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The config flags the user gave: top-level fields, and ``{"model": …, "diffusion": …}`` keys."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {"model": {}, "diffusion": {}}
+    for dest, *_ in _config_flags():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if dest in NESTED_FLAGS:
+            nested[NESTED_FLAGS[dest][0]][dest] = value
+        else:
+            top[dest] = value
+    return top, nested
+
+
+def _new_config(args: argparse.Namespace) -> TrainConfig:
+    top, nested = passed_config(args)
+    # 0 is a value here ("0 disables"), not "unset": preset_train_config skips only None.
+    return preset_train_config(args.preset or "mnist", **top, model_overrides=nested["model"],
+                               diffusion_overrides=nested["diffusion"])
+
+
+def _resumed_config(args: argparse.Namespace, run_dir: Path) -> TrainConfig:
+    """The run's saved config with the flags the user passed applied; the trainer refuses unsafe changes."""
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.exists():
+        raise ValueError(f"--resume: {cfg_path} does not exist")
+    d = json.loads(cfg_path.read_text())
+    top, nested = passed_config(args)
+    if args.preset is not None:
+        top["preset"] = args.preset
+    d.update(top)
+    for part, keys in nested.items():
+        d[part] = {**d.get(part, {}), **keys}
     return TrainConfig.from_dict(d)
 
 
 def run_train(args: argparse.Namespace) -> int:
     from ..training.trainer import Trainer
 
-    run_dir = Path(args.run_dir or f"runs/{args.preset}")
-    if args.resume:
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.exists():
-            raise ValueError(f"--resume: {cfg_path} does not exist")
-        cfg = TrainConfig.from_dict(json.loads(cfg_path.read_text()))
-        if args.max_steps:
-            cfg.max_steps = args.max_steps
-        if args.max_minutes:
-            cfg.max_minutes = args.max_minutes
-        # Speed-only switches may change between sessions; they never change the numbers' meaning.
-        cfg.channels_last = cfg.channels_last or args.channels_last
-        cfg.compile = cfg.compile or args.compile
-    else:
-        cfg = _config_from_args(args)
+    run_dir = Path(args.run_dir or f"runs/{args.preset or 'mnist'}")
+    cfg = _resumed_config(args, run_dir) if args.resume else _new_config(args)
     t0 = time.perf_counter()
     trainer = Trainer(cfg, run_dir, resume=args.resume)
     res = trainer.run()

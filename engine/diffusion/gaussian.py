@@ -34,11 +34,8 @@ def eps_from_x0(x_t: Tensor, x0: Tensor, sa: Tensor, s1: Tensor) -> Tensor:
 
 
 def v_from_x0_eps(x0: Tensor, eps: Tensor, sa: Tensor, s1: Tensor) -> Tensor:
-    """v = √ᾱ·ε − √(1−ᾱ)·x0 (Salimans & Ho 2022).
-
-    The seed writes v two other ways (§4's table and §5.2's α_t·ε − √(1−α_t²)·x0); neither
-    is this, and neither is invertible with the usual formulas (DESIGN errata).
-    """
+    """v = √ᾱ·ε − √(1−ᾱ)·x0 (Salimans & Ho 2022); other forms in circulation do not invert
+    with :func:`x0_from_v` and :func:`eps_from_v` (docs/ERRATA.md, E3)."""
     return sa * eps - s1 * x0
 
 
@@ -192,13 +189,3 @@ class GaussianDiffusion:
             log_variance=extract(self._model_log_var, t, x_t),
             x0=x0,
         )
-
-    @property
-    def model_variance(self) -> Tensor:
-        """The reverse-process variance per t, float64 ``(T,)`` (0 at t = 0 for fixed_small)."""
-        if self.variance == "fixed_small":
-            return self.schedule.posterior_variance
-        return self._model_var
-
-    def config(self) -> dict:
-        return {"prediction": self.prediction, "variance": self.variance}

@@ -7,8 +7,7 @@ in 0-based indices the sum runs over t = 1 … T−1 and the decoder is the t = 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -16,7 +15,9 @@ from torch import Tensor
 from .gaussian import GaussianDiffusion
 from .schedule import extract
 
-Model = Callable[[Tensor, Tensor], Tensor]
+if TYPE_CHECKING:  # annotations only: the denoiser's call signature has its home with the samplers
+    from ..sampling.step import Model
+
 Decoder = Literal["discretized", "continuous"]
 
 

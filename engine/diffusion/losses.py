@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
@@ -11,9 +10,11 @@ from torch import Tensor
 from .gaussian import GaussianDiffusion
 from .schedule import extract
 
+if TYPE_CHECKING:  # annotations only: the denoiser's call signature has its home with the samplers
+    from ..sampling.step import Model
+
 TimestepSampling = Literal["uniform", "beta"]
 Weighting = Literal["none", "min_snr"]
-Model = Callable[[Tensor, Tensor], Tensor]
 
 
 def sample_timesteps(
@@ -23,7 +24,7 @@ def sample_timesteps(
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Draw ``(batch,)`` training timesteps: uniform over [0, T), or ∝ β_t as in seed §5.1."""
+    """Draw ``(batch,)`` training timesteps: uniform over [0, T), or ∝ β_t (more of the noisy steps)."""
     gdev = generator.device if generator is not None else "cpu"
     if method == "uniform":
         t = torch.randint(0, diffusion.T, (batch,), generator=generator, device=gdev)

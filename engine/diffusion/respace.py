@@ -1,4 +1,4 @@
-"""K-step subsequences of a T-step schedule (seed §6.1's "choose a subset 𝒯 and re-derive α").
+"""K-step subsequences of a T-step schedule (Nichol & Dhariwal 2021, §4: sample along a subsequence of t).
 
 A respaced schedule keeps ᾱ exactly at the kept steps k_1 < … < k_K and defines
 β'_i = 1 − ᾱ[k_i] / ᾱ[k_{i−1}] (with ᾱ[k_0] := 1), so that ∏(1 − β'_i) reproduces ᾱ[k_i].

@@ -1,8 +1,8 @@
 """Noise schedules β_1..β_T and every constant derived from them.
 
-Indices are 0-based as in the seed's code: index ``i`` holds β for step i+1 of the paper.
-All constants are computed in float64 (seed §6.2: fp16/fp32 subtraction near ᾱ≈1 loses
-precision) and cast to the caller's device/dtype on demand through :meth:`NoiseSchedule.to`.
+Indices are 0-based: index ``i`` holds β for step i+1 of Ho et al. 2020.
+All constants are computed in float64 (in fp16/fp32, 1 − ᾱ loses its digits where ᾱ ≈ 1)
+and cast to the caller's device/dtype on demand through :meth:`NoiseSchedule.to`.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ class NoiseSchedule:
         betas: β_t.
         alphas: α_t = 1 − β_t.
         alpha_bars: ᾱ_t = ∏_{s≤t} α_s.
-        alpha_bars_prev: ᾱ_{t−1}, with ᾱ_{−1} = 1 (the seed's ``alpha_bar[t-1]`` wraps to the
-            last index at t = 0; see DESIGN errata §7).
+        alpha_bars_prev: ᾱ_{t−1}, with ᾱ_{−1} = 1 (index t − 1 must not wrap to the last entry
+            at t = 0; docs/ERRATA.md, E2).
         sqrt_alpha_bars, sqrt_one_minus_alpha_bars: √ᾱ_t and √(1−ᾱ_t).
         posterior_variance: β̃_t = β_t (1−ᾱ_{t−1}) / (1−ᾱ_t); exactly 0 at t = 0.
         posterior_log_variance_clipped: log β̃_t with the t = 0 entry replaced by log β̃_1,
@@ -74,7 +74,7 @@ class NoiseSchedule:
     # ----------------------------------------------------------------- constructors
     @classmethod
     def linear(cls, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> NoiseSchedule:
-        """Ho et al.'s linear schedule (the seed's 1e-4 → 2e-2 for T = 1000)."""
+        """Ho et al. 2020's linear schedule (1e-4 → 2e-2 for T = 1000)."""
         _check_T(T)
         return cls(torch.linspace(beta_start, beta_end, T, dtype=torch.float64))
 
@@ -110,6 +110,10 @@ class NoiseSchedule:
 
     @cached_property
     def log_snr(self) -> Tensor:
+        """log SNR_t = log(ᾱ_t / (1−ᾱ_t)), float64 ``(T,)``, decreasing in t.
+
+        Half of it is λ_t = log(α_t/σ_t) of Lu et al. 2022 (DPM-Solver), with α_t = √ᾱ_t, σ_t = √(1−ᾱ_t).
+        """
         return torch.log(self.alpha_bars) - torch.log(self._one_minus_alpha_bars)
 
     def to(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
@@ -140,8 +144,7 @@ def extract(values: Tensor, t: Tensor, like: Tensor) -> Tensor:
     """Gather ``values[t]`` per sample, shaped ``(B, 1, …, 1)`` to broadcast against ``like``.
 
     The result is on ``like``'s device in float64 when ``like`` is float64, else float32.
-    This is the broadcast the seed's ``Diffusion.step`` misses on ``1 - alpha_bar[t]``
-    (DESIGN errata §7), which is why its sampler crashes with a batch.
+    Every per-t coefficient must be shaped like this, or sampling a batch fails (docs/ERRATA.md, E2).
     """
     dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
     out = values.to(device=like.device, dtype=dtype)[t.to(like.device)]

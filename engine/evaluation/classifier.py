@@ -8,16 +8,15 @@ engine/assets/digit_classifier.safetensors; scripts/train_digit_classifier.py re
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..assets import ASSET_DIR
+from ..io.atomic import save_safetensors_atomic
 
 WEIGHTS = ASSET_DIR / "digit_classifier.safetensors"
 
@@ -46,10 +45,8 @@ class DigitClassifier(nn.Module):
 
 def save_classifier(model: DigitClassifier, path: Path, facts: dict) -> None:
     """Write the weights and ``facts`` (JSON metadata) atomically: readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp),
-              metadata={"digit_classifier": json.dumps(facts)})
-    os.replace(tmp, path)
+    save_safetensors_atomic(path, {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                            {"digit_classifier": json.dumps(facts)})
 
 
 def load_classifier(path: Path = WEIGHTS, device: torch.device | str = "cpu") -> tuple[DigitClassifier, dict]:

@@ -15,7 +15,7 @@ Choices, documented once:
   image is below the ``copy_percentile``-th percentile of the held-out→train nearest distances.
   The default, 0, is the minimum: "closer to a training image than any unseen real image is".
   A model that generalizes like real data then scores ≈ 1/(held-out + 1) (≈ 0.2% on MNIST-5k),
-  so issue 6's "< 1% near-copies" separates it from one that reproduces training images. With a
+  so a bar such as "< 1 % near-copies" separates it from one that reproduces training images. With a
   percentile p, real unseen data scores ≈ p%. Distances are in [−1, 1] pixel units over C·H·W values.
 """
 
@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..diffusion.likelihood import bits_per_dim
-from ..io.images import to_uint8
+from ..io.images import from_uint8, to_uint8
 from ..io.modelfile import LoadedModel
 from ..sampling import SAMPLERS, SamplingPlan, sample_iter
 from ..training.datasets import ImageData, load_dataset
@@ -135,13 +135,7 @@ def memorization(samples: Tensor, train: Tensor, threshold: float) -> dict[str, 
 # ------------------------------------------------------------------------------ image helpers
 def quantize(x: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
     """``(N, C, H, W)`` → the same on the 8-bit grid (as a saved PNG holds it), float32 in ``value_range``."""
-    return from_uint8(to_uint8(x, value_range).permute(0, 3, 1, 2), value_range)
-
-
-def from_uint8(u: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
-    """uint8 ``(N, C, H, W)`` → float32 ``(N, C, H, W)`` in ``value_range``."""
-    lo, hi = value_range
-    return u.float() / 255.0 * (hi - lo) + lo
+    return from_uint8(to_uint8(x, value_range), value_range)
 
 
 class DigitMetrics:
@@ -281,7 +275,7 @@ def generate(loaded: LoadedModel, num_samples: int, sampler: str, steps: int | N
                 cache.store(plan.sampler, plan.K, key_eta, seed + b, u)
         elif bar is not None:
             bar.update(plan.K)
-        chunks.append(from_uint8(u, loaded.card.value_range))
+        chunks.append(from_uint8(u.permute(0, 2, 3, 1), loaded.card.value_range))  # the cache holds NCHW
     if bar is not None:
         bar.close()
     return torch.cat(chunks)
@@ -337,7 +331,8 @@ def evaluate_model(
 
     Returns a flat JSON-able dict; ``skipped`` lists metrics that did not apply, with the reason.
     """
-    _check_args(num_samples, sampler, steps, eta, batch_size, bpd_images, bpd_timesteps, loaded.diffusion.T)
+    check_eval_args(num_samples, sampler, steps, eta, batch_size, bpd_images, bpd_timesteps, copy_percentile,
+                    loaded.diffusion.T)
     if fid_weights is not None and not Path(fid_weights).is_file():
         raise MetricsError(f"--fid-weights: no such file {fid_weights} (a local InceptionV3 weights file; "
                            "nothing is downloaded)")
@@ -345,75 +340,130 @@ def evaluate_model(
     t0 = time.perf_counter()
     cache = SampleCache(cache_dir, loaded.path) if cache_dir is not None else None
     images = generate(loaded, num_samples, sampler, steps, eta, seed, batch_size, device, progress, cache)
-    plan_k = steps if steps is not None else loaded.diffusion.T
-    out: dict[str, Any] = {
-        "model": str(loaded.path), "dataset": loaded.card.data.get("dataset"), "samples": num_samples,
-        "sampler": sampler, "steps": plan_k, "eta": eta if sampler == "ddim" else 1.0, "seed": seed,
-        "batch_size": batch_size, "sampling_seconds": round(time.perf_counter() - t0, 2),
-    }
-    if cache is not None:
-        out.update(cache_dir=str(cache.root), batches_from_cache=cache.hits)
-    skipped: list[str] = []
-    is_digits = loaded.card.data.get("dataset") in DIGIT_DATASETS and loaded.sample_shape == (1, 28, 28)
+    out = _run_facts(loaded, num_samples, sampler, steps, eta, seed, batch_size, t0, cache)
     if isinstance(real, str):
-        skipped += [f"memorization: {real}", f"bits_per_dim: {real}"]
-        if is_digits or fid_weights:
-            skipped.append(f"{'digit metrics' if is_digits else 'fid'}: {real}")
-        return {**out, "skipped": skipped}
+        return {**out, "skipped": _skipped_without_data(loaded, real, fid_weights)}
     train, test = real
-    if is_digits:
-        if num_samples < 2:
-            skipped.append("digit metrics: FLD needs ≥ 2 samples")
-            out.update(memorization(images, train.images, copy_threshold(test.images, train.images, copy_percentile)))
-        else:
-            dm = DigitMetrics(device, copy_percentile=copy_percentile, train=train, test=test)
-            out.update(dm.evaluate(images))
-            ref = dm.reference()
-            out.update({k: ref.pop(k) for k in ("classifier_held_out_accuracy", "copy_threshold", "copy_percentile")})
-            out.update({f"real_{k}": v for k, v in ref.items()})
-    else:
-        skipped.append("digit metrics: only for 1x28x28 MNIST models")
-        thr = copy_threshold(test.images, train.images, copy_percentile)
-        out.update(memorization(images, train.images, thr))
-        out.update({"copy_threshold": thr, "copy_percentile": copy_percentile})
-    if fid_weights:
-        if num_samples < 2:
-            skipped.append("fid: needs ≥ 2 samples")
-        else:
-            out["fid"] = fid_from_local_weights(test.images, images, fid_weights, device, loaded.card.value_range)
-            out["fid_real_images"] = len(test)
-    else:
-        skipped.append("fid: no --fid-weights given")
-    if bpd_images:
-        # evenly spaced, not the first k: held-out files may be sorted by class (MNIST-5k is)
-        idx = torch.linspace(0, len(test) - 1, min(bpd_images, len(test))).round().long()
-        x = test.images[idx].to(device)
-        bpd = torch.cat([bits_per_dim(loaded.diffusion, loaded.net, x[i : i + batch_size], bpd_timesteps,
-                                      torch.Generator().manual_seed(seed + i))
-                         for i in range(0, x.shape[0], batch_size)])
-        out["bits_per_dim"] = float(bpd.mean())
-        # spread over images (and, for the estimate, over the drawn t): the figure's standard error
-        out["bits_per_dim_stderr"] = float(bpd.std() / math.sqrt(bpd.numel())) if bpd.numel() > 1 else None
-        out["bits_per_dim_images"] = int(x.shape[0])
-        out["bits_per_dim_timesteps"] = bpd_timesteps if bpd_timesteps is not None else "all"
-    else:
-        skipped.append("bits_per_dim: --bpd-images 0")
+    skipped: list[str] = []
+    for metrics, why in (
+        _quality_metrics(loaded, images, train, test, device, copy_percentile),
+        _fid_metrics(loaded, images, test, fid_weights, device),
+        _bpd_metrics(loaded, test, bpd_images, bpd_timesteps, batch_size, seed, device),
+    ):
+        out.update(metrics)
+        skipped += why
     out["eval_seconds"] = round(time.perf_counter() - t0, 2)
     out["skipped"] = skipped
     return out
 
 
-def _check_args(num_samples: int, sampler: str, steps: int | None, eta: float, batch_size: int, bpd_images: int,
-                bpd_timesteps: int | None, T: int) -> None:
-    """Raise :class:`MetricsError` naming the argument and its limit."""
+Metrics = tuple[dict[str, Any], list[str]]  # figures, and the reasons for those that were skipped
+
+
+def _is_digit_model(loaded: LoadedModel) -> bool:
+    return loaded.card.data.get("dataset") in DIGIT_DATASETS and loaded.sample_shape == (1, 28, 28)
+
+
+def _run_facts(loaded: LoadedModel, num_samples: int, sampler: str, steps: int | None, eta: float, seed: int,
+               batch_size: int, t0: float, cache: SampleCache | None) -> dict[str, Any]:
+    """What was sampled, how, and how long it took."""
+    out: dict[str, Any] = {
+        "model": str(loaded.path), "dataset": loaded.card.data.get("dataset"), "samples": num_samples,
+        "sampler": sampler, "steps": steps if steps is not None else loaded.diffusion.T,
+        "eta": eta if sampler == "ddim" else 1.0, "seed": seed,
+        "batch_size": batch_size, "sampling_seconds": round(time.perf_counter() - t0, 2),
+    }
+    if cache is not None:
+        out.update(cache_dir=str(cache.root), batches_from_cache=cache.hits)
+    return out
+
+
+def _skipped_without_data(loaded: LoadedModel, why: str, fid_weights: str | None) -> list[str]:
+    """Every metric that needs real images, each with the reason the data could not be had."""
+    skipped = [f"memorization: {why}", f"bits_per_dim: {why}"]
+    is_digits = _is_digit_model(loaded)
+    if is_digits or fid_weights:
+        skipped.append(f"{'digit metrics' if is_digits else 'fid'}: {why}")
+    return skipped
+
+
+def _quality_metrics(loaded: LoadedModel, images: Tensor, train: ImageData, test: ImageData,
+                     device: torch.device | str, copy_percentile: float) -> Metrics:
+    """The digit metrics with their real-data reference for digit models; memorization for every model."""
+    if not _is_digit_model(loaded):
+        thr = copy_threshold(test.images, train.images, copy_percentile)
+        return ({**memorization(images, train.images, thr), "copy_threshold": thr, "copy_percentile": copy_percentile},
+                ["digit metrics: only for 1x28x28 MNIST models"])
+    if images.shape[0] < 2:
+        thr = copy_threshold(test.images, train.images, copy_percentile)
+        return memorization(images, train.images, thr), ["digit metrics: FLD needs ≥ 2 samples"]
+    dm = DigitMetrics(device, copy_percentile=copy_percentile, train=train, test=test)
+    out = dm.evaluate(images)
+    ref = dm.reference()
+    out.update({k: ref.pop(k) for k in ("classifier_held_out_accuracy", "copy_threshold", "copy_percentile")})
+    out.update({f"real_{k}": v for k, v in ref.items()})
+    return out, []
+
+
+def _fid_metrics(loaded: LoadedModel, images: Tensor, test: ImageData, fid_weights: str | None,
+                 device: torch.device | str) -> Metrics:
+    """FID of the samples against the held-out images, when local Inception weights are given."""
+    if not fid_weights:
+        return {}, ["fid: no --fid-weights given"]
+    if images.shape[0] < 2:
+        return {}, ["fid: needs ≥ 2 samples"]
+    fid = fid_from_local_weights(test.images, images, fid_weights, device, loaded.card.value_range)
+    return {"fid": fid, "fid_real_images": len(test)}, []
+
+
+def _bpd_metrics(loaded: LoadedModel, test: ImageData, bpd_images: int, bpd_timesteps: int | None,
+                 batch_size: int, seed: int, device: torch.device | str) -> Metrics:
+    """Bits/dim on ``bpd_images`` held-out images; batch i's t are drawn with seed + i."""
+    if not bpd_images:
+        return {}, ["bits_per_dim: --bpd-images 0"]
+    # evenly spaced, not the first k: held-out files may be sorted by class (MNIST-5k is)
+    idx = torch.linspace(0, len(test) - 1, min(bpd_images, len(test))).round().long()
+    x = test.images[idx].to(device)
+    bpd = torch.cat([bits_per_dim(loaded.diffusion, loaded.net, x[i : i + batch_size], bpd_timesteps,
+                                  torch.Generator().manual_seed(seed + i))
+                     for i in range(0, x.shape[0], batch_size)])
+    return {
+        "bits_per_dim": float(bpd.mean()),
+        # spread over images (and, for the estimate, over the drawn t): the figure's standard error
+        "bits_per_dim_stderr": float(bpd.std() / math.sqrt(bpd.numel())) if bpd.numel() > 1 else None,
+        "bits_per_dim_images": int(x.shape[0]),
+        "bits_per_dim_timesteps": bpd_timesteps if bpd_timesteps is not None else "all",
+    }, []
+
+
+def check_eval_args(num_samples: int, sampler: str, steps: int | None, eta: float, batch_size: int,
+                    bpd_images: int, bpd_timesteps: int | None, copy_percentile: float = COPY_PERCENTILE,
+                    T: int | None = None, *, cli: bool = False) -> None:
+    """Raise :class:`MetricsError` naming the first argument out of range and its limit.
+
+    The Python API's ``steps`` and ``bpd_timesteps`` say "all" with None; with ``cli`` they are the
+    ``eval`` flags' integers, where 0 says "all", and the messages name the flags. ``T`` (the model's
+    step count) bounds ``steps`` when it is known.
+    """
+    def name(arg: str) -> str:
+        return "--" + arg.replace("_", "-") if cli else arg.replace("_", " ")
+
+    lo = 0 if cli else 1
+    all_t = " (0 = all T)" if cli else ""
+    if steps is None or T is None:
+        steps_ok, steps_limit = steps is None or steps >= lo, f"must be ≥ {lo}{all_t}"
+    else:
+        steps_ok, steps_limit = lo <= steps <= T, f"must lie in [{lo}, {T}]"
     checks: Sequence[tuple[bool, str]] = [
-        (num_samples >= 1, f"n must be ≥ 1, got {num_samples}"),
-        (sampler in SAMPLERS, f"sampler must be one of {SAMPLERS}, got {sampler!r}"),
-        (steps is None or 1 <= steps <= T, f"steps must lie in [1, {T}], got {steps}"),
-        (0.0 <= eta <= 1.0, f"eta must lie in [0, 1], got {eta}"),
-        (batch_size >= 1, f"batch size must be ≥ 1, got {batch_size}"),
-        (bpd_images >= 0, f"bpd images must be ≥ 0, got {bpd_images}"),
-        (bpd_timesteps is None or bpd_timesteps >= 1, f"bpd timesteps must be ≥ 1, got {bpd_timesteps}"),
+        (num_samples >= 1, f"{name('n')} must be ≥ 1, got {num_samples}"),
+        (sampler in SAMPLERS, f"{name('sampler')} must be one of {SAMPLERS}, got {sampler!r}"),
+        (steps_ok, f"{name('steps')} {steps_limit}, got {steps}"),
+        (0.0 <= eta <= 1.0, f"{name('eta')} must lie in [0, 1], got {eta}"),
+        (batch_size >= 1, f"{name('batch_size')} must be ≥ 1, got {batch_size}"),
+        (bpd_images >= 0, f"{name('bpd_images')} must be ≥ 0, got {bpd_images}"),
+        (bpd_timesteps is None or bpd_timesteps >= lo,
+         f"{name('bpd_timesteps')} must be ≥ {lo}{' (0 = exact sum)' if cli else ''}, got {bpd_timesteps}"),
+        (0.0 <= copy_percentile <= 100.0, f"{name('copy_percentile')} must lie in [0, 100], got {copy_percentile}"),
     ]
     for ok, msg in checks:
         if not ok:

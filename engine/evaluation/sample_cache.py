@@ -19,7 +19,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
-from ..io.modelfile import save_safetensors_atomic
+from ..io.atomic import save_safetensors_atomic
 
 
 def file_digest(path: str | os.PathLike, length: int = 16) -> str:

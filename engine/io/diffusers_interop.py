@@ -184,29 +184,24 @@ def _map_state_dict(net: nn.Module, levels: int, num_res_blocks: int) -> dict[st
     copy("time_mlp.0", "time_embedding.linear_1")
     copy("time_mlp.2", "time_embedding.linear_2")
     copy("conv_in", "conv_in")
-    i = 0
-    for level in range(levels):
-        for j in range(num_res_blocks):
-            res(f"down.{i}.0", f"down_blocks.{level}.resnets.{j}")
-            if f"down.{i}.1.qkv.weight" in sd:
-                attn(f"down.{i}.1", f"down_blocks.{level}.attentions.{j}")
-            i += 1
-        if level != levels - 1:
-            copy(f"down.{i}.0.conv", f"down_blocks.{level}.downsamplers.0.conv")
-            i += 1
+    def levels_of(ours: str, theirs: str, blocks_per_level: int, resampler: str) -> None:
+        """Our flat ``down.i``/``up.i`` list → diffusers' per-level resnets, attentions and resampler."""
+        i = 0
+        for level in range(levels):
+            for j in range(blocks_per_level):
+                res(f"{ours}.{i}.0", f"{theirs}.{level}.resnets.{j}")
+                if f"{ours}.{i}.1.qkv.weight" in sd:
+                    attn(f"{ours}.{i}.1", f"{theirs}.{level}.attentions.{j}")
+                i += 1
+            if level != levels - 1:
+                copy(f"{ours}.{i}.0.conv", f"{theirs}.{level}.{resampler}.0.conv")
+                i += 1
+
+    levels_of("down", "down_blocks", num_res_blocks, "downsamplers")
     res("mid.0", "mid_block.resnets.0")
     attn("mid.1", "mid_block.attentions.0")
     res("mid.2", "mid_block.resnets.1")
-    i = 0
-    for k in range(levels):
-        for j in range(num_res_blocks + 1):
-            res(f"up.{i}.0", f"up_blocks.{k}.resnets.{j}")
-            if f"up.{i}.1.qkv.weight" in sd:
-                attn(f"up.{i}.1", f"up_blocks.{k}.attentions.{j}")
-            i += 1
-        if k != levels - 1:
-            copy(f"up.{i}.0.conv", f"up_blocks.{k}.upsamplers.0.conv")
-            i += 1
+    levels_of("up", "up_blocks", num_res_blocks + 1, "upsamplers")
     copy("out.0", "conv_norm_out")
     copy("out.2", "conv_out")
     return out

@@ -1,4 +1,4 @@
-"""uint8 image batches → grids, PNG bytes and files."""
+"""Image conversion: float tensors ↔ uint8 batches, centre crops, grids, PNG bytes and files."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def to_pil(grid: np.ndarray) -> Image.Image:
 
 
 def png_bytes(grid: np.ndarray, compress_level: int = 1) -> bytes:
-    """PNG-encode a uint8 ``(H, W, C)`` array. Level 1 is ~5× faster than the default for frames."""
+    """PNG-encode a uint8 ``(H, W, C)`` array; level 1 trades a few bytes for much less encoding time."""
     buf = io.BytesIO()
     to_pil(grid).save(buf, format="PNG", compress_level=compress_level)
     return buf.getvalue()
@@ -72,7 +72,17 @@ def save_samples(path: str | os.PathLike, images: Tensor, nrow: int | None = Non
 
 
 def from_uint8(images: np.ndarray | Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
-    """uint8 ``(N, H, W, C)`` → float32 ``(N, C, H, W)`` in ``value_range``."""
-    t = torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    """uint8 ``(N, H, W, C)`` (the layout of :func:`to_uint8` and of PIL/NumPy images) → contiguous float32
+    ``(N, C, H, W)`` in ``value_range``. A caller holding ``(N, C, H, W)`` or grey ``(N, H, W)`` adapts its view."""
+    t = images if isinstance(images, Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    if t.dtype != torch.uint8 or t.ndim != 4:
+        raise ValueError(f"expected uint8 (N, H, W, C) images, got {t.dtype} {tuple(t.shape)}")
     lo, hi = value_range
-    return t * (hi - lo) + lo
+    return (t.permute(0, 3, 1, 2).float() / 255.0 * (hi - lo) + lo).contiguous()
+
+
+def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
+    """The largest centred square of ``img``, resized to ``size``×``size`` with bicubic filtering."""
+    s = min(img.size)
+    left, top = (img.width - s) // 2, (img.height - s) // 2
+    return img.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)

@@ -9,20 +9,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from ..assets import ASSET_DIR
 from ..diffusion.gaussian import PREDICTIONS, VARIANCES, GaussianDiffusion
 from ..diffusion.schedule import NoiseSchedule
-from ..models.unet import UNet, UNetConfig, build_model
+from ..models.unet import UNet, UNetConfig, build_model, count_parameters
+from .atomic import save_safetensors_atomic
 
 FORMAT = "ddpm-demo/1"
 META_KEY = "ddpm.config"
@@ -151,31 +150,13 @@ class LoadedModel:
 
     @property
     def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.net.parameters())
+        return count_parameters(self.net)
 
 
 def save_model_file(path: str | os.PathLike, net: nn.Module, card: ModelCard) -> Path:
     """Write ``net``'s weights and ``card`` atomically (temp file, fsync, rename)."""
     tensors = {k: v.detach().float().cpu().contiguous() for k, v in net.state_dict().items()}
     return save_safetensors_atomic(path, tensors, {META_KEY: card.to_json()})
-
-
-def save_safetensors_atomic(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
-                            metadata: dict[str, str] | None = None) -> Path:
-    """Write a safetensors file so that ``path`` is either the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 _PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")  # raw pickle protocol ≥ 2, or torch.save's zip
@@ -219,7 +200,7 @@ def load_safetensors_model(path: str | os.PathLike, device: torch.device | str =
     net.load_state_dict(tensors)
     net.to(device).eval().requires_grad_(False)
     if isinstance(net, UNet) and torch.device(device).type == "cpu":
-        net.use_channels_last()  # measured faster on CPU; GPUs keep NCHW until measured there
+        net.use_channels_last()  # NHWC convolutions are faster on CPU; GPUs keep NCHW
     return LoadedModel(net=net, diffusion=card.diffusion.build(), card=card, path=path)
 
 

@@ -1,1 +1,1 @@
-"""Noise-prediction networks: the DDPM UNet, its presets, and the seed's teaching UNet."""
+"""Noise-prediction networks: the DDPM UNet, its presets, and the tutorial's teaching UNet (docs/ERRATA.md)."""

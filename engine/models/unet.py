@@ -1,4 +1,4 @@
-"""The DDPM UNet (Ho et al. 2020), the seed's SimpleUNet, and named presets.
+"""The DDPM UNet (Ho et al. 2020), the tutorial's SimpleUNet (``arch: seed``), and named presets.
 
 Both networks map ``(x_t, t)`` with x_t ``(B, C_in, H, W)`` and t ``(B,)`` (0-based indices,
 long or float) to ``(B, C_out, H, W)``.
@@ -196,8 +196,7 @@ class UNet(nn.Module):
     def use_channels_last(self) -> UNet:
         """Keep the conv weights, and feed the inputs, in NHWC layout (in place; returns self).
 
-        On a 2-core CPU this made DDIM sampling 1.15× (batch 16) to 1.29× (batch 125) faster
-        (BENCHMARKS.md §6); the outputs agree with NCHW to float32 rounding.
+        CPU convolutions run faster in NHWC; the outputs agree with NCHW to float32 rounding.
         """
         self.to(memory_format=torch.channels_last)
         self.channels_last = True
@@ -242,7 +241,7 @@ class UNet(nn.Module):
 
 
 class SeedUNet(nn.Module):
-    """The seed's SimpleUNet (§7): two levels, plain additive time embedding, for teaching.
+    """The tutorial's SimpleUNet (docs/ERRATA.md): two levels, plain additive time embedding, for teaching.
 
     Kept faithful to the tutorial's shape (conv_in → down1 → pool → down2 → mid → up2 → ×2 → up1),
     with the channel counts taken from the config instead of hard-coded RGB.

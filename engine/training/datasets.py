@@ -2,24 +2,25 @@
 
 Every dataset yields float images ``(C, H, W)`` in [−1, 1] and an int label. Splits are seeded
 and fixed, so the held-out images never leak into training. Augmentation is chosen per dataset:
-horizontal flips for CIFAR-10 and image folders, never for digits (a flipped 2 is not a 2; the
-seed's §7.1 suggests flips for everything, see DESIGN errata).
+horizontal flips for CIFAR-10 and image folders, never for digits (a flipped 2 is not a 2;
+docs/ERRATA.md, E4).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..assets import ASSET_DIR
+from ..io.images import center_crop_resize, from_uint8
 
 DatasetName = Literal["mnist5k", "mnist", "fashion_mnist", "cifar10", "folder"]
-DATASETS: tuple[str, ...] = ("mnist5k", "mnist", "fashion_mnist", "cifar10", "folder")
+DATASETS: tuple[DatasetName, ...] = get_args(DatasetName)
 BUNDLED = ASSET_DIR / "mnist5k.npz"
 MNIST5K_HOLDOUT = 500  # images held out of training for evaluation (a seeded, fixed choice)
 _SPLIT_SEED = 20200619  # fixed: changing it would leak held-out images into training
@@ -44,9 +45,7 @@ class ImageData:
 
 def _to_float(images_uint8: np.ndarray) -> Tensor:
     """uint8 ``(N, H, W)`` or ``(N, H, W, C)`` → float32 ``(N, C, H, W)`` in [−1, 1]."""
-    x = torch.from_numpy(np.ascontiguousarray(images_uint8))
-    x = x[:, None] if x.ndim == 3 else x.permute(0, 3, 1, 2)
-    return x.float().div(127.5).sub(1.0).contiguous()
+    return from_uint8(images_uint8[..., None] if images_uint8.ndim == 3 else images_uint8, (-1.0, 1.0))
 
 
 def _split(n: int, holdout: int, split: str) -> np.ndarray:
@@ -128,10 +127,7 @@ def _load_folder(data_root: str | Path | None, size: int, split: str) -> ImageDa
     imgs = []
     for p in files:
         with Image.open(p) as im:
-            im = im.convert("RGB")
-            s = min(im.size)
-            left, top = (im.width - s) // 2, (im.height - s) // 2
-            imgs.append(np.asarray(im.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)))
+            imgs.append(np.asarray(center_crop_resize(im.convert("RGB"), size)))
     labels = np.array([classes.index(p.parent.name) for p in files])
     idx = _split(len(files), max(1, len(files) // 20), split)
     return ImageData("folder", _to_float(np.stack(imgs)[idx]), torch.from_numpy(labels[idx]).long(), hflip=True)

@@ -22,36 +22,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from ..io.atomic import atomic_write_text, fsync_dir, fsync_file
+
 
 class CheckpointError(OSError):
     """A checkpoint could not be written; the message names the cause and the last good checkpoint."""
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via temp file + fsync + rename."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _tensors(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -123,12 +98,12 @@ def _write_checkpoint(ckpt_root: Path, final: Path, model: dict[str, torch.Tenso
             save_file(_tensors(ema), tmp / "ema.safetensors")
         torch.save(state, tmp / "state.pt")
         for f in tmp.iterdir():
-            _fsync_file(f)
-        _fsync_dir(tmp)
+            fsync_file(f)
+        fsync_dir(tmp)
         if final.exists():  # a re-save of the same step after a resume: replace it whole
             _discard(final)
         os.replace(tmp, final)
-        _fsync_dir(ckpt_root)
+        fsync_dir(ckpt_root)
         atomic_write_text(ckpt_root / "latest", final.name + "\n")
     finally:
         if tmp.exists():

@@ -20,14 +20,16 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..devices import resolve_device
 from ..diffusion.losses import sample_timesteps, simple_loss
+from ..io.atomic import atomic_write_text
 from ..io.images import make_grid, to_pil, to_uint8
 from ..io.modelfile import ModelCard
 from ..models.unet import build_model
 from ..sampling import SamplingPlan, sample_iter
-from .config import TrainConfig
+from .config import TrainConfig, resume_changes
 from .datasets import EpochSampler, ImageData, load_dataset
-from .state import atomic_write_text, latest_checkpoint, load_checkpoint, save_checkpoint
+from .state import latest_checkpoint, load_checkpoint, save_checkpoint
 
 
 class TrainingDiverged(RuntimeError):
@@ -74,53 +76,21 @@ class RunResult:
     last_checkpoint: Path | None
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    model = getattr(model, "_orig_mod", model)  # torch.compile
-    return getattr(model, "module", model)  # DDP
-
-
-def _resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 class Trainer:
-    """Trains ``config`` into ``run_dir``; :meth:`run` resumes from the latest checkpoint if told."""
+    """Trains ``config`` into ``run_dir``; with ``resume`` it continues from the latest checkpoint.
+
+    The loop follows improved-diffusion's ``TrainLoop``: :meth:`run` calls :meth:`run_step` (a batch,
+    :meth:`forward_backward`, then :meth:`optimize` or a skipped step), :meth:`log_step` and :meth:`save`.
+    """
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> None:
         self.cfg, self.run_dir, self.progress = config, Path(run_dir), progress
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.device = _resolve_device(config.device)
-        if self.world > 1 and not dist.is_initialized():
-            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
-        if self.device.type == "cuda" and self.world > 1:
-            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        if config.batch_size % (self.world * config.grad_accum):
-            raise ValueError(f"batch_size {config.batch_size} must be divisible by world size × grad_accum "
-                             f"({self.world} × {config.grad_accum})")
-        self.is_main = self.rank == 0
-        self.data: ImageData = load_dataset(config.dataset, "train", config.data_root, config.download,
-                                            config.model.image_size)
-        if self.data.shape[0] != config.model.in_channels:
-            raise ValueError(f"dataset {config.dataset} has {self.data.shape[0]} channels, the model expects "
-                             f"{config.model.in_channels}")
+        self.config_changes = self._check_resumed_config() if resume else {}
+        self._setup_processes()
+        self.data: ImageData = self._load_data()
         self.diffusion = config.diffusion.build()
-        torch.manual_seed(config.seed)
-        self.model = build_model(config.model).to(self.device)
-        if config.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        if config.init_from and not resume:
-            self._init_weights(config.init_from)
-        # The EMA warmup exists to forget a random init; a fine-tuning run starts from good weights.
-        ema_warmup = config.ema_warmup and not config.init_from
-        self.ema = EMA(self.model, config.ema_decay, ema_warmup) if config.ema_decay else None
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=config.lr, betas=config.adam_betas,
-                                     weight_decay=config.weight_decay)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(config, s))
-        self.amp_dtype = self._amp_dtype()
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self._build_model(init_weights=not resume)
+        self._build_optimizer()
         self.gen = torch.Generator().manual_seed(config.seed)
         self.sampler = EpochSampler(len(self.data), config.batch_size, config.seed)
         self.step, self.images_seen, self.bad_steps, self.attempts = 0, 0, 0, 0
@@ -130,14 +100,75 @@ class Trainer:
             self._resume()
         elif self.is_main and (self.run_dir / "checkpoints").exists() and latest_checkpoint(self.run_dir):
             raise ValueError(f"{self.run_dir} already holds checkpoints; pass --resume or choose another --run-dir")
-        self.net: nn.Module = self.model
-        if self.world > 1:
-            self.net = nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        if config.compile:
-            self.net = torch.compile(self.net)
+        self.net = self._wrap_model()
 
-    # ------------------------------------------------------------------ setup helpers
+    # ------------------------------------------------------------------ setup
+    def _check_resumed_config(self) -> dict[str, list[Any]]:
+        """What this config changes in the run's saved one; refuses (ValueError) what a resume cannot change."""
+        path = self.run_dir / "config.json"
+        if not path.exists():
+            return {}
+        saved = TrainConfig.from_dict(json.loads(path.read_text()))
+        # Facts about where the run started, recorded when it did; never settings of this session.
+        self.cfg.init_steps, self.cfg.init_images_seen = saved.init_steps, saved.init_images_seen
+        return resume_changes(saved, self.cfg)
+
+    def _setup_processes(self) -> None:
+        """Rank, world size and device; joins the process group under torchrun."""
+        cfg = self.cfg
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.is_main = self.rank == 0
+        self.device = resolve_device(cfg.device)
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        if self.device.type == "cuda" and self.world > 1:
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if cfg.batch_size % (self.world * cfg.grad_accum):
+            raise ValueError(f"batch_size {cfg.batch_size} must be divisible by world size × grad_accum "
+                             f"({self.world} × {cfg.grad_accum})")
+
+    def _load_data(self) -> ImageData:
+        cfg = self.cfg
+        data = load_dataset(cfg.dataset, "train", cfg.data_root, cfg.download, cfg.model.image_size)
+        if data.shape[0] != cfg.model.in_channels:
+            raise ValueError(f"dataset {cfg.dataset} has {data.shape[0]} channels, the model expects "
+                             f"{cfg.model.in_channels}")
+        return data
+
+    def _build_model(self, init_weights: bool) -> None:
+        """The network (seeded), its starting weights and its EMA."""
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg.model).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.init_from and init_weights:
+            self._init_weights(cfg.init_from)
+        # The EMA warmup exists to forget a random init; a fine-tuning run starts from good weights.
+        ema_warmup = cfg.ema_warmup and not cfg.init_from
+        self.ema = EMA(self.model, cfg.ema_decay, ema_warmup) if cfg.ema_decay else None
+
+    def _build_optimizer(self) -> None:
+        """AdamW, the learning-rate schedule, and the loss scaler (on only for fp16)."""
+        cfg = self.cfg
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=cfg.adam_betas,
+                                     weight_decay=cfg.weight_decay)
+        # lr_factor reads self.cfg at each step, so a schedule changed on resume applies from then on.
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(self.cfg, s))
+        self.amp_dtype = self._amp_dtype()
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def _wrap_model(self) -> nn.Module:
+        """The module the steps call: the model, under DDP with several processes, compiled if asked."""
+        net: nn.Module = self.model
+        if self.world > 1:
+            net = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        if self.cfg.compile:
+            net = torch.compile(net)
+        return net
+
     def _amp_dtype(self) -> torch.dtype | None:
         amp = self.cfg.amp
         if self.device.type != "cuda" or amp == "off":
@@ -178,6 +209,7 @@ class Trainer:
             self.ema.updates = int(state["ema_updates"])
         self.opt.load_state_dict(state["optimizer"])
         self.sched.load_state_dict(state["lr_schedule"])
+        self._apply_lr_schedule()
         if "scaler" in state and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.gen.set_state(state["generator"])
@@ -188,6 +220,15 @@ class Trainer:
                                     int(state["data_epoch"]), int(state["data_cursor"]))
         self.step, self.images_seen = int(state["step"]), int(state["images_seen"])
         self.last_ckpt, self.last_ckpt_step = ckpt, self.step
+
+    def _apply_lr_schedule(self) -> None:
+        """Set the optimizer's rate from this config at the restored step, as LambdaLR computes it
+        (base × factor), so an lr or schedule changed on resume holds from the first step; when
+        nothing changed this is the very value the checkpoint holds."""
+        self.sched.base_lrs = [self.cfg.lr for _ in self.opt.param_groups]
+        for group in self.opt.param_groups:
+            group["initial_lr"] = self.cfg.lr
+            group["lr"] = self.cfg.lr * lr_factor(self.cfg, self.sched.last_epoch)
 
     # ------------------------------------------------------------------ one step
     def _batch(self) -> tuple[Tensor, Tensor, Tensor]:
@@ -203,9 +244,21 @@ class Trainer:
         sl = slice(self.rank * per, (self.rank + 1) * per)
         return x0[sl], t[sl], noise[sl]
 
-    def _train_step(self) -> dict[str, float]:
-        cfg = self.cfg
+    def run_step(self) -> dict[str, float]:
+        """One optimizer step on the next batch; a non-finite loss or gradient skips it (``skipped``)."""
         x0, t, noise = self._batch()
+        loss = self.forward_backward(x0, t, noise)
+        self.attempts += 1
+        self.scaler.unscale_(self.opt)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip or float("inf"))
+        if not self._all_finite(loss, grad_norm):
+            return self._skip_step()
+        return self.optimize(loss, grad_norm)
+
+    def forward_backward(self, x0: Tensor, t: Tensor, noise: Tensor) -> float:
+        """Accumulate the gradients of L_simple over ``grad_accum`` micro-batches; the batch's mean loss."""
+        cfg = self.cfg
         self.net.train()
         self.opt.zero_grad(set_to_none=True)
         micro = max(1, x0.shape[0] // cfg.grad_accum)
@@ -222,39 +275,45 @@ class Trainer:
                 loss = loss * float("nan")
             self.scaler.scale(loss / cfg.grad_accum).backward()
             total += loss.detach().float().item() / cfg.grad_accum
-        self.attempts += 1
-        self.scaler.unscale_(self.opt)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip else float("inf"))
-        finite = math.isfinite(total) and bool(torch.isfinite(grad_norm))
+        return total
+
+    def _all_finite(self, loss: float, grad_norm: Tensor) -> bool:
+        finite = math.isfinite(loss) and bool(torch.isfinite(grad_norm))
         if self.world > 1:  # every rank must agree to skip, or the replicas would diverge
             flag = torch.tensor([1.0 if finite else 0.0], device=self.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
             finite = bool(flag.item() == 1.0)
-        if not finite:
-            self.opt.zero_grad(set_to_none=True)
-            if self.scaler.is_enabled():
-                self.scaler.update()
-            self.bad_steps += 1
-            warnings.warn(f"step {self.step + 1}: non-finite loss or gradient; step skipped "
-                          f"({self.bad_steps}/{cfg.nan_patience} in a row)", RuntimeWarning, stacklevel=2)
-            if self.bad_steps >= cfg.nan_patience:
-                where = f"; last good checkpoint: {self.last_ckpt}" if self.last_ckpt else ""
-                raise TrainingDiverged(f"{self.bad_steps} consecutive non-finite steps at step {self.step + 1}; "
-                                       f"stopping (lower --lr or check the data){where}")
-            return {"loss": float("nan"), "grad_norm": float("nan"), "skipped": 1.0}
+        return finite
+
+    def _skip_step(self) -> dict[str, float]:
+        """Drop this step's gradients; stop with :class:`TrainingDiverged` after ``nan_patience`` in a row."""
+        self.opt.zero_grad(set_to_none=True)
+        if self.scaler.is_enabled():
+            self.scaler.update()
+        self.bad_steps += 1
+        patience = self.cfg.nan_patience
+        warnings.warn(f"step {self.step + 1}: non-finite loss or gradient; step skipped "
+                      f"({self.bad_steps}/{patience} in a row)", RuntimeWarning, stacklevel=3)
+        if self.bad_steps >= patience:
+            where = f"; last good checkpoint: {self.last_ckpt}" if self.last_ckpt else ""
+            raise TrainingDiverged(f"{self.bad_steps} consecutive non-finite steps at step {self.step + 1}; "
+                                   f"stopping (lower --lr or check the data){where}")
+        return {"loss": float("nan"), "grad_norm": float("nan"), "skipped": 1.0}
+
+    def optimize(self, loss: float, grad_norm: Tensor) -> dict[str, float]:
+        """Apply the step: optimizer, learning-rate schedule, EMA and counters."""
         self.bad_steps = 0
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
         decay = self.ema.update(self.model) if self.ema is not None else 0.0
         self.step += 1
-        self.images_seen += cfg.batch_size
-        return {"loss": total, "grad_norm": float(grad_norm), "ema_decay": decay}
+        self.images_seen += self.cfg.batch_size
+        return {"loss": loss, "grad_norm": float(grad_norm), "ema_decay": decay}
 
     # ------------------------------------------------------------------ outputs
     def sampling_weights(self) -> dict[str, Tensor]:
-        """EMA weights when the run keeps an EMA, else the raw weights (the seed's recipe)."""
+        """EMA weights when the run keeps an EMA, else the raw weights."""
         return self.ema.state_dict() if self.ema is not None else self.model.state_dict()
 
     def checkpoint(self) -> Path | None:
@@ -284,7 +343,7 @@ class Trainer:
 
     @torch.no_grad()
     def write_samples(self, n: int = 16) -> Path:
-        """A 4×4 grid from the sampling weights, and a strip of intermediate x_t (seed §8.9)."""
+        """A 4×4 grid from the sampling weights, and a strip of one sample's x_t from noise to image."""
         net = build_model(self.cfg.model).to(self.device)
         net.load_state_dict(self.sampling_weights())
         net.eval()
@@ -309,45 +368,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def run(self) -> RunResult:
+        """Train until ``max_steps`` or ``max_minutes``, then checkpoint (and sample) at the final step."""
         cfg = self.cfg
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        self._start_run()
         deadline = time.monotonic() + cfg.max_minutes * 60 if cfg.max_minutes else None
-        bar = None
-        if self.progress and self.is_main:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
-        t_last, seen_last, last_ckpt_time = time.perf_counter(), self.images_seen, time.monotonic()
+        bar = self._progress_bar()
         stopped_by = "max_steps"
         try:
             while self.step < cfg.max_steps:
                 if deadline is not None and self._agree(time.monotonic() >= deadline):
                     stopped_by = "max_minutes"
                     break
-                out = self._train_step()
+                out = self.run_step()
                 if out.get("skipped"):
                     continue
-                if bar is not None:
-                    bar.update(1)
-                    post = {"loss": f"{out['loss']:.4f}"}
-                    if deadline is not None:  # the step ETA is moot when time is the budget
-                        post["time_left"] = f"{max(0.0, deadline - time.monotonic()) / 60:.1f}min"
-                    bar.set_postfix(post)
-                if self.is_main and self.step % cfg.log_every == 0:
-                    now = time.perf_counter()
-                    ips = (self.images_seen - seen_last) / max(now - t_last, 1e-9)
-                    t_last, seen_last = now, self.images_seen
-                    self._log({"step": self.step, "loss": out["loss"], "lr": self.sched.get_last_lr()[0],
-                               "grad_norm": out["grad_norm"], "img_per_s": round(ips, 2),
-                               "ema_decay": out["ema_decay"], "images_seen": self.images_seen})
-                timed = time.monotonic() - last_ckpt_time > cfg.ckpt_minutes * 60
-                if self.step % cfg.ckpt_every == 0 or self._agree(timed):
-                    self.checkpoint()
-                    last_ckpt_time = time.monotonic()
-                if self.is_main and cfg.sample_every and self.step % cfg.sample_every == 0:
-                    self.write_samples()
+                _show_step(bar, out, deadline)
+                self.log_step(out)
+                self.save()
         finally:
             if bar is not None:
                 bar.close()
@@ -357,6 +394,45 @@ class Trainer:
             self.write_samples()
         return RunResult(self.step, self.images_seen, stopped_by, self.last_ckpt)
 
+    def _start_run(self) -> None:
+        """Write config.json (and a ``config_change`` row for what a resume changed); start the clocks."""
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.json", json.dumps(self.cfg.to_dict(), indent=2) + "\n")
+            if self.config_changes:
+                self._log({"event": "config_change", "step": self.step, "changes": self.config_changes})
+        self._rate_mark = (time.perf_counter(), self.images_seen)
+        self._ckpt_time = time.monotonic()
+
+    def _progress_bar(self) -> Any:
+        if not (self.progress and self.is_main):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=self.cfg.max_steps, initial=self.step, desc="train", unit="step", dynamic_ncols=True)
+
+    def log_step(self, out: dict[str, float]) -> None:
+        """A metrics.jsonl row every ``log_every`` steps, with the images/s since the last row."""
+        if not (self.is_main and self.step % self.cfg.log_every == 0):
+            return
+        now = time.perf_counter()
+        t_last, seen_last = self._rate_mark
+        ips = (self.images_seen - seen_last) / max(now - t_last, 1e-9)
+        self._rate_mark = (now, self.images_seen)
+        self._log({"step": self.step, "loss": out["loss"], "lr": self.sched.get_last_lr()[0],
+                   "grad_norm": out["grad_norm"], "img_per_s": round(ips, 2),
+                   "ema_decay": out["ema_decay"], "images_seen": self.images_seen})
+
+    def save(self) -> None:
+        """A checkpoint every ``ckpt_every`` steps or ``ckpt_minutes``; a sample grid every ``sample_every``."""
+        cfg = self.cfg
+        timed = time.monotonic() - self._ckpt_time > cfg.ckpt_minutes * 60
+        if self.step % cfg.ckpt_every == 0 or self._agree(timed):
+            self.checkpoint()
+            self._ckpt_time = time.monotonic()
+        if self.is_main and cfg.sample_every and self.step % cfg.sample_every == 0:
+            self.write_samples()
+
     def _agree(self, flag: bool) -> bool:
         """All ranks take time-based decisions together (rank 0's clock decides)."""
         if self.world == 1:
@@ -364,6 +440,17 @@ class Trainer:
         t = torch.tensor([1.0 if flag else 0.0], device=self.device)
         dist.broadcast(t, src=0)
         return bool(t.item())
+
+
+def _show_step(bar: Any, out: dict[str, float], deadline: float | None) -> None:
+    """The step's loss on the progress bar, and the time left when minutes are the budget."""
+    if bar is None:
+        return
+    bar.update(1)
+    post = {"loss": f"{out['loss']:.4f}"}
+    if deadline is not None:  # the step ETA is moot when time is the budget
+        post["time_left"] = f"{max(0.0, deadline - time.monotonic()) / 60:.1f}min"
+    bar.set_postfix(post)
 
 
 def lr_factor(config: TrainConfig, step: int) -> float:
