@@ -242,11 +242,11 @@ def test_evaluate_model_on_a_non_digit_size_skips_digit_metrics(tmp_path, monkey
     from engine.training.datasets import load_dataset
 
     m = load_model_file(_tiny(tmp_path / "t.safetensors", 8))
-    out = evaluate_model(m, 6, "ddpm", 3, 0.0, 0, 4, "cpu", bpd_images=3, bpd_timesteps=2, progress=False)
+    out = evaluate_model(m, 6, "ddpm", 3, None, 0, 4, "cpu", bpd_images=3, bpd_timesteps=2, progress=False)
     assert "fld" not in out and any(s.startswith("digit metrics") for s in out["skipped"])
     # the figures are those of the samples it drew, against the model's data at the model's size
     train, test = load_dataset("mnist5k", "train", image_size=8), load_dataset("mnist5k", "test", image_size=8)
-    drawn = generate(m, 6, "ddpm", 3, 0.0, seed=0, batch_size=4, device="cpu", progress=False)
+    drawn = generate(m, 6, "ddpm", 3, None, seed=0, batch_size=4, device="cpu", progress=False)
     thr = copy_threshold(test.images, train.images)
     expected = metrics.memorization(drawn, train.images, thr)
     assert {k: out[k] for k in expected} == expected and out["copy_threshold"] == thr
@@ -259,10 +259,10 @@ def test_evaluate_model_on_a_non_digit_size_skips_digit_metrics(tmp_path, monkey
     json.dumps(out)
     # known answers: training images are all near-copies at distance 0; held-out ones none
     monkeypatch.setattr(metrics, "generate", lambda *a, **k: train.images[:6])
-    copies = evaluate_model(m, 6, "ddpm", 3, 0.0, 0, 4, "cpu", bpd_images=0, progress=False)
+    copies = evaluate_model(m, 6, "ddpm", 3, None, 0, 4, "cpu", bpd_images=0, progress=False)
     assert copies["near_copy_share"] == 1.0 and copies["nn_distance_min"] == 0.0
     monkeypatch.setattr(metrics, "generate", lambda *a, **k: test.images[:6])
-    unseen = evaluate_model(m, 6, "ddpm", 3, 0.0, 0, 4, "cpu", bpd_images=0, progress=False)
+    unseen = evaluate_model(m, 6, "ddpm", 3, None, 0, 4, "cpu", bpd_images=0, progress=False)
     assert unseen["near_copy_share"] == 0.0 and unseen["nn_distance_min"] >= thr
     with pytest.raises(MetricsError, match="steps must lie in \\[1, 40\\]"):
         evaluate_model(m, 6, "ddpm", 41, progress=False)
@@ -278,7 +278,8 @@ def _eval(*args: str) -> subprocess.CompletedProcess:
 def test_eval_cli_prints_json_with_every_metric(tmp_path):
     model = _tiny(tmp_path / "m.safetensors", 28)
     out_file = tmp_path / "metrics.json"
-    r = _eval("--model", str(model), "--n", "12", "--steps", "3", "--batch-size", "8", "--bpd-images", "4",
+    r = _eval("--model", str(model), "--n", "12", "--sampler", "ddim", "--steps", "3", "--batch-size", "8",
+              "--bpd-images", "4",
               "--bpd-timesteps", "2", "--device", "cpu", "--out", str(out_file), "--cache-dir", str(tmp_path / "c"))
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)  # stdout is exactly the JSON; progress goes to stderr
@@ -294,7 +295,7 @@ def test_eval_cli_prints_json_with_every_metric(tmp_path):
     from engine.evaluation.sample_cache import SampleCache
 
     cache = SampleCache(tmp_path / "c", model)
-    drawn = torch.cat([cache.load("ddim", 3, 0.0, seed, (n, 1, 28, 28)) for seed, n in ((0, 8), (1, 4))])
+    drawn = torch.cat([cache.load("ddim3-eta0", seed, (n, 1, 28, 28)) for seed, n in ((0, 8), (1, 4))])
     digits = DigitMetrics()
     expected = digits.evaluate(from_uint8(drawn.permute(0, 2, 3, 1)))
     for key in ("confident_share", "class_entropy", "near_copy_share"):

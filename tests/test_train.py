@@ -208,8 +208,9 @@ def test_init_from_starts_at_the_model_file_and_records_it(tmp_path):
     assert rec["init_from"] == "a.safetensors" and rec["init_steps"] == 4 and rec["steps"] == 3
     assert load_model_file(tmp_path / "b.safetensors").num_parameters == sum(v.numel() for v in ema.values())
     from app.main import model_info
+    from app.settings import Settings
 
-    info = model_info(load_model_file(tmp_path / "b.safetensors"), torch.device("cpu"), 8)
+    info = model_info(load_model_file(tmp_path / "b.safetensors"), torch.device("cpu"), Settings(max_batch=8))
     assert (info["steps"], info["images_seen"]) == (4 + 3, 64 + 3 * cfg.batch_size)  # the page shows the history
 
     again = preset_train_config("tiny", max_steps=2, init_from=str(tmp_path / "b.safetensors"), sample_every=0)

@@ -18,7 +18,7 @@ import torch
 from ..devices import resolve_device
 from ..diffusion.gaussian import GaussianDiffusion
 from ..io.modelfile import ModelFileError
-from ..sampling import Conditioning, SamplingPlan
+from ..sampling import DEFAULT_GUIDANCE, Conditioning, LabelSpec, SamplingPlan
 
 Handler = Callable[[argparse.Namespace], int | None]
 
@@ -28,7 +28,7 @@ class UserError(Exception):
 
 
 # ------------------------------------------------------------------------------- sampling options
-def add_sampling_args(p: argparse.ArgumentParser) -> None:
+def add_sampling_args(p: argparse.ArgumentParser, label_each: bool = True) -> None:
     """The sampler options ``sample`` and ``eval`` share; left out, each takes the server's default."""
     from ..sampling import SAMPLER_INFO, SAMPLERS, SPACINGS
 
@@ -39,9 +39,11 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eta", type=float, default=None,
                    help="ddim and dpmpp_2m_sde only, in [0, 1] (default: ddim 0, dpmpp_2m_sde 1)")
     p.add_argument("--label", default=None,
-                   help="class-conditional models: a class, 'any' (drawn from the seed) or 'none' (default: any)")
+                   help="class-conditional models: a class, 'any' (drawn from the seed), 'none' (unconditional)"
+                        + (" or 'each' (classes 0, 1, … in turn)" if label_each else "") + "; default any")
     p.add_argument("--guidance", type=float, default=None,
-                   help="classifier-free guidance scale s: eps_u + s(eps_c - eps_u); 1 = conditional (default 1)")
+                   help=f"classifier-free guidance scale s: eps_u + s(eps_c - eps_u); 1 = plain conditional, "
+                        f"0 = unconditional (default {DEFAULT_GUIDANCE:g})")
 
 
 def plan_from_args(args: argparse.Namespace, diffusion: GaussianDiffusion) -> SamplingPlan:
@@ -58,24 +60,32 @@ def plan_from_args(args: argparse.Namespace, diffusion: GaussianDiffusion) -> Sa
         raise UserError(f"--{e}") from None
 
 
-def cond_from_args(args: argparse.Namespace, num_classes: int, n: int, gen: torch.Generator) -> Conditioning | None:
-    """Labels and guidance for a class-conditional model; drawn from ``gen`` before x_T, as the server does."""
-    from ..sampling import Conditioning, resolve_labels
-
+def labels_from_args(args: argparse.Namespace, num_classes: int) -> tuple[LabelSpec, float]:
+    """``--label`` and ``--guidance`` checked against the model: (a class, "any", "each" or None, the scale)."""
     if not num_classes:
         if args.label is not None or args.guidance is not None:
             raise UserError("--label/--guidance: this model is unconditional")
-        return None
-    spec = args.label if args.label is not None else "any"
-    label = None if spec == "none" else spec if spec == "any" else _int_label(spec)
-    try:
-        labels = resolve_labels(label, n, num_classes, gen)
-    except ValueError as e:
-        raise UserError(f"--label: {e}") from None
-    guidance = 1.0 if args.guidance is None else args.guidance
+        return None, 1.0
+    spec = "any" if args.label is None else args.label
+    label: LabelSpec = spec if spec in ("any", "each") else None if spec == "none" else _int_label(spec)
+    if isinstance(label, int) and not 0 <= label < num_classes:
+        raise UserError(f"--label must lie in [0, {num_classes - 1}], 'any', 'each' or 'none', got {label}")
+    guidance = DEFAULT_GUIDANCE if args.guidance is None else args.guidance
     if not 0.0 <= guidance <= 20.0:
         raise UserError(f"--guidance must lie in [0, 20], got {guidance}")
-    return Conditioning.of(labels, guidance, num_classes)
+    return label, guidance
+
+
+def cond_from_args(args: argparse.Namespace, num_classes: int, n: int, gen: torch.Generator) -> Conditioning | None:
+    """Labels and guidance for a class-conditional model; drawn from ``gen`` before x_T, as the server does."""
+    from ..sampling import resolve_labels
+
+    spec, guidance = labels_from_args(args, num_classes)
+    if not num_classes:
+        return None
+    if spec == "each":
+        spec = [i % num_classes for i in range(n)]
+    return Conditioning.of(resolve_labels(spec, n, num_classes, gen), guidance, num_classes)
 
 
 def _int_label(spec: str) -> int:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from . import add_sampling_args
+
     p = sub.add_parser("eval", help="sample and print quality metrics as JSON (FLD, confidence, entropy, "
                                     "memorization, bits/dim, FID with local weights)")
     p.add_argument("--model", default=None, help="model file (.safetensors); default: the bundled MNIST model")
     p.add_argument("--n", type=int, default=1000, help="samples to draw (default 1000)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim", help="default ddim")
-    p.add_argument("--steps", type=int, default=50, help="reverse steps (default 50; 0 = all T)")
-    p.add_argument("--eta", type=float, default=0.0, help="DDIM eta in [0, 1] (default 0)")
+    add_sampling_args(p)
     p.add_argument("--seed", type=int, default=0, help="batch i uses seed+i, like `sample --seed`")
     p.add_argument("--batch-size", type=int, default=250, help="images per sampling job (default 250)")
     p.add_argument("--device", default="auto")
@@ -43,11 +43,13 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..evaluation.metrics import check_eval_args, evaluate_model
     from ..io.loader import load_model_file
-    from . import UserError
+    from ..sampling import choose, steps_limit
+    from . import UserError, labels_from_args, plan_from_args
 
     # MetricsError is a ValueError: the dispatcher prints it as one line and exits with status 2.
-    limits = (args.n, args.sampler, args.steps, args.eta, args.batch_size, args.bpd_images, args.bpd_timesteps,
-              args.copy_percentile)
+    choice = choose(args.sampler, args.steps, args.spacing, args.eta)
+    limits = (args.n, choice.sampler, choice.steps, choice.eta, args.batch_size, args.bpd_images,
+              args.bpd_timesteps, args.copy_percentile)
     check_eval_args(*limits, cli=True)  # before the model loads, so a typo fails at once
     if args.out and not Path(args.out).parent.is_dir():
         raise UserError(f"--out: folder {Path(args.out).parent} does not exist")
@@ -56,9 +58,14 @@ def run_eval(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     m = load_model_file(args.model, device)
     check_eval_args(*limits, T=m.diffusion.T, cli=True)
-    res = evaluate_model(m, args.n, args.sampler, args.steps or None, args.eta, args.seed, args.batch_size, device,
+    if args.steps == 0:  # eval's "all T"
+        args.steps = steps_limit(m.diffusion, choice.sampler)
+    plan = plan_from_args(args, m.diffusion)  # the server's defaults for what the flags leave out
+    labels, guidance = labels_from_args(args, m.num_classes)
+    res = evaluate_model(m, args.n, plan.sampler, plan.K, plan.eta, args.seed, args.batch_size, device,
                          args.bpd_images, args.bpd_timesteps or None, data_root=args.data_root,
-                         fid_weights=args.fid_weights, copy_percentile=args.copy_percentile, cache_dir=args.cache_dir)
+                         fid_weights=args.fid_weights, copy_percentile=args.copy_percentile, cache_dir=args.cache_dir,
+                         spacing=plan.spacing, labels=labels, guidance=guidance)
     text = json.dumps(res, indent=2)
     print(text)
     if args.out:

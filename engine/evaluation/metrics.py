@@ -34,7 +34,16 @@ from torch import Tensor
 from ..diffusion.likelihood import bits_per_dim
 from ..io.images import from_uint8, to_uint8
 from ..io.modelfile import LoadedModel
-from ..sampling import SAMPLERS, SamplingPlan, sample_iter
+from ..sampling import (
+    DEFAULT_SPACING,
+    SAMPLERS,
+    Conditioning,
+    LabelSpec,
+    SamplingPlan,
+    Spacing,
+    resolve_labels,
+    sample_iter,
+)
 from ..training.datasets import ImageData, load_dataset
 from .classifier import DigitClassifier, load_classifier
 from .sample_cache import SampleCache
@@ -107,6 +116,14 @@ def confident_share(probs: Tensor, threshold: float = CONFIDENCE) -> float:
 
 
 # ------------------------------------------------------------------------------ memorization
+def class_accuracy(images: Tensor, asked: Tensor, num_classes: int, device: torch.device | str = "cpu") -> float:
+    """The share of digits whose most probable class is the one asked for (rows asking no class are skipped)."""
+    clf, _ = load_classifier(device=device)
+    _, probs = classify(clf, images)
+    keep = asked < num_classes
+    return float((probs.argmax(1).cpu()[keep] == asked[keep]).double().mean())
+
+
 def nearest_distances(samples: Tensor, train: Tensor, batch: int = 256) -> Tensor:
     """Pixel-space L2 distance ``(N,)`` from each of ``samples (N, ...)`` to its nearest row of ``train (M, ...)``."""
     tr = train.flatten(1).double()
@@ -240,18 +257,20 @@ def fid_from_local_weights(real: Tensor, fake: Tensor, weights_path: str | Path,
 
 
 # ------------------------------------------------------------------------------ the whole evaluation
-def generate(loaded: LoadedModel, num_samples: int, sampler: str, steps: int | None, eta: float, seed: int,
+def generate(loaded: LoadedModel, num_samples: int, sampler: str, steps: int | None, eta: float | None, seed: int,
              batch_size: int, device: torch.device | str, progress: bool = True,
-             cache: SampleCache | None = None) -> Tensor:
+             cache: SampleCache | None = None, spacing: Spacing = DEFAULT_SPACING, labels: LabelSpec = None,
+             guidance: float = 1.0) -> Tensor:
     """``num_samples`` images ``(N, C, H, W)`` on the 8-bit grid, on the CPU.
 
-    Batch i is a job with seed ``seed + i``: its x_T and per-step noise come from its own CPU
-    generator, so it equals ``ddpm sample --n <its size> --seed <seed + i>`` with the same sampler.
-    With a ``cache``, each finished batch is stored there and a batch already stored is read back
-    instead of drawn again (a killed evaluation resumes batch by batch).
+    Batch i is a job with seed ``seed + i``: its labels, x_T and per-step noise come from its own CPU
+    generator, so it equals ``ddpm sample --n <its size> --seed <seed + i>`` with the same options.
+    ``labels="each"`` asks for classes 0, 1, … in turn. With a ``cache``, each finished batch is stored
+    there and a batch already stored is read back instead of drawn again (a killed evaluation resumes).
     """
-    plan = SamplingPlan.build(loaded.diffusion, sampler, steps, eta)  # type: ignore[arg-type]
-    key_eta = eta if plan.sampler == "ddim" else 1.0
+    plan = SamplingPlan.build(loaded.diffusion, sampler, steps, eta, spacing=spacing)  # type: ignore[arg-type]
+    classes = loaded.num_classes
+    tag = _cache_tag(plan, labels if classes else None, guidance)
     sizes = [min(batch_size, num_samples - i) for i in range(0, num_samples, batch_size)]
     bar = None
     if progress:
@@ -262,23 +281,50 @@ def generate(loaded: LoadedModel, num_samples: int, sampler: str, steps: int | N
     chunks = []
     for b, n in enumerate(sizes):
         shape = (n, *loaded.sample_shape)
-        u = cache.load(plan.sampler, plan.K, key_eta, seed + b, shape) if cache is not None else None
+        gen = torch.Generator().manual_seed(seed + b)
+        cond = None
+        if classes:
+            cond = Conditioning.of(_batch_labels(labels, sum(sizes[:b]), n, classes, gen), guidance, classes)
+        u = cache.load(tag, seed + b, shape) if cache is not None else None
         if u is None:
-            gen = torch.Generator().manual_seed(seed + b)
             last = None
-            for last in sample_iter(loaded.net, loaded.diffusion, plan, shape, gen, device):  # noqa: B007
+            for last in sample_iter(loaded.net, loaded.diffusion, plan, shape, gen, device, cond=cond):  # noqa: B007
                 if bar is not None:
                     bar.update(1)
             assert last is not None
             u = to_uint8(last.x_t, loaded.card.value_range).permute(0, 3, 1, 2).contiguous()
             if cache is not None:
-                cache.store(plan.sampler, plan.K, key_eta, seed + b, u)
+                cache.store(tag, seed + b, u)
         elif bar is not None:
             bar.update(plan.K)
         chunks.append(from_uint8(u.permute(0, 2, 3, 1), loaded.card.value_range))  # the cache holds NCHW
     if bar is not None:
         bar.close()
     return torch.cat(chunks)
+
+
+def _batch_labels(labels: LabelSpec, start: int, n: int, classes: int, gen: torch.Generator) -> Tensor:
+    """Batch labels, drawn first from the batch's generator (as ``ddpm sample`` does); "each" cycles the classes."""
+    spec = [(start + i) % classes for i in range(n)] if labels == "each" else labels
+    return resolve_labels(spec, n, classes, gen)
+
+
+def requested_labels(loaded: LoadedModel, num_samples: int, seed: int, batch_size: int, labels: LabelSpec) -> Tensor:
+    """The labels :func:`generate` asked for, ``(N,)``, re-derived from the batches' seeds (drawn first)."""
+    sizes = [min(batch_size, num_samples - i) for i in range(0, num_samples, batch_size)]
+    return torch.cat([_batch_labels(labels, sum(sizes[:b]), n, loaded.num_classes,
+                                    torch.Generator().manual_seed(seed + b)) for b, n in enumerate(sizes)])
+
+
+def _cache_tag(plan: SamplingPlan, labels: LabelSpec, guidance: float) -> str:
+    """What a cached batch was drawn with, besides the model, seed and size."""
+    eta = plan.eta if plan.eta is not None else 1.0
+    tag = f"{plan.sampler}{plan.K}-eta{eta:g}"
+    if plan.spacing != DEFAULT_SPACING:
+        tag += f"-{plan.spacing}"
+    if labels is not None:
+        tag += f"-labels{labels if isinstance(labels, int | str) else hash(tuple(labels))}-g{guidance:g}"
+    return tag
 
 
 def _real_data(loaded: LoadedModel, data_root: str | None) -> tuple[ImageData, ImageData] | str:
@@ -304,7 +350,7 @@ def evaluate_model(
     num_samples: int = 1000,
     sampler: str = "ddim",
     steps: int | None = 50,
-    eta: float = 0.0,
+    eta: float | None = None,
     seed: int = 0,
     batch_size: int = 250,
     device: torch.device | str = "cpu",
@@ -316,6 +362,9 @@ def evaluate_model(
     copy_percentile: float = COPY_PERCENTILE,
     progress: bool = True,
     cache_dir: str | Path | None = None,
+    spacing: Spacing = DEFAULT_SPACING,
+    labels: LabelSpec = None,
+    guidance: float = 1.0,
 ) -> dict[str, Any]:
     """Sample ``num_samples`` images and compute every metric that applies to the model's data.
 
@@ -325,6 +374,10 @@ def evaluate_model(
       and bits/dim on ``bpd_images`` held-out images (``bpd_timesteps=None``: the exact T-term sum;
       an int: the unbiased estimate with that many t per image; ``bpd_images=0`` skips it).
     - FID when ``fid_weights`` is a local InceptionV3 weights file.
+
+    A class-conditional model samples with ``labels`` (a class, ``"any"``, ``"each"``, None for no label)
+    and ``guidance``; when classes were asked for, ``class_accuracy`` is the share of digits the
+    classifier puts in the requested class.
 
     ``cache_dir`` keeps each finished sampling batch on disk (see :mod:`engine.evaluation.sample_cache`), so
     the same call after an interruption draws only the missing batches.
@@ -339,8 +392,15 @@ def evaluate_model(
     real = _real_data(loaded, data_root)  # before sampling, so a data problem shows at once
     t0 = time.perf_counter()
     cache = SampleCache(cache_dir, loaded.path) if cache_dir is not None else None
-    images = generate(loaded, num_samples, sampler, steps, eta, seed, batch_size, device, progress, cache)
+    images = generate(loaded, num_samples, sampler, steps, eta, seed, batch_size, device, progress, cache,
+                      spacing, labels, guidance)
     out = _run_facts(loaded, num_samples, sampler, steps, eta, seed, batch_size, t0, cache)
+    out.update(spacing=spacing)
+    if loaded.num_classes:
+        out.update(labels=labels, guidance=guidance)
+        asked = requested_labels(loaded, num_samples, seed, batch_size, labels)
+        if _is_digit_model(loaded) and bool((asked < loaded.num_classes).any()):
+            out["class_accuracy"] = class_accuracy(images, asked, loaded.num_classes, device)
     if isinstance(real, str):
         return {**out, "skipped": _skipped_without_data(loaded, real, fid_weights)}
     train, test = real
@@ -364,13 +424,13 @@ def _is_digit_model(loaded: LoadedModel) -> bool:
     return loaded.card.data.get("dataset") in DIGIT_DATASETS and loaded.sample_shape == (1, 28, 28)
 
 
-def _run_facts(loaded: LoadedModel, num_samples: int, sampler: str, steps: int | None, eta: float, seed: int,
+def _run_facts(loaded: LoadedModel, num_samples: int, sampler: str, steps: int | None, eta: float | None, seed: int,
                batch_size: int, t0: float, cache: SampleCache | None) -> dict[str, Any]:
     """What was sampled, how, and how long it took."""
     out: dict[str, Any] = {
         "model": str(loaded.path), "dataset": loaded.card.data.get("dataset"), "samples": num_samples,
         "sampler": sampler, "steps": steps if steps is not None else loaded.diffusion.T,
-        "eta": eta if sampler == "ddim" else 1.0, "seed": seed,
+        "eta": eta, "seed": seed,
         "batch_size": batch_size, "sampling_seconds": round(time.perf_counter() - t0, 2),
     }
     if cache is not None:
@@ -436,7 +496,7 @@ def _bpd_metrics(loaded: LoadedModel, test: ImageData, bpd_images: int, bpd_time
     }, []
 
 
-def check_eval_args(num_samples: int, sampler: str, steps: int | None, eta: float, batch_size: int,
+def check_eval_args(num_samples: int, sampler: str, steps: int | None, eta: float | None, batch_size: int,
                     bpd_images: int, bpd_timesteps: int | None, copy_percentile: float = COPY_PERCENTILE,
                     T: int | None = None, *, cli: bool = False) -> None:
     """Raise :class:`MetricsError` naming the first argument out of range and its limit.
@@ -458,7 +518,7 @@ def check_eval_args(num_samples: int, sampler: str, steps: int | None, eta: floa
         (num_samples >= 1, f"{name('n')} must be ≥ 1, got {num_samples}"),
         (sampler in SAMPLERS, f"{name('sampler')} must be one of {SAMPLERS}, got {sampler!r}"),
         (steps_ok, f"{name('steps')} {steps_limit}, got {steps}"),
-        (0.0 <= eta <= 1.0, f"{name('eta')} must lie in [0, 1], got {eta}"),
+        (eta is None or 0.0 <= eta <= 1.0, f"{name('eta')} must lie in [0, 1], got {eta}"),
         (batch_size >= 1, f"{name('batch_size')} must be ≥ 1, got {batch_size}"),
         (bpd_images >= 0, f"{name('bpd_images')} must be ≥ 0, got {bpd_images}"),
         (bpd_timesteps is None or bpd_timesteps >= lo,

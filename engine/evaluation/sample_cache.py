@@ -46,12 +46,13 @@ class SampleCache:
         self.model_digest = file_digest(model_path)
         self.hits = 0  # batches read back instead of drawn, for the caller's report
 
-    def path(self, sampler: str, steps: int, eta: float, seed: int, n: int) -> Path:
-        return self.root / f"{self.model_digest}-{sampler}{steps}-eta{eta:g}-seed{seed}-n{n}.safetensors"
+    def path(self, tag: str, seed: int, n: int) -> Path:
+        """``tag`` names how the batch was drawn (sampler, steps, η, …; see ``metrics.generate``)."""
+        return self.root / f"{self.model_digest}-{tag}-seed{seed}-n{n}.safetensors"
 
-    def load(self, sampler: str, steps: int, eta: float, seed: int, shape: tuple[int, ...]) -> Tensor | None:
+    def load(self, tag: str, seed: int, shape: tuple[int, ...]) -> Tensor | None:
         """The batch's uint8 images ``shape`` ``(n, C, H, W)``, or None if it is absent or unreadable."""
-        p = self.path(sampler, steps, eta, seed, shape[0])
+        p = self.path(tag, seed, shape[0])
         if not p.is_file():
             return None
         try:
@@ -63,9 +64,9 @@ class SampleCache:
         self.hits += 1
         return images
 
-    def store(self, sampler: str, steps: int, eta: float, seed: int, images: Tensor) -> Path:
+    def store(self, tag: str, seed: int, images: Tensor) -> Path:
         """Write ``images`` (uint8 ``(n, C, H, W)``) atomically: temp file, fsync, rename."""
         if images.dtype != torch.uint8:
             raise ValueError(f"cached samples must be uint8, got {images.dtype}")
-        p = self.path(sampler, steps, eta, seed, images.shape[0])
+        p = self.path(tag, seed, images.shape[0])
         return save_safetensors_atomic(p, {"images": images.contiguous().cpu()})
