@@ -52,9 +52,10 @@ def test_epoch_sampler_resumes_exactly():
     assert [c.next_indices().tolist() for _ in range(4)] == seq[3:]
 
 
-def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
-    """SIGKILL during training, --resume, and the final weights equal an uninterrupted run's."""
-    common = ["--preset", "tiny", "--max-steps", "40", "--ckpt-every", "5", "--sample-every", "0"]
+@pytest.mark.parametrize("extra", [[], ["--num-classes", "10", "--label-dropout", "0.3"]])
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path, extra):
+    """SIGKILL during training, --resume, and the final weights equal an uninterrupted run's (labels too)."""
+    common = ["--preset", "tiny", "--max-steps", "40", "--ckpt-every", "5", "--sample-every", "0", *extra]
     _cli("train", "--run-dir", str(tmp_path / "a"), *common)
     proc = subprocess.Popen([sys.executable, "-m", "engine", "train", "--run-dir", str(tmp_path / "b"), *common],
                             env=ENV, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -326,3 +327,20 @@ def test_config_rules_live_in_the_config():
                          ({"batch_size": 16, "grad_accum": 3}, "divisible by grad_accum")):
         with pytest.raises(ValueError, match=needle):
             preset_train_config("tiny", **over)
+
+
+def test_init_from_an_unconditional_file_trains_a_class_conditional_model(tmp_path):
+    """--init-from plus --num-classes converts: every shared tensor is copied, the class embedding (zero at
+    first) learns, and the exported file is class-conditional."""
+    _cli("train", "--preset", "tiny", "--run-dir", str(tmp_path / "u"), "--max-steps", "4", "--sample-every", "0")
+    _cli("export", str(tmp_path / "u"), "--out", str(tmp_path / "u.safetensors"))
+    _cli("train", "--preset", "tiny", "--run-dir", str(tmp_path / "c"), "--init-from", str(tmp_path / "u.safetensors"),
+         "--num-classes", "10", "--max-steps", "6", "--sample-every", "0", "--lr", "1e-2", "--ema-decay", "0")
+    _cli("export", str(tmp_path / "c"), "--out", str(tmp_path / "c.safetensors"))
+    from engine import load_model_file
+
+    m = load_model_file(tmp_path / "c.safetensors")
+    assert m.num_classes == 10 and m.net.class_emb.weight.abs().sum() > 0
+    r = _cli("train", "--preset", "tiny", "--run-dir", str(tmp_path / "bad"), "--num-classes", "3", "--max-steps", "1",
+             check=False)
+    assert r.returncode == 2 and "--num-classes 10" in r.stderr

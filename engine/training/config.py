@@ -62,6 +62,8 @@ class TrainConfig:
     timestep_sampling: TimestepSampling = option("uniform", help="training t: uniform, or proportional to β_t")
     weighting: Weighting = option("none", help="loss weighting: none, or min-SNR (Hang et al. 2023)")
     min_snr_gamma: float = option(5.0, gt=0, help="γ of the min-SNR weighting")
+    label_dropout: float = option(0.1, ge=0, lt=1, help="share of labels replaced by 'no label' (class-conditional "
+                                  "models), so one network learns both branches of classifier-free guidance")
     max_steps: int = option(10_000, ge=1, help="stop after this many optimizer steps")
     max_minutes: float | None = option(None, gt=0, help="also stop after this many minutes (this session)")
     grad_accum: int = option(1, ge=1, help="split each batch into this many micro-batches")
@@ -207,6 +209,7 @@ NESTED_FLAGS: dict[str, tuple[str, str]] = {
     "schedule": ("diffusion", "the noise schedule"),
     "T": ("diffusion", "diffusion steps"),
     "prediction": ("diffusion", "what the network predicts: ε, x0 or v"),
+    "num_classes": ("model", "class-conditional with this many classes (labels 0 … n−1); 0: unconditional"),
 }
 
 

@@ -25,7 +25,7 @@ from ..diffusion.losses import sample_timesteps, simple_loss
 from ..io.atomic import atomic_write_text
 from ..io.images import make_grid, to_pil, to_uint8
 from ..io.modelfile import ModelCard
-from ..models.unet import build_model
+from ..models.unet import build_model, load_shared_weights
 from ..sampling import SamplingPlan, sample_iter
 from .config import TrainConfig, resume_changes
 from .datasets import EpochSampler, ImageData, load_dataset
@@ -134,6 +134,10 @@ class Trainer:
         if data.shape[0] != cfg.model.in_channels:
             raise ValueError(f"dataset {cfg.dataset} has {data.shape[0]} channels, the model expects "
                              f"{cfg.model.in_channels}")
+        found = int(data.labels.max()) + 1 if len(data.labels) else 0
+        if cfg.model.num_classes and found > cfg.model.num_classes:
+            raise ValueError(f"num_classes {cfg.model.num_classes}: dataset {cfg.dataset} has labels up to "
+                             f"{found - 1}; use --num-classes {found}")
         return data
 
     def _build_model(self, init_weights: bool) -> None:
@@ -184,13 +188,16 @@ class Trainer:
         loaded = load_model_file(path)
         for what, theirs, ours in (("model", loaded.card.model.to_dict(), self.cfg.model.to_dict()),
                                    ("diffusion", asdict(loaded.card.diffusion), asdict(self.cfg.diffusion))):
-            # Dropout is a training choice, not part of the network's shape.
-            diff = sorted(k for k in set(theirs) | set(ours) if k != "dropout" and theirs.get(k) != ours.get(k))
+            # Dropout is a training choice, not part of the network's shape; classes may be added to an
+            # unconditional network (its class embedding starts at zero, see load_shared_weights).
+            added = what == "model" and not theirs.get("num_classes")
+            diff = sorted(k for k in set(theirs) | set(ours) if k != "dropout" and theirs.get(k) != ours.get(k)
+                          and not (added and k == "num_classes"))
             if diff:
                 k = diff[0]
                 raise ValueError(f"init_from {path}: its {what} config differs from this run's in {diff} "
                                  f"(e.g. {k}: {theirs.get(k)!r} vs {ours.get(k)!r})")
-        self.model.load_state_dict(loaded.net.state_dict())
+        load_shared_weights(self.model, loaded.net.state_dict())
         # Copied now, into config.json, because the file may be overwritten or gone by export time.
         # The whole history, so a fine-tune of a fine-tune keeps it.
         self.cfg.init_steps = loaded.card.trained_total("steps") or 0
@@ -231,10 +238,18 @@ class Trainer:
             group["lr"] = self.cfg.lr * lr_factor(self.cfg, self.sched.last_epoch)
 
     # ------------------------------------------------------------------ one step
-    def _batch(self) -> tuple[Tensor, Tensor, Tensor]:
-        """The rank's slice of the global batch: images, timesteps and noise, all drawn globally."""
+    def _batch(self) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """The rank's slice of the global batch: images, timesteps, noise and labels, all drawn globally.
+
+        A class-conditional model gets each label replaced by "no label" with probability label_dropout
+        (Ho & Salimans 2022, Algorithm 1), so the same network also learns the unconditional ε."""
         idx = self.sampler.next_indices()
         x0 = self.data.images[idx]
+        y = None
+        classes = self.cfg.model.num_classes
+        if classes:
+            drop = torch.rand(len(idx), generator=self.gen) < self.cfg.label_dropout
+            y = torch.where(drop, torch.full((len(idx),), classes), self.data.labels[idx].long())
         if self.data.hflip:
             flip = torch.rand(len(idx), generator=self.gen) < 0.5
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
@@ -242,12 +257,12 @@ class Trainer:
         noise = torch.randn(x0.shape, generator=self.gen)
         per = len(idx) // self.world
         sl = slice(self.rank * per, (self.rank + 1) * per)
-        return x0[sl], t[sl], noise[sl]
+        return x0[sl], t[sl], noise[sl], None if y is None else y[sl]
 
     def run_step(self) -> dict[str, float]:
         """One optimizer step on the next batch; a non-finite loss or gradient skips it (``skipped``)."""
-        x0, t, noise = self._batch()
-        loss = self.forward_backward(x0, t, noise)
+        x0, t, noise, y = self._batch()
+        loss = self.forward_backward(x0, t, noise, y)
         self.attempts += 1
         self.scaler.unscale_(self.opt)
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -256,7 +271,7 @@ class Trainer:
             return self._skip_step()
         return self.optimize(loss, grad_norm)
 
-    def forward_backward(self, x0: Tensor, t: Tensor, noise: Tensor) -> float:
+    def forward_backward(self, x0: Tensor, t: Tensor, noise: Tensor, y: Tensor | None = None) -> float:
         """Accumulate the gradients of L_simple over ``grad_accum`` micro-batches; the batch's mean loss."""
         cfg = self.cfg
         self.net.train()
@@ -268,9 +283,13 @@ class Trainer:
             if cfg.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             tb, nb = t[i : i + micro].to(self.device), noise[i : i + micro].to(self.device)
+            net = self.net
+            if y is not None:
+                yb = y[i : i + micro].to(self.device)
+                net = lambda x, tt, yb=yb: self.net(x, tt, yb)  # noqa: E731
             amp = self.amp_dtype is not None
             with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=amp):
-                loss = simple_loss(self.diffusion, self.net, xb, tb, nb, cfg.weighting, cfg.min_snr_gamma).mean()
+                loss = simple_loss(self.diffusion, net, xb, tb, nb, cfg.weighting, cfg.min_snr_gamma).mean()
             if self.attempts + 1 in cfg.fault_nan_steps:
                 loss = loss * float("nan")
             self.scaler.scale(loss / cfg.grad_accum).backward()
