@@ -30,7 +30,7 @@ def run_config(m, metrics: DigitMetrics, sampler: str, spacing: str, steps: int,
     for b, start in enumerate(range(0, n, BATCH)):
         size = min(BATCH, n - start)
         x = sample(m.net, m.diffusion, plan, (size, *m.sample_shape), torch.Generator().manual_seed(b))
-        chunks.append(from_uint8(to_uint8(x, m.card.value_range).permute(0, 3, 1, 2), m.card.value_range))
+        chunks.append(from_uint8(to_uint8(x, m.card.value_range), m.card.value_range))
     seconds = time.perf_counter() - t0
     res = metrics.evaluate(torch.cat(chunks))
     return {"sampler": sampler, "spacing": spacing, "steps": steps, "eta": plan.eta, "n": n,
