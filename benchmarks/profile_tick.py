@@ -1,6 +1,6 @@
 """Where a worker tick's time goes: the UNet forward against everything else the tick does.
 
-    .venv/bin/python benchmarks/profile_tick.py [--batch 32] [--steps 50] [--threads 1] [--frame-every 1]
+    .venv/bin/python benchmarks/profile_tick.py [--batch 32] [--steps 50] [--threads 1] [--frame-every 1] [--sampler S]
 
 Steps a real :class:`app.worker.SamplingWorker` by hand on one job (the "mnist" preset, random
 weights, 28×28, channels-last CPU load; by default only the last frame, as in ``bench_server.py``'s
@@ -37,6 +37,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (bench_server uses 1)")
     ap.add_argument("--frame-every", type=int, help="send a frame every k steps (default: only the last)")
+    ap.add_argument("--sampler", default="ddim", help="any sampler; the multistep ones keep an x̂0 history")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,7 +54,7 @@ def main() -> None:
     # Not started: this thread steps it, so the tick is timed without a loop thread around it.
     w = SamplingWorker(dataclasses.replace(m, net=timed_net), torch.device("cpu"), max_batch=args.batch,
                        max_active_jobs=1, max_queue=1, event_buffer=8)
-    plan = SamplingPlan.build(m.diffusion, "ddim", args.steps, 0.0)
+    plan = SamplingPlan.build(m.diffusion, args.sampler, args.steps)
     frame_every = args.frame_every or plan.K
     job = w.submit(args.batch, plan, seed=0, frame_every=frame_every, clip=True)
     tick_ms: list[float] = []
@@ -69,8 +70,8 @@ def main() -> None:
 
     tick, forward = statistics.median(tick_ms[5:]), statistics.median(forward_ms[5:])
     rest = statistics.median([a - b for a, b in zip(tick_ms[5:], forward_ms[5:], strict=True)])
-    print(f"\nmnist preset, batch {args.batch}, DDIM {plan.K} steps, a frame every {frame_every} steps, torch threads "
-          f"{args.threads}, median ms per tick\n")
+    print(f"\nmnist preset, batch {args.batch}, {plan.sampler} {plan.K} steps, a frame every {frame_every} steps, "
+          f"torch threads {args.threads}, median ms per tick\n")
     print("| whole tick | forward | rest of the tick | rest / forward |")
     print("|---|---|---|---|")
     print(f"| {tick:.3f} | {forward:.3f} | {rest:.3f} | {rest / forward * 100:.2f} % |")

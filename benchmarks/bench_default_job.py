@@ -1,0 +1,72 @@
+"""The page's default job against respaced DDPM 100, through one real server, side by side.
+
+    .venv/bin/python benchmarks/bench_default_job.py [--repeats 3] [--guidance S --model FILE]
+
+Both jobs as the page sends them (16 images, seed 0, a frame every step as raw pixels) over ``/stream``
+from one ``ddpm serve`` of the bundled model at torch's default threads (as ``make demo``); the
+default job names no sampler, steps or spacing, so it gets the server's defaults. Runs alternate;
+medians are reported with every run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import httpx  # noqa: E402
+
+from engine import DEFAULT_MODEL  # noqa: E402
+from tests.server_utils import sse_events, start_server  # noqa: E402
+
+BASE = {"n": 16, "seed": 0, "frame_every": 1, "frame_format": "raw"}
+
+
+def job_seconds(url: str, params: dict) -> float:
+    t0 = time.perf_counter()
+    with httpx.stream("GET", url + "/api/v1/stream", params=params, timeout=900) as r:
+        for ev in sse_events(r):
+            if ev.event == "done":
+                return time.perf_counter() - t0
+            if ev.event in ("error", "cancelled"):
+                raise RuntimeError(f"job ended with {ev.event}: {ev.data}")
+    raise RuntimeError("stream closed without done")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        server = start_server(args.model, Path(tmp) / "server.log", threads=None)
+        try:
+            defaults = httpx.get(server.url + "/api/v1/model").json()["defaults"]
+            jobs = {"default": dict(BASE), "ddpm 100": {**BASE, "sampler": "ddpm", "steps": 100, "spacing": "linspace"}}
+            if defaults.get("labels") is not None:  # a conditional model: the baseline is unguided
+                jobs["ddpm 100"].update(labels="none")
+            times: dict[str, list[float]] = {k: [] for k in jobs}
+            job_seconds(server.url, {**BASE, "n": 1, "steps": 2, "sampler": "ddpm"})  # warm the server up
+            for _ in range(args.repeats):
+                for name, params in jobs.items():
+                    times[name].append(job_seconds(server.url, params))
+        finally:
+            server.stop()
+    d = {k: defaults[k] for k in ("sampler", "steps", "spacing", "eta", "labels", "guidance")}
+    print(f"\nserver defaults: {d}; 16 images, raw frames every step, median of {args.repeats}\n")
+    print("| job | seconds (median) | runs | vs DDPM 100 |")
+    print("|---|---|---|---|")
+    base = statistics.median(times["ddpm 100"])
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"| {name} | {med:.2f} | {' '.join(f'{t:.2f}' for t in ts)} | {med / base:.3f}× |")
+
+
+if __name__ == "__main__":
+    main()
