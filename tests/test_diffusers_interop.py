@@ -148,3 +148,7 @@ def test_export_refuses_inexact_models(tmp_path):
     path = save_model_file(tmp_path / "o.safetensors", build_model(cfg), ModelCard(model=cfg))
     with pytest.raises(ModelFileError, match="not divisible"):
         export_diffusers(load_model_file(path), tmp_path / "out")
+    cfg = preset_config("tiny", image_size=8, num_classes=10)
+    path = save_model_file(tmp_path / "c.safetensors", build_model(cfg), ModelCard(model=cfg))
+    with pytest.raises(ModelFileError, match="num_classes=10"):
+        export_diffusers(load_model_file(path), tmp_path / "out")

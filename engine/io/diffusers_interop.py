@@ -149,6 +149,9 @@ def _exact_export_blockers(loaded: LoadedModel) -> list[str]:
         return why
     if c.num_heads != 1:
         why.append("num_heads > 1 (UNet2DModel splits heads by a fixed head dim)")
+    if c.num_classes:
+        why.append(f"num_classes={c.num_classes}: the class embedding with its 'no label' row is not mapped to "
+                   "UNet2DModel's num_class_embeds yet")
     widths = {c.ch * m for m in c.ch_mult}
     if any(w % c.norm_groups for w in widths | {c.ch}):
         why.append(f"norm_groups={c.norm_groups} does not divide every width {sorted(widths)}")
