@@ -474,3 +474,39 @@ def test_sampler_menu_offers_every_sampler_with_its_defaults(page, server):
         assert page.input_value("#gen-spacing") == facts["spacing"]
         assert page.inner_text("#gen-about") == facts["about"]
         assert page.is_disabled("#gen-eta") == (facts["eta"] is None)
+
+
+def test_digit_picker_and_guidance_slider_drive_a_conditional_model(browser, tmp_path):
+    from .server_utils import tiny_model_file
+
+    model = tiny_model_file(tmp_path / "cond.safetensors", image_size=8, T=50, num_classes=10)
+    server = start_server(model, tmp_path / "server.log")
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        pg = ctx.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        console = Console(pg)
+        pg.goto(server.url + "/")
+        pg.wait_for_selector("body[data-ready=true]")
+        assert pg.inner_text("#model-classes") == ", ".join(str(c) for c in range(10))
+        assert pg.input_value("#gen-labels") == "any"
+        pg.fill("#gen-guidance", "3.5")
+        pg.dispatch_event("#gen-guidance", "input")
+        assert pg.inner_text("#gen-guidance-out") == "3.5"
+        pg.select_option("#gen-labels", "7")
+        pg.fill("#gen-n", "2")
+        pg.select_option("#gen-sampler", "dpmpp_2m")
+        pg.fill("#gen-steps", "4")
+        with pg.expect_request(lambda r: r.url.endswith("/api/v1/jobs") and r.method == "POST") as req:
+            pg.click("#gen-go")
+        assert (req.value.post_data_json["labels"], req.value.post_data_json["guidance"]) == (7, 3.5)
+        pg.wait_for_selector("#gen-viewer[data-state=done]")
+        pg.select_option("#gen-labels", "each")
+        with pg.expect_request(lambda r: r.url.endswith("/api/v1/jobs") and r.method == "POST") as req:
+            pg.click("#gen-go")
+        assert req.value.post_data_json["labels"] == [0, 1]
+        pg.wait_for_selector("#gen-viewer[data-state=done]")
+        assert console.errors == []
+    finally:
+        ctx.close()
+        server.stop()
