@@ -20,8 +20,9 @@ export class RacePanel {
     /** @type {Job[]} */
     this.jobs = [];
     const samplers = boot.model.defaults.samplers;
-    // the old way against the default: respaced DDPM on the left, the server's default sampler on the right
-    const picks = { a: "ddpm", b: boot.defaults.sampler };
+    // the classic way against a few-step solver: respaced DDPM on the left, DPM-Solver++(2M) (or the server's
+    // default, when that is a few-step solver) on the right
+    const picks = { a: "ddpm", b: boot.defaults.sampler === "ddpm" ? "dpmpp_2m" : boot.defaults.sampler };
     for (const s of SIDES) {
       const select = $(`race-${s}-sampler`);
       select.value = picks[s];

@@ -1,9 +1,11 @@
 """What a request that names no sampler, steps or spacing gets: chosen by measurement on the bundled model.
 
-``benchmarks/sweep_samplers.py`` scores sampler × spacing × steps with the digit classifier; the default is
+``benchmarks/sweep_samplers.py`` scores sampler × spacing × steps with the digit classifier. The default is
 the cheapest configuration whose confident share is within 0.02 of respaced DDPM 100 while class
-entropy, FLD and near-copies still pass. Each sampler also keeps its own best spacing and a step count,
-used when a request names the sampler but not the rest.
+entropy, FLD and near-copies still pass; on the bundled unconditional model no configuration of 25 steps
+or fewer does (BENCHMARKS.md §7), so respaced DDPM 100 stays the default. Each sampler keeps its own
+best spacing (``linspace`` for all of them there) and a step count, used when a request names the
+sampler but not the rest.
 """
 
 from __future__ import annotations
@@ -27,16 +29,16 @@ class SamplingChoice:
         return {"sampler": self.sampler, "steps": self.steps, "spacing": self.spacing, "eta": self.eta}
 
 
-DEFAULT_SAMPLER: SamplerName = "dpmpp_2m"
+DEFAULT_SAMPLER: SamplerName = "ddpm"
 #: The guidance scale of a class-conditional model's request that gives none.
 DEFAULT_GUIDANCE = 2.0
 #: Steps and spacing per sampler when only the sampler is given.
 PER_SAMPLER: dict[SamplerName, tuple[int, Spacing]] = {
     "ddpm": (100, "linspace"),
     "ddim": (50, "linspace"),
-    "dpmpp_2m": (20, "logsnr"),
-    "dpmpp_3m": (20, "logsnr"),
-    "dpmpp_2m_sde": (20, "logsnr"),
+    "dpmpp_2m": (20, "linspace"),
+    "dpmpp_3m": (20, "linspace"),
+    "dpmpp_2m_sde": (20, "linspace"),
 }
 assert set(PER_SAMPLER) == set(SAMPLERS)
 
