@@ -1,11 +1,11 @@
-"""The page's default job against respaced DDPM 100, through one real server, side by side.
+"""A few-step job and the server's default job against respaced DDPM 100, through one real server.
 
-    .venv/bin/python benchmarks/bench_default_job.py [--repeats 3] [--guidance S --model FILE]
+    .venv/bin/python benchmarks/bench_default_job.py [--repeats 3] [--fast dpmpp_2m:20] [--model FILE]
 
-Both jobs as the page sends them (16 images, seed 0, a frame every step as raw pixels) over ``/stream``
-from one ``ddpm serve`` of the bundled model at torch's default threads (as ``make demo``); the
-default job names no sampler, steps or spacing, so it gets the server's defaults. Runs alternate;
-medians are reported with every run.
+Every job as the page sends it (16 images, seed 0, a frame every step as raw pixels) over ``/stream``
+from one ``ddpm serve`` of the bundled model at torch's default threads (as ``make demo``). The default
+job names no sampler, steps or spacing, so it gets the server's defaults. Runs alternate; medians are
+reported with every run.
 """
 
 from __future__ import annotations
@@ -43,12 +43,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    ap.add_argument("--fast", default="dpmpp_2m:20", help="a few-step job as sampler:steps")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(args.model, Path(tmp) / "server.log", threads=None)
         try:
             defaults = httpx.get(server.url + "/api/v1/model").json()["defaults"]
-            jobs = {"default": dict(BASE), "ddpm 100": {**BASE, "sampler": "ddpm", "steps": 100, "spacing": "linspace"}}
+            sampler, steps = args.fast.split(":")
+            jobs = {"ddpm 100": {**BASE, "sampler": "ddpm", "steps": 100, "spacing": "linspace"},
+                    f"{sampler} {steps}": {**BASE, "sampler": sampler, "steps": int(steps), "spacing": "linspace"},
+                    "default": dict(BASE)}
             if defaults.get("labels") is not None:  # a conditional model: the baseline is unguided
                 jobs["ddpm 100"].update(labels="none")
             times: dict[str, list[float]] = {k: [] for k in jobs}
