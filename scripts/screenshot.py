@@ -43,8 +43,8 @@ class Shot(NamedTuple):
 
 
 def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int = 100, seed: int = 0,
-                    noise_t: int = 400, sampler: str = "ddpm") -> Shot:
-    """Run the demo on ``page`` and save a full-page PNG at ``out``."""
+                    noise_t: int = 400, sampler: str = "ddpm", race_out: Path | None = None) -> Shot:
+    """Run the demo on ``page`` and save a full-page PNG at ``out`` (and the sampler race at ``race_out``)."""
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -69,6 +69,13 @@ def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int = 1
         page.fill("#noise-steps", str(min(steps, noise_t + 1)))
         page.click("#noise-go")
         page.wait_for_selector("#noise-viewer[data-state=done]")
+    if race_out is not None:  # its default lanes: respaced DDPM against DPM-Solver++(2M)
+        page.fill("#race-n", str(n))
+        page.click("#race-go")
+        for side in ("a", "b"):
+            page.wait_for_selector(f"#race-{side}-viewer[data-state=done]")
+        race_out.parent.mkdir(parents=True, exist_ok=True)
+        page.locator("#race").screenshot(path=str(race_out))
     # x_t still noisy, x̂0 already legible, and the schedule marker showing where that frame sits
     _set_range(page, "#gen-scrub", round(0.7 * int(page.get_attribute("#gen-scrub", "max") or 0)))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -77,14 +84,15 @@ def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int = 1
 
 
 def main() -> int:
-    from engine import DEFAULT_MODEL
+    from engine import DEFAULT_MODEL, SAMPLERS
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model file (default: the bundled model)")
     ap.add_argument("--url", help="use this running server instead of starting one for --model")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
     ap.add_argument("--n", type=int, default=16, help="images to generate")
-    ap.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm",
+    ap.add_argument("--race-out", type=Path, default=ROOT / "docs" / "race.png", help="the sampler race panel")
+    ap.add_argument("--sampler", choices=list(SAMPLERS), default="ddpm",
                     help="sampler for the grid (default ddpm, respaced: the page's default)")
     ap.add_argument("--steps", type=int, default=100, help="steps for the grid; the denoise uses as many")
     ap.add_argument("--seed", type=int, default=0)
@@ -106,7 +114,7 @@ def main() -> int:
                 page = browser.new_page(viewport={"width": args.width, "height": 900})
                 page.set_default_timeout(120_000)
                 shot = drive_and_shoot(page, args.url or server.url, args.out, args.n, args.steps, args.seed,
-                                       args.noise_t, args.sampler)
+                                       args.noise_t, args.sampler, args.race_out)
                 state = page.get_attribute("#gen-viewer", "data-state")
                 browser.close()
         finally:

@@ -435,8 +435,9 @@ def test_screenshot_script_drives_the_page_to_a_png(browser, server, tmp_path):
         pg = ctx.new_page()
         pg.set_default_timeout(TIMEOUT_MS)
         out = tmp_path / "shot.png"
-        shot = script.drive_and_shoot(pg, server.url, out, n=4, steps=8, noise_t=50)
+        shot = script.drive_and_shoot(pg, server.url, out, n=4, steps=8, noise_t=50, race_out=tmp_path / "race.png")
         assert shot.errors == [] and shot.grid_seconds > 0
+        assert Image.open(tmp_path / "race.png").size[0] > 200
         assert pg.get_attribute("#gen-viewer", "data-state") == "done"
         assert pg.get_attribute("#noise-viewer", "data-state") == "done"
         assert pg.input_value("#gen-scrub") == "5"  # round(0.7 × 7): 70% of the way through frames 0..7
