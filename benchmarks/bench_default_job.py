@@ -14,7 +14,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,20 +22,13 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from engine import DEFAULT_MODEL  # noqa: E402
-from tests.server_utils import sse_events, start_server  # noqa: E402
+from tests.server_utils import start_server, stream_seconds  # noqa: E402
 
 BASE = {"n": 16, "seed": 0, "frame_every": 1, "frame_format": "raw"}
 
 
 def job_seconds(url: str, params: dict) -> float:
-    t0 = time.perf_counter()
-    with httpx.stream("GET", url + "/api/v1/stream", params=params, timeout=900) as r:
-        for ev in sse_events(r):
-            if ev.event == "done":
-                return time.perf_counter() - t0
-            if ev.event in ("error", "cancelled"):
-                raise RuntimeError(f"job ended with {ev.event}: {ev.data}")
-    raise RuntimeError("stream closed without done")
+    return stream_seconds(url, params, timeout=900)
 
 
 def main() -> None:

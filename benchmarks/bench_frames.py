@@ -29,10 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
 
 from engine import DEFAULT_MODEL  # noqa: E402
-from tests.server_utils import sse_events, start_server  # noqa: E402
+from tests.server_utils import start_server, stream_seconds  # noqa: E402
 
 SAMPLER, SEED = "ddpm", 0
 VARIANTS = {"png, every step": {"frame_every": 1, "frame_format": "png"},
@@ -44,14 +43,7 @@ TARGETS = {"idle": 1.03, "one core busy": 1.10}
 def job_seconds(url: str, **params: object) -> float:
     """Seconds from the request to the ``done`` event, every event parsed on the way."""
     q = {"sampler": SAMPLER, "seed": SEED, **params}
-    t0 = time.perf_counter()
-    with httpx.stream("GET", url + "/api/v1/stream", params=q, timeout=600) as r:
-        for ev in sse_events(r):
-            if ev.event == "done":
-                return time.perf_counter() - t0
-            if ev.event in ("error", "cancelled"):
-                raise RuntimeError(f"job ended with {ev.event}: {ev.data}")
-    raise RuntimeError("stream closed without done")
+    return stream_seconds(url, q, timeout=600)
 
 
 def rounds(url: str, repeats: int, **job: int) -> dict[str, list[float]]:

@@ -20,11 +20,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from engine import DEFAULT_MODEL, SamplingPlan, load_model_file, sample  # noqa: E402
-from tests.server_utils import sse_events, start_server  # noqa: E402
+from tests.server_utils import start_server, stream_seconds  # noqa: E402
 
 N, STEPS, SAMPLER, SEED = 16, 100, "ddpm", 0
 
@@ -32,14 +31,7 @@ N, STEPS, SAMPLER, SEED = 16, 100, "ddpm", 0
 def page_job(url: str) -> float:
     """Seconds from the request to the ``done`` event."""
     params = {"n": N, "steps": STEPS, "sampler": SAMPLER, "seed": SEED, "frame_every": 1}
-    t0 = time.perf_counter()
-    with httpx.stream("GET", url + "/api/v1/stream", params=params, timeout=600) as r:
-        for ev in sse_events(r):
-            if ev.event == "done":
-                return time.perf_counter() - t0
-            if ev.event in ("error", "cancelled"):
-                raise RuntimeError(f"job ended with {ev.event}: {ev.data}")
-    raise RuntimeError("stream closed without done")
+    return stream_seconds(url, params, timeout=600)
 
 
 def main() -> None:

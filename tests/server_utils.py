@@ -119,6 +119,18 @@ def sse_events(response: httpx.Response) -> Iterator[SSE]:
                 data.append(value)
 
 
+def stream_seconds(url: str, params: dict, timeout: float = 600) -> float:
+    """Seconds from a ``/stream`` request to its ``done`` event, every event parsed on the way (benchmarks)."""
+    t0 = time.perf_counter()
+    with httpx.stream("GET", url + "/api/v1/stream", params=params, timeout=timeout) as r:
+        for ev in sse_events(r):
+            if ev.event == "done":
+                return time.perf_counter() - t0
+            if ev.event in ("error", "cancelled"):
+                raise RuntimeError(f"job ended with {ev.event}: {ev.data}")
+    raise RuntimeError("stream closed without done")
+
+
 def decode_png(s: str) -> np.ndarray:
     """A PNG given as a data URL or plain base64 → uint8 (H, W) or (H, W, C)."""
     b64 = s.split(",", 1)[1] if s.startswith("data:") else s
