@@ -113,9 +113,9 @@ def test_directory_that_is_not_a_pipeline(tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [dict(), dict(scale_shift=False, attn_resolutions=(8,)),
-                                       dict(image_size=16, ch_mult=(1, 2, 2), norm_groups=4)])
+                                       dict(image_size=16, ch_mult=(1, 2, 2), norm_groups=4), dict(num_classes=3)])
 def test_export_round_trips(tmp_path, overrides):
-    from engine import ModelCard, build_model, preset_config, save_model_file
+    from engine import Conditioning, ModelCard, build_model, preset_config, save_model_file
     from engine.io.diffusers_interop import export_diffusers
 
     torch.manual_seed(0)
@@ -127,13 +127,29 @@ def test_export_round_trips(tmp_path, overrides):
     ours = load_model_file(path)
     export_diffusers(ours, tmp_path / "pipe")
     back = load_model_file(tmp_path / "pipe")
-    shape = (2, *ours.sample_shape)
+    assert back.num_classes == ours.num_classes
+    shape = (3, *ours.sample_shape)
+    # A conditional model is compared under guidance, on a class, another class and "no label".
+    cond = Conditioning.of(torch.tensor([0, 2, 3]), 2.0, 3) if ours.num_classes else None
     for sampler in ("ddpm", "ddim"):
         plan_a = SamplingPlan.build(ours.diffusion, sampler, 10)
         plan_b = SamplingPlan.build(back.diffusion, sampler, 10)
-        a = sample(ours.net, ours.diffusion, plan_a, shape, torch.Generator().manual_seed(1))
-        b = sample(back.net, back.diffusion, plan_b, shape, torch.Generator().manual_seed(1))
+        a = sample(ours.net, ours.diffusion, plan_a, shape, torch.Generator().manual_seed(1), cond=cond)
+        b = sample(back.net, back.diffusion, plan_b, shape, torch.Generator().manual_seed(1), cond=cond)
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+def test_conditional_import_needs_the_no_label_row_named(tmp_path):
+    """A UNet2DModel with num_class_embeds but no card saying which row is "no label" is refused."""
+    from engine import ModelCard, build_model, preset_config, save_model_file
+    from engine.io.diffusers_interop import export_diffusers
+
+    cfg = preset_config("tiny", image_size=8, num_classes=3)
+    path = save_model_file(tmp_path / "c.safetensors", build_model(cfg), ModelCard(model=cfg))
+    export_diffusers(load_model_file(path), tmp_path / "pipe")
+    (tmp_path / "pipe" / "ddpm_card.json").unlink()
+    with pytest.raises(ModelFileError, match="num_class_embeds=4"):
+        load_model_file(tmp_path / "pipe")
 
 
 def test_export_refuses_inexact_models(tmp_path):
@@ -148,7 +164,4 @@ def test_export_refuses_inexact_models(tmp_path):
     path = save_model_file(tmp_path / "o.safetensors", build_model(cfg), ModelCard(model=cfg))
     with pytest.raises(ModelFileError, match="not divisible"):
         export_diffusers(load_model_file(path), tmp_path / "out")
-    cfg = preset_config("tiny", image_size=8, num_classes=10)
-    path = save_model_file(tmp_path / "c.safetensors", build_model(cfg), ModelCard(model=cfg))
-    with pytest.raises(ModelFileError, match="num_classes=10"):
-        export_diffusers(load_model_file(path), tmp_path / "out")
+

@@ -286,6 +286,25 @@ def test_resume_refuses_flags_that_change_what_is_trained(tmp_path):
     assert latest_checkpoint(run).name == "step_0000005"
 
 
+def test_class_embedding_learns_at_its_own_rate_and_a_resume_may_change_it(tmp_path):
+    """--class-lr-scale gives the class embedding lr × scale (the rest lr); a resume applies a new scale."""
+    cfg = preset_train_config("tiny", model_overrides={"num_classes": 10}, class_lr_scale=20, max_steps=6, ckpt_every=3,
+                              warmup_steps=0)
+    t = Trainer(cfg, tmp_path, progress=False)
+    t.run()
+    emb = t.model.class_emb.weight
+    groups = t.opt.param_groups
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-3), pytest.approx(2e-2)]
+    assert groups[1]["params"] == [emb] and all(p is not emb for p in groups[0]["params"])
+    assert len(groups[0]["params"]) + 1 == len(list(t.model.parameters()))
+    cfg = preset_train_config("tiny", model_overrides={"num_classes": 10}, class_lr_scale=5, max_steps=8, ckpt_every=3,
+                              warmup_steps=0)
+    t = Trainer(cfg, tmp_path, resume=True, progress=False)
+    assert [g["lr"] for g in t.opt.param_groups] == [pytest.approx(1e-3), pytest.approx(5e-3)]
+    with pytest.raises(ValueError, match="class_lr_scale 5 needs a class-conditional model"):
+        preset_train_config("tiny", class_lr_scale=5)
+
+
 def test_train_flags_are_the_config_fields_and_keep_their_names():
     import dataclasses
 

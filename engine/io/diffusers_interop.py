@@ -37,15 +37,26 @@ def _require_diffusers() -> Any:
 
 
 class DiffusersUNet(nn.Module):
-    """Wraps a ``UNet2DModel`` behind the engine's ``model(x_t, t) -> output`` interface."""
+    """Wraps a ``UNet2DModel`` behind the engine's ``model(x_t, t, y) -> output`` interface.
 
-    def __init__(self, unet: nn.Module) -> None:
+    A class-conditional one (``num_class_embeds`` = classes + 1) keeps its last row for "no label",
+    as our UNet does.
+    """
+
+    def __init__(self, unet: nn.Module, num_classes: int = 0) -> None:
         super().__init__()
         self.unet = unet
+        self.null_label = num_classes
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        """``x`` ``(B, C, H, W)``, ``t`` ``(B,)`` → ``(B, C, H, W)``."""
-        return self.unet(x, t).sample
+    def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
+        """``x`` ``(B, C, H, W)``, ``t`` ``(B,)``, labels ``y`` ``(B,)`` → ``(B, C, H, W)``."""
+        if not self.null_label:
+            if y is not None:
+                raise ValueError("labels given to an unconditional network")
+            return self.unet(x, t).sample
+        if y is None:
+            y = torch.full_like(t, self.null_label)
+        return self.unet(x, t, class_labels=y).sample
 
 
 def diffusion_config_from_scheduler(cfg: dict[str, Any], where: str = "scheduler_config.json") -> DiffusionConfig:
@@ -116,6 +127,7 @@ def load_diffusers_folder(path: str | Path, device: torch.device | str = "cpu") 
         unet = diffusers.UNet2DModel.from_pretrained(str(unet_dir), use_safetensors=True, low_cpu_mem_usage=False)
     except OSError as e:  # diffusers raises OSError for missing/unsafe weights
         raise ModelFileError(f"{unet_dir}: {str(e).splitlines()[0]}") from None
+    num_classes = _imported_classes(unet.config, path if (path / "model_index.json").exists() else unet_dir)
     size = unet.config.sample_size
     size = size[0] if isinstance(size, list | tuple) else int(size)
     mults = [c // unet.config.block_out_channels[0] for c in unet.config.block_out_channels]
@@ -129,6 +141,7 @@ def load_diffusers_folder(path: str | Path, device: torch.device | str = "cpu") 
             ch_mult=tuple(mults),
             num_res_blocks=unet.config.layers_per_block,
             attn_resolutions=(),
+            num_classes=num_classes,
         ),
         diffusion=diffusion,
         data={"dataset": path.name, "value_range": [-1.0, 1.0], "channels": unet.config.in_channels,
@@ -136,8 +149,28 @@ def load_diffusers_folder(path: str | Path, device: torch.device | str = "cpu") 
         training={"source": "diffusers", "folder": str(path)},
         name=path.name,
     )
-    net = DiffusersUNet(unet).to(device).eval().requires_grad_(False)
+    net = DiffusersUNet(unet, num_classes).to(device).eval().requires_grad_(False)
     return LoadedModel(net=net, diffusion=diffusion.build(), card=card, path=path)
+
+
+def _imported_classes(cfg: Any, folder: Path) -> int:
+    """Classes of a class-conditional UNet2DModel, or 0.
+
+    Classifier-free guidance needs a "no label" row, and a UNet2DModel config does not say which row
+    that is; the ``ddpm_card.json`` our export writes does (the last of ``num_class_embeds``). Anything
+    else is refused by name rather than guessed.
+    """
+    rows, kind = cfg.get("num_class_embeds"), cfg.get("class_embed_type")
+    if kind is not None:
+        raise ModelFileError(f"{folder}: class_embed_type={kind!r} is not supported (only None, a label table)")
+    if not rows:
+        return 0
+    card_file = folder / "ddpm_card.json"
+    card = json.loads(card_file.read_text()).get("model", {}) if card_file.exists() else {}
+    if card.get("num_classes") != rows - 1:
+        raise ModelFileError(f"{folder}: num_class_embeds={rows} without a ddpm_card.json naming num_classes "
+                             f"{rows - 1}: which row means 'no label' is unknown")
+    return rows - 1
 
 
 # ----------------------------------------------------------------------------- export
@@ -149,9 +182,6 @@ def _exact_export_blockers(loaded: LoadedModel) -> list[str]:
         return why
     if c.num_heads != 1:
         why.append("num_heads > 1 (UNet2DModel splits heads by a fixed head dim)")
-    if c.num_classes:
-        why.append(f"num_classes={c.num_classes}: the class embedding with its 'no label' row is not mapped to "
-                   "UNet2DModel's num_class_embeds yet")
     widths = {c.ch * m for m in c.ch_mult}
     if any(w % c.norm_groups for w in widths | {c.ch}):
         why.append(f"norm_groups={c.norm_groups} does not divide every width {sorted(widths)}")
@@ -186,6 +216,8 @@ def _map_state_dict(net: nn.Module, levels: int, num_res_blocks: int) -> dict[st
 
     copy("time_mlp.0", "time_embedding.linear_1")
     copy("time_mlp.2", "time_embedding.linear_2")
+    if "class_emb.weight" in sd:
+        out["class_embedding.weight"] = sd["class_emb.weight"]
     copy("conv_in", "conv_in")
     def levels_of(ours: str, theirs: str, blocks_per_level: int, resampler: str) -> None:
         """Our flat ``down.i``/``up.i`` list → diffusers' per-level resnets, attentions and resampler."""
@@ -254,6 +286,7 @@ def export_diffusers(loaded: LoadedModel, out_dir: str | Path, atol: float = 1e-
         norm_num_groups=c.norm_groups, dropout=c.dropout, flip_sin_to_cos=False, freq_shift=0,
         resnet_time_scale_shift="scale_shift" if c.scale_shift else "default", attention_head_dim=None,
         downsample_padding=1, act_fn="silu", norm_eps=1e-5, attn_norm_num_groups=c.norm_groups,
+        num_class_embeds=c.num_classes + 1 if c.num_classes else None,
     )
     net = loaded.net.cpu().float()
     mapped = _map_state_dict(net, levels, c.num_res_blocks)
@@ -265,8 +298,10 @@ def export_diffusers(loaded: LoadedModel, out_dir: str | Path, atol: float = 1e-
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, c.in_channels, c.image_size, c.image_size, generator=g)
     t = torch.tensor([0, loaded.diffusion.T // 2, loaded.diffusion.T - 1])
+    # A conditional network is compared on a class, the last class and "no label".
+    y = torch.tensor([0, c.num_classes - 1, c.num_classes]) if c.num_classes else None
     with torch.inference_mode():
-        diff = (unet(x, t).sample - net(x, t)).abs().max().item()
+        diff = (DiffusersUNet(unet, c.num_classes)(x, t, y) - net(x, t, y)).abs().max().item()
     if diff > atol:
         raise ModelFileError(f"cannot export to diffusers exactly: outputs differ by {diff:.2e} (> {atol:g})")
     sched = diffusers.DDPMScheduler.from_config(_scheduler_config(loaded.card.diffusion))

@@ -128,8 +128,8 @@ class UNetConfig:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if int(self.num_classes) < 0:
             raise ValueError(f"num_classes must be ≥ 0 (0 = unconditional), got {self.num_classes}")
-        if self.num_classes and self.arch != "unet":
-            raise ValueError(f"class conditioning needs arch 'unet', got {self.arch!r}")
+        if self.num_classes and self.arch == "seed":
+            raise ValueError(f"class conditioning needs arch 'unet' or 'diffusers', got {self.arch!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
 

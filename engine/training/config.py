@@ -64,6 +64,9 @@ class TrainConfig:
     min_snr_gamma: float = option(5.0, gt=0, help="γ of the min-SNR weighting")
     label_dropout: float = option(0.1, ge=0, lt=1, help="share of labels replaced by 'no label' (class-conditional "
                                   "models), so one network learns both branches of classifier-free guidance")
+    class_lr_scale: float = option(1.0, gt=0, help="the class embedding's learning rate as a multiple of lr "
+                                   "(class-conditional models): an embedding added at zero to a trained network "
+                                   "otherwise learns far slower than the weights around it")
     max_steps: int = option(10_000, ge=1, help="stop after this many optimizer steps")
     max_minutes: float | None = option(None, gt=0, help="also stop after this many minutes (this session)")
     grad_accum: int = option(1, ge=1, help="split each batch into this many micro-batches")
@@ -108,6 +111,8 @@ class TrainConfig:
                 raise ValueError(f"{f.name} must be one of {choices}, got {value!r}")
             if value is not None and (why := out_of_bounds(value, meta)):
                 raise ValueError(f"{f.name} {why}, got {value!r}")
+        if self.class_lr_scale != 1 and not self.model.num_classes:
+            raise ValueError(f"class_lr_scale {self.class_lr_scale} needs a class-conditional model (num_classes > 0)")
         if self.batch_size % self.grad_accum:
             raise ValueError(f"batch_size {self.batch_size} must be divisible by grad_accum {self.grad_accum}")
 
@@ -195,7 +200,7 @@ def preset_train_config(name: str, **overrides: Any) -> TrainConfig:
 # objective, the starting weights) and a checkpoint is only the continuation of those.
 RESUMABLE = frozenset({
     "max_steps", "max_minutes",                               # budgets
-    "lr", "warmup_steps", "lr_decay", "lr_min_ratio",         # the learning-rate schedule, applied from this step
+    "lr", "warmup_steps", "lr_decay", "lr_min_ratio", "class_lr_scale",  # learning rates, applied from this step
     "grad_clip", "nan_patience", "ema_decay",                 # update guards; the EMA's horizon (not on/off)
     "log_every", "sample_every", "ckpt_every", "ckpt_minutes", "keep_last",  # outputs
     "device", "amp", "channels_last", "compile", "grad_accum", "download",   # execution, not the numbers' meaning
