@@ -26,6 +26,8 @@ class Started:
     steps: int
     n: int
     seed: int
+    labels: tuple[int | None, ...] | None = None  # each image's class, None for "no label"; None: unconditional
+    guidance: float | None = None
 
 
 @dataclass(frozen=True)

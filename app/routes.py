@@ -120,8 +120,9 @@ def _submit(request: Request, st: State, req: SampleRequest, frame_every: int,
 
 def _job_state(worker: SamplingWorker, job: Job) -> JobState:
     return JobState(id=job.id, state=job.status, step=job.step, of=job.plan.K, n=job.n, sampler=job.plan.sampler,
-                    spacing=job.plan.spacing, eta=job.plan.eta,
-                    seed=job.seed, position=worker.position(job), elapsed_ms=job.elapsed_ms, error=job.error)
+                    spacing=job.plan.spacing, eta=job.plan.eta, seed=job.seed, position=worker.position(job),
+                    labels=job.drawn_labels(), guidance=job.guidance if worker.num_classes else None,
+                    elapsed_ms=job.elapsed_ms, error=job.error)
 
 
 # ------------------------------------------------------------------------------ model facts

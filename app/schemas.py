@@ -71,6 +71,10 @@ class JobState(BaseModel):
     eta: float | None
     seed: int
     position: int
+    labels: list[int | None] | None = Field(
+        None, description="each image's class once the job has started (null: no label); null before, or for an "
+                          "unconditional model")
+    guidance: float | None = Field(None, description="the guidance scale s; null for an unconditional model")
     elapsed_ms: float | None = None
     error: str | None = None
 
@@ -122,6 +126,9 @@ class StartedEvent(BaseModel):
     steps: int = Field(description="reverse steps the job will take")
     n: int
     seed: int
+    labels: list[int | None] | None = Field(
+        None, description="each image's class as drawn (null: no label); null for an unconditional model")
+    guidance: float | None = Field(None, description="the guidance scale s; null for an unconditional model")
 
 
 class FrameEvent(BaseModel):

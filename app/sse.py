@@ -48,8 +48,9 @@ def payload(result: Result, job: Job) -> BaseModel:
     match result:
         case Queued(position):
             return QueuedEvent(id=job.id, position=position)
-        case Started(steps, n, seed):
-            return StartedEvent(id=job.id, steps=steps, n=n, seed=seed)
+        case Started(steps, n, seed, labels, guidance):
+            return StartedEvent(id=job.id, steps=steps, n=n, seed=seed,
+                                labels=None if labels is None else list(labels), guidance=guidance)
         case Frame():
             xt, x0 = encode_frame(result, job.frame_format)
             h, w, c = result.x_t.shape

@@ -94,6 +94,13 @@ class Job:
             return None
         return ((self.finished or time.monotonic()) - self.started) * 1000.0
 
+    def drawn_labels(self) -> list[int | None] | None:
+        """Each image's class once labels are drawn (None: no label); None before, or unconditional."""
+        if self.cond is None:
+            return None
+        null = self.cond.null_label
+        return [None if v == null else v for v in self.cond.labels.tolist()]
+
 
 class Metrics:
     """Prometheus series of one server (its own registry, so apps never collide)."""
@@ -239,7 +246,9 @@ class SamplingWorker:
                 self._finish(job, "error", f"could not start: {e}")
                 continue
             job.status, job.started = "running", time.monotonic()
-            job.events.append(Started(job.plan.K, job.n, job.seed))
+            labels = job.drawn_labels()
+            job.events.append(Started(job.plan.K, job.n, job.seed, None if labels is None else tuple(labels),
+                                      job.guidance if self.num_classes else None))
             self._live.append(job)
         for i, job in enumerate(self._pending):
             if job.position_sent != i + 1:  # only when it moved: a long queue would otherwise log one event per tick

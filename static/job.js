@@ -39,7 +39,7 @@ export class Job {
       if (!this.ended && typeof ev.data === "string") fn(JSON.parse(ev.data));
     });
     on(EVENTS.QUEUED, (d) => this.viewer.queued(d.position));
-    on(EVENTS.STARTED, (d) => this.viewer.started(d.steps));
+    on(EVENTS.STARTED, (d) => this.viewer.started(d.steps, d.labels));
     on(EVENTS.FRAME, (d) => this.viewer.frame(d));
     on(EVENTS.DONE, (d) => { this.settled = true; this.viewer.done(d); this.onDone(d); this.end("done"); });
     on(EVENTS.CANCELLED, (d) => { this.settled = true; this.viewer.cancelled(d.step); this.end("cancelled"); });

@@ -53,6 +53,7 @@ export class FrameViewer {
     this.xt = q(".xt");
     this.x0 = q(".x0");
     this.tLabel = q(".t-label");
+    this.cellLabels = q(".cell-labels");
     this.scrub = q(".scrub");
     this.scrubOut = q(".scrub-out");
     this.dlPng = q(".dl-png");
@@ -61,7 +62,8 @@ export class FrameViewer {
     // ids let tests and assistive tech find the parts of each viewer
     const p = root.dataset.prefix;
     for (const [el, name] of [[this.xt, "xt"], [this.x0, "x0"], [this.scrub, "scrub"], [this.bar, "bar"],
-      [this.status, "status"], [this.dlPng, "dl-png"], [this.dlZip, "dl-zip"], [this.scrubOut, "scrub-out"]]) {
+      [this.status, "status"], [this.dlPng, "dl-png"], [this.dlZip, "dl-zip"], [this.scrubOut, "scrub-out"],
+      [this.cellLabels, "cell-labels"]]) {
       el.id = `${p}-${name}`;
     }
     this.scrub.addEventListener("input", () => this.show(Number(this.scrub.value)));
@@ -84,6 +86,8 @@ export class FrameViewer {
     this.scrubOut.textContent = "no frames yet";
     this.dlPng.hidden = true;
     this.dlZip.hidden = true;
+    this.cellLabels.hidden = true;
+    this.cellLabels.replaceChildren();
     this.root.dataset.state = "idle";
   }
 
@@ -96,7 +100,12 @@ export class FrameViewer {
     this.setStatus(position > 0 ? `queued: position ${position}` : "starting…");
   }
 
-  started(steps) {
+  /**
+   * @param {number} steps
+   * @param {(number|null)[]|null} labels each image's class (null: no label), or null for an unconditional model
+   */
+  started(steps, labels = null) {
+    if (labels) this.showLabels(labels);
     this.root.dataset.state = "running";
     this.steps = steps;
     this.bar.max = steps;
@@ -122,6 +131,24 @@ export class FrameViewer {
     const rate = secs > 0 ? f.step / secs : 0;
     const eta = rate > 0 ? (f.of - f.step) / rate : 0;
     this.setStatus(`step ${f.step}/${f.of} · ${fmtRate(rate)} it/s · ETA ${fmtSecs(eta)}`);
+  }
+
+  /** Each cell's class over the x̂0 grid, laid out as the server tiles it (⌈√n⌉ per row, centred). */
+  showLabels(labels) {
+    const cols = Math.ceil(Math.sqrt(labels.length));
+    const rows = Math.ceil(labels.length / cols);
+    const box = this.cellLabels;
+    box.style.gridTemplateColumns = `repeat(${cols}, 1fr)`;
+    box.style.gridTemplateRows = `repeat(${rows}, 1fr)`;
+    box.style.height = `${(100 * rows) / cols}%`;
+    box.style.top = `${(50 * (cols - rows)) / cols}%`;
+    box.replaceChildren(...labels.map((c) => {
+      const cell = document.createElement("span");
+      cell.textContent = c === null ? "–" : String(c);
+      cell.title = c === null ? "no label" : `asked for a ${c}`;
+      return cell;
+    }));
+    box.hidden = false;
   }
 
   /** Put frame i of those received on screen. */

@@ -502,11 +502,20 @@ def test_digit_picker_and_guidance_slider_drive_a_conditional_model(browser, tmp
             pg.click("#gen-go")
         assert (req.value.post_data_json["labels"], req.value.post_data_json["guidance"]) == (7, 3.5)
         pg.wait_for_selector("#gen-viewer[data-state=done]")
+        assert pg.locator("#gen-cell-labels span").all_inner_texts() == ["7", "7"]
         pg.select_option("#gen-labels", "each")
         with pg.expect_request(lambda r: r.url.endswith("/api/v1/jobs") and r.method == "POST") as req:
             pg.click("#gen-go")
         assert req.value.post_data_json["labels"] == [0, 1]
         pg.wait_for_selector("#gen-viewer[data-state=done]")
+        assert pg.locator("#gen-cell-labels span").all_inner_texts() == ["0", "1"]
+        # "any" is drawn by the server from the seed; the page shows what it drew
+        pg.select_option("#gen-labels", "any")
+        pg.fill("#gen-n", "5")
+        pg.click("#gen-go")
+        pg.wait_for_selector("#gen-viewer[data-state=done]")
+        drawn = pg.locator("#gen-cell-labels span").all_inner_texts()
+        assert len(drawn) == 5 and all(c in "0123456789" for c in drawn)
         assert console.errors == []
     finally:
         ctx.close()

@@ -71,3 +71,22 @@ def test_stream_takes_a_label(server):
                       timeout=30) as r:
         assert r.status_code == 200
         assert "event: done" in r.read().decode()
+
+
+def test_the_labels_drawn_are_reported_in_started_and_the_job(server):
+    """"any" is drawn from the job's seed, as the engine draws it; `started` and GET /jobs/{id} say what was drawn."""
+    import torch
+
+    from engine import resolve_labels
+
+    from .server_utils import sse_events
+
+    expected = resolve_labels("any", 6, 10, torch.Generator().manual_seed(11)).tolist()
+    for labels, want in (("any", expected), ([4, None, 4, None, 0, 9], [4, None, 4, None, 0, 9])):
+        job = httpx.post(server.url + API + "/jobs", json=dict(n=6, steps=3, seed=11, labels=labels, guidance=1.5),
+                         timeout=30).json()
+        with httpx.stream("GET", f"{server.url}{API}/jobs/{job['id']}/events", timeout=60) as r:
+            started = next(e.data for e in sse_events(r) if e.event == "started")
+        assert (started["labels"], started["guidance"]) == (want, 1.5)
+        state = httpx.get(f"{server.url}{API}/jobs/{job['id']}", timeout=30).json()
+        assert (state["labels"], state["guidance"]) == (want, 1.5)

@@ -40,7 +40,9 @@ def _wire(result, job: Job) -> tuple[str, str, dict]:
 def test_each_result_maps_to_its_event_id_and_payload():
     job = _job()
     assert _wire(Queued(3), job) == ("queued", "0", {"id": "j1", "position": 3})
-    assert _wire(Started(K, 2, 9), job) == ("started", "0", {"id": "j1", "steps": K, "n": 2, "seed": 9})
+    assert _wire(Started(K, 2, 9), job) == ("started", "0", {"id": "j1", "steps": K, "n": 2, "seed": 9,
+                                                             "labels": None, "guidance": None})
+    assert _wire(Started(K, 2, 9, (7, None), 2.0), job)[2]["labels"] == [7, None]
     name, eid, data = _wire(_frame(2), job)
     assert (name, eid) == ("frame", "2")
     assert {k: data[k] for k in ("step", "of", "t", "format", "width", "height", "channels")} == {
