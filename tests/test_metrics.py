@@ -27,6 +27,7 @@ from engine.evaluation.metrics import (
     generate,
     nearest_distances,
     quantize,
+    within_class_distance,
 )
 from engine.io.images import from_uint8
 from engine.io.modelfile import DiffusionConfig
@@ -82,6 +83,16 @@ def test_class_entropy_bounds():
     assert class_entropy(one) == 0.0
     two = torch.eye(10)[[0, 1] * 10]
     assert class_entropy(two) == pytest.approx(math.log(2) / math.log(10), rel=1e-12)
+
+
+def test_within_class_distance_is_the_mean_pairwise_distance_per_class():
+    # class 0: two points 3-4-5 apart; class 1: three corners of a unit square (distances 1, 1, √2)
+    pts = torch.tensor([[0.0, 0.0], [3.0, 4.0], [0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [9.0, 9.0]])
+    classes = torch.tensor([0, 0, 1, 1, 1, 2])  # class 2 has one image: no pair, left out
+    assert within_class_distance(pts, classes) == pytest.approx((5.0 + (2 + math.sqrt(2)) / 3) / 2, rel=1e-12)
+    assert within_class_distance(pts, torch.zeros(6, dtype=torch.long)) == pytest.approx(
+        float(torch.pdist(pts.double()).mean()))
+    assert math.isnan(within_class_distance(pts[:2], torch.tensor([0, 1])))
 
 
 def test_confident_share_counts_the_top_class():

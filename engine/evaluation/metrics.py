@@ -110,6 +110,21 @@ def class_entropy(probs: Tensor) -> float:
     return float(-(nz * nz.log()).sum() / math.log(probs.shape[1]))
 
 
+def within_class_distance(images: Tensor, classes: Tensor) -> float:
+    """Diversity inside classes: the mean pixel-space L2 distance between two of ``images (N, ...)`` of the
+    same class ``(N,)``, averaged over the classes that have at least two (NaN if none has).
+
+    Guidance that collapses each class onto one prototype drives this down while accuracy rises.
+    """
+    flat, means = images.flatten(1).double(), []
+    for c in classes.unique():
+        rows = flat[classes.to(flat.device) == c]
+        if len(rows) > 1:
+            d = torch.pdist(rows)
+            means.append(d.mean())
+    return float(torch.stack(means).mean()) if means else float("nan")
+
+
 def confident_share(probs: Tensor, threshold: float = CONFIDENCE) -> float:
     """Share of rows of ``probs (N, K)`` whose top class has probability ≥ ``threshold``."""
     return float((probs.max(1).values >= threshold).double().mean())
@@ -181,6 +196,7 @@ class DigitMetrics:
             "fld": frechet_distance(*gaussian_stats(feats), *self.train_stats),
             "confident_share": confident_share(probs),
             "class_entropy": class_entropy(probs),
+            "within_class_distance": within_class_distance(images, probs.argmax(1)),
             **memorization(images, self.train.images, self.copy_threshold),
         }
 
