@@ -52,7 +52,7 @@ def test_epoch_sampler_resumes_exactly():
     assert [c.next_indices().tolist() for _ in range(4)] == seq[3:]
 
 
-@pytest.mark.parametrize("extra", [[], ["--num-classes", "10", "--label-dropout", "0.3"]])
+@pytest.mark.parametrize("extra", [["--num-classes", "0"], ["--label-dropout", "0.3"]])
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path, extra):
     """SIGKILL during training, --resume, and the final weights equal an uninterrupted run's (labels too)."""
     common = ["--preset", "tiny", "--max-steps", "40", "--ckpt-every", "5", "--sample-every", "0", *extra]
@@ -351,7 +351,8 @@ def test_config_rules_live_in_the_config():
 def test_init_from_an_unconditional_file_trains_a_class_conditional_model(tmp_path):
     """--init-from plus --num-classes converts: every shared tensor is copied, the class embedding (zero at
     first) learns, and the exported file is class-conditional."""
-    _cli("train", "--preset", "tiny", "--run-dir", str(tmp_path / "u"), "--max-steps", "4", "--sample-every", "0")
+    _cli("train", "--preset", "tiny", "--run-dir", str(tmp_path / "u"), "--max-steps", "4", "--sample-every", "0",
+         "--num-classes", "0")
     _cli("export", str(tmp_path / "u"), "--out", str(tmp_path / "u.safetensors"))
     _cli("train", "--preset", "tiny", "--run-dir", str(tmp_path / "c"), "--init-from", str(tmp_path / "u.safetensors"),
          "--num-classes", "10", "--max-steps", "6", "--sample-every", "0", "--lr", "1e-2", "--ema-decay", "0")
@@ -363,3 +364,28 @@ def test_init_from_an_unconditional_file_trains_a_class_conditional_model(tmp_pa
     r = _cli("train", "--preset", "tiny", "--run-dir", str(tmp_path / "bad"), "--num-classes", "3", "--max-steps", "1",
              check=False)
     assert r.returncode == 2 and "--num-classes 10" in r.stderr
+
+
+def test_num_classes_comes_from_the_dataset_unless_given(tmp_path):
+    """Labelled data trains a class-conditional model by default: 10 for MNIST-5k, an image folder's
+    subfolders (a flat folder has one class, so none); --num-classes 0 asks for an unconditional one."""
+    from engine.cli import build_parser
+    from engine.cli.train import _new_config
+    from engine.training.datasets import dataset_classes
+
+    parser, _ = build_parser()
+
+    def classes(*args: str) -> int:
+        return _new_config(parser.parse_args(["train", "--preset", "tiny", *args])).model.num_classes
+
+    assert classes() == 10 and classes("--num-classes", "0") == 0 and classes("--num-classes", "4") == 4
+    from PIL import Image
+
+    for sub, n in (("cats", 2), ("dogs", 2), ("owls", 1)):
+        (tmp_path / "tree" / sub).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8)).save(tmp_path / "tree" / sub / f"{i}.png")
+    (tmp_path / "flat").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "flat" / "a.png")
+    assert dataset_classes("folder", tmp_path / "tree") == 3 and dataset_classes("folder", tmp_path / "flat") == 0
+    assert classes("--dataset", "folder", "--data-root", str(tmp_path / "tree")) == 3

@@ -114,10 +114,19 @@ def passed_config(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, d
 
 
 def _new_config(args: argparse.Namespace) -> TrainConfig:
+    """The preset with the flags passed; a run on labelled data is class-conditional unless --num-classes 0."""
+    from ..training.datasets import dataset_classes
+
     top, nested = passed_config(args)
     # 0 is a value here ("0 disables"), not "unset": preset_train_config skips only None.
-    return preset_train_config(args.preset or "mnist", **top, model_overrides=nested["model"],
-                               diffusion_overrides=nested["diffusion"])
+    cfg = preset_train_config(args.preset or "mnist", **top, model_overrides=nested["model"],
+                              diffusion_overrides=nested["diffusion"])
+    if "num_classes" not in nested["model"] and not cfg.model.num_classes and cfg.model.arch == "unet":
+        classes = dataset_classes(cfg.dataset, cfg.data_root)
+        if classes:
+            cfg = preset_train_config(args.preset or "mnist", **top, diffusion_overrides=nested["diffusion"],
+                                      model_overrides={**nested["model"], "num_classes": classes})
+    return cfg
 
 
 def _resumed_config(args: argparse.Namespace, run_dir: Path) -> TrainConfig:

@@ -214,7 +214,9 @@ NESTED_FLAGS: dict[str, tuple[str, str]] = {
     "schedule": ("diffusion", "the noise schedule"),
     "T": ("diffusion", "diffusion steps"),
     "prediction": ("diffusion", "what the network predicts: ε, x0 or v"),
-    "num_classes": ("model", "class-conditional with this many classes (labels 0 … n−1); 0: unconditional"),
+    "num_classes": ("model", "class-conditional with this many classes (labels 0 … n−1); 0: unconditional "
+                             "(default: the dataset's, 10 for the digit sets and CIFAR-10, an image folder's "
+                             "subfolders)"),
 }
 
 

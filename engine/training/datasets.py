@@ -114,16 +114,32 @@ def _load_torchvision(name: str, data_root: str | Path | None, download: bool, s
     return ImageData(name, _to_float(images), torch.from_numpy(labels).long(), hflip=name == "cifar10")
 
 
+_IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
+
+
+def _folder_files(data_root: str | Path | None) -> tuple[list[Path], list[str]]:
+    """An image folder's files and its classes (the names of the folders holding them, sorted)."""
+    if data_root is None or not Path(data_root).is_dir():
+        raise ValueError(f"--data-root must be a folder of images for dataset 'folder', got {data_root!r}")
+    files = sorted(p for p in Path(data_root).rglob("*") if p.suffix.lower() in _IMAGE_EXTS)
+    if not files:
+        raise ValueError(f"--data-root {data_root}: no images found ({', '.join(sorted(_IMAGE_EXTS))})")
+    return files, sorted({p.parent.name for p in files})
+
+
+def dataset_classes(name: str, data_root: str | Path | None = None) -> int:
+    """How many classes a dataset's labels name: 10 for the digit sets and CIFAR-10; an image folder's
+    subfolders (0 for a flat folder: one class is no condition)."""
+    if name != "folder":
+        return 10
+    _, classes = _folder_files(data_root)
+    return len(classes) if len(classes) > 1 else 0
+
+
 def _load_folder(data_root: str | Path | None, size: int, split: str) -> ImageData:
     from PIL import Image
 
-    if data_root is None or not Path(data_root).is_dir():
-        raise ValueError(f"--data-root must be a folder of images for dataset 'folder', got {data_root!r}")
-    exts = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif"}
-    files = sorted(p for p in Path(data_root).rglob("*") if p.suffix.lower() in exts)
-    if not files:
-        raise ValueError(f"--data-root {data_root}: no images found ({', '.join(sorted(exts))})")
-    classes = sorted({p.parent.name for p in files})
+    files, classes = _folder_files(data_root)
     imgs = []
     for p in files:
         with Image.open(p) as im:
