@@ -2,6 +2,7 @@
 
     python scripts/screenshot.py                       # the bundled model → docs/screenshot.png
     python scripts/screenshot.py --model m.safetensors --out /tmp/shot.png --sampler ddim --steps 20
+    python scripts/screenshot.py --labels 7 --guidance 3     # a class-conditional model: one digit, guided
     python scripts/screenshot.py --url http://127.0.0.1:8000      # a server that is already running
 
 It generates a grid, noises a dataset sample (when the model has bundled samples) and denoises it back,
@@ -42,9 +43,13 @@ class Shot(NamedTuple):
     grid_seconds: float  # from the click on Generate to the grid's done state, as a user waits
 
 
-def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int = 100, seed: int = 0,
-                    noise_t: int = 400, sampler: str = "ddpm", race_out: Path | None = None) -> Shot:
-    """Run the demo on ``page`` and save a full-page PNG at ``out`` (and the sampler race at ``race_out``)."""
+def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int | None = None, seed: int = 0,
+                    noise_t: int = 400, sampler: str | None = None, race_out: Path | None = None,
+                    labels: str = "each", guidance: float | None = None) -> Shot:
+    """Run the demo on ``page`` and save a full-page PNG at ``out`` (and the sampler race at ``race_out``).
+
+    ``sampler``, ``steps`` and ``guidance`` left None keep the page's defaults (the server's); ``labels``
+    is the digit picker's choice, used when the model is class-conditional."""
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
@@ -52,8 +57,14 @@ def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int = 1
     page.wait_for_selector("body[data-ready=true]")
 
     page.fill("#gen-n", str(n))
-    page.select_option("#gen-sampler", sampler)
-    page.fill("#gen-steps", str(steps))
+    if sampler is not None:
+        page.select_option("#gen-sampler", sampler)
+    if steps is not None:
+        page.fill("#gen-steps", str(steps))
+    if page.locator("#gen-labels").count():
+        page.select_option("#gen-labels", labels)
+        if guidance is not None:
+            _set_range(page, "#gen-guidance", guidance)
     page.check("#gen-seed-fixed")
     page.fill("#gen-seed", str(seed))
     t0 = time.perf_counter()
@@ -66,7 +77,7 @@ def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int = 1
         page.wait_for_selector("#noise-xt[src]")
         _set_range(page, "#noise-t", noise_t)
         page.wait_for_selector(f"#noise-xt[data-t='{noise_t}']")
-        page.fill("#noise-steps", str(min(steps, noise_t + 1)))
+        page.fill("#noise-steps", str(min(int(page.input_value("#gen-steps")), noise_t + 1)))
         page.click("#noise-go")
         page.wait_for_selector("#noise-viewer[data-state=done]")
     if race_out is not None:  # its default lanes: respaced DDPM against DPM-Solver++(2M)
@@ -92,9 +103,13 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
     ap.add_argument("--n", type=int, default=16, help="images to generate")
     ap.add_argument("--race-out", type=Path, default=ROOT / "docs" / "race.png", help="the sampler race panel")
-    ap.add_argument("--sampler", choices=list(SAMPLERS), default="ddpm",
-                    help="sampler for the grid (default ddpm, respaced: the page's default)")
-    ap.add_argument("--steps", type=int, default=100, help="steps for the grid; the denoise uses as many")
+    ap.add_argument("--sampler", choices=list(SAMPLERS), default=None,
+                    help="sampler for the grid (default: the page's, which is the server's)")
+    ap.add_argument("--steps", type=int, default=None, help="steps for the grid (default: the page's); the "
+                                                             "denoise uses as many")
+    ap.add_argument("--labels", default="each", help="a class-conditional model's digit picker: any, 0-9, each "
+                                                     "or none")
+    ap.add_argument("--guidance", type=float, default=None, help="its guidance slider (default: the page's)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--noise-t", type=int, default=400, help="t for the noise-your-own-image panel")
     ap.add_argument("--width", type=int, default=1280)
@@ -114,7 +129,7 @@ def main() -> int:
                 page = browser.new_page(viewport={"width": args.width, "height": 900})
                 page.set_default_timeout(120_000)
                 shot = drive_and_shoot(page, args.url or server.url, args.out, args.n, args.steps, args.seed,
-                                       args.noise_t, args.sampler, args.race_out)
+                                       args.noise_t, args.sampler, args.race_out, args.labels, args.guidance)
                 state = page.get_attribute("#gen-viewer", "data-state")
                 browser.close()
         finally:
