@@ -10,6 +10,7 @@ from .io.images import to_uint8
 from .io.loader import load_model_file
 from .io.modelfile import (
     DEFAULT_MODEL,
+    UNCONDITIONAL_MODEL,
     DiffusionConfig,
     LoadedModel,
     ModelCard,
@@ -45,6 +46,7 @@ __all__ = [
     "SAMPLERS",
     "SAMPLER_INFO",
     "SPACINGS",
+    "UNCONDITIONAL_MODEL",
     "Conditioning",
     "DiffusionConfig",
     "GaussianDiffusion",

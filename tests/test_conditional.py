@@ -11,7 +11,10 @@ from engine.models.unet import load_shared_weights
 
 @pytest.fixture(scope="module")
 def bundled():
-    return load_model_file()
+    """The bundled unconditional model."""
+    from engine import UNCONDITIONAL_MODEL
+
+    return load_model_file(UNCONDITIONAL_MODEL)
 
 
 def _converted(bundled, num_classes: int = 10):

@@ -25,7 +25,10 @@ class _Out:
 
 @pytest.fixture(scope="module")
 def bundled():
-    return load_model_file()
+    """The bundled unconditional model."""
+    from engine import UNCONDITIONAL_MODEL
+
+    return load_model_file(UNCONDITIONAL_MODEL)
 
 
 @pytest.fixture(scope="module")

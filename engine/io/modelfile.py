@@ -25,7 +25,8 @@ from .atomic import save_safetensors_atomic
 
 FORMAT = "ddpm-demo/1"
 META_KEY = "ddpm.config"
-DEFAULT_MODEL = ASSET_DIR / "mnist5k.safetensors"
+UNCONDITIONAL_MODEL = ASSET_DIR / "mnist5k.safetensors"
+DEFAULT_MODEL = UNCONDITIONAL_MODEL
 
 
 class ModelFileError(ValueError):
