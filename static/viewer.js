@@ -159,7 +159,8 @@ export class FrameViewer {
     draw(this.x0, f.x0, f.width, f.height, f.channels);
     this.xt.dataset.step = String(f.step);
     this.x0.dataset.step = String(f.step);
-    this.tLabel.textContent = `t = ${f.t}`;
+    // the last step ends at the clean images (a solver's final step jumps there from its lowest t)
+    this.tLabel.textContent = f.step === f.of ? "t = 0 (done)" : `t = ${f.t}`;
     this.updateScrubLabel(i);
     this.onT(f.t);
   }
