@@ -20,6 +20,7 @@ from pathlib import Path
 
 from engine import load_model_file
 from engine.evaluation.metrics import DigitMetrics, class_accuracy, generate, requested_labels
+from engine.io.loader import with_unconditional_prior
 from engine.sampling.defaults import DEFAULT_GUIDANCE
 
 BATCH = 125
@@ -30,8 +31,8 @@ def run_config(m, metrics: DigitMetrics, sampler: str, spacing: str, steps: int,
     t0 = time.perf_counter()
     images = generate(m, n, sampler, steps, eta, 0, BATCH, "cpu", False, None, spacing, labels, guidance)
     seconds = time.perf_counter() - t0
-    row = {"model": str(m.path), "sampler": sampler, "spacing": spacing, "steps": steps, "eta": eta, "n": n,
-           "seconds": round(seconds, 1)}
+    row = {"model": str(m.path), "prior": str(m.prior_path) if m.prior_path else None, "sampler": sampler,
+           "spacing": spacing, "steps": steps, "eta": eta, "n": n, "seconds": round(seconds, 1)}
     if m.num_classes:
         row.update(labels=labels, guidance=guidance)
         asked = requested_labels(m, n, 0, BATCH, labels)
@@ -42,12 +43,14 @@ def run_config(m, metrics: DigitMetrics, sampler: str, spacing: str, steps: int,
 
 def _key(r: dict) -> tuple:
     """What a row measured (rows of an unconditional model have no labels or guidance)."""
-    return (r.get("model"), r["sampler"], r["spacing"], r["steps"], r["n"], r.get("labels"), r.get("guidance"))
+    return (r.get("model"), r.get("prior"), r["sampler"], r["spacing"], r["steps"], r["n"], r.get("labels"),
+            r.get("guidance"))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model file (default: the bundled one)")
+    ap.add_argument("--uncond-model", default=None, help="an unconditional model file for the 'no label' rows")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--samplers", nargs="+", default=["ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde"])
     ap.add_argument("--spacings", nargs="+", default=["linspace", "leading", "trailing", "logsnr", "karras"])
@@ -64,6 +67,9 @@ def main() -> None:
     done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     seen = {_key(r) for r in done}
     m = load_model_file(args.model)
+    if args.uncond_model:
+        m = with_unconditional_prior(m, load_model_file(args.uncond_model))
+    prior = str(m.prior_path) if m.prior_path else None
     labels = (None if args.labels == "none" else args.labels) if m.num_classes else None
     scales = args.guidance if m.num_classes else [None]
     metrics = DigitMetrics()
@@ -72,7 +78,8 @@ def main() -> None:
             for steps in args.steps:
                 for s in scales:
                     eta = args.eta if sampler in ("ddim", "dpmpp_2m_sde") else None
-                    if (str(m.path), sampler, spacing, steps, args.n, labels if s is not None else None, s) in seen:
+                    key = (str(m.path), prior, sampler, spacing, steps, args.n, labels if s is not None else None, s)
+                    if key in seen:
                         continue
                     row = run_config(m, metrics, sampler, spacing, steps, args.n, eta, labels,
                                      1.0 if s is None else s)
@@ -87,7 +94,8 @@ def main() -> None:
                                           str(r.get("labels")), r.get("guidance") or 0)):
         acc = f"{r['class_accuracy']:.3f}" if "class_accuracy" in r else "–"
         wcd = f"{r['within_class_distance']:.2f}" if "within_class_distance" in r else "–"
-        print(f"| {Path(r.get('model') or 'bundled').name} | {r['sampler']} | {r['spacing']} | {r['steps']} | "
+        model = Path(r.get("model") or "bundled").name + (f" + {Path(r['prior']).name}" if r.get("prior") else "")
+        print(f"| {model} | {r['sampler']} | {r['spacing']} | {r['steps']} | "
               f"{r.get('labels') or '–'} | {r.get('guidance', '–')} | {acc} | {r['confident_share']:.3f} | "
               f"{r['class_entropy']:.3f} | {r['fld']:.1f} | {wcd} | {100 * r['near_copy_share']:.1f} % | "
               f"{r['seconds']} |")

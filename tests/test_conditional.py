@@ -140,3 +140,45 @@ def test_guided_sampling_with_scale_1_is_conditional_and_0_unconditional(bundled
         torch.testing.assert_close(run(Conditioning.of(labels, 1.0, 10), net), cond_only)
         torch.testing.assert_close(run(Conditioning.of(labels, 0.0, 10), net), uncond)
         assert not torch.allclose(run(Conditioning.of(labels, 3.0, 10), net), cond_only)
+
+
+# ------------------------------------------------------------------------------------ unconditional prior
+def test_a_prior_answers_the_no_label_rows_and_guidance_uses_it(tmp_path):
+    """With an unconditional prior, "no label" rows (guidance's ε_u) come from the prior, the rest from the
+    conditional network; a batch of both is split and put back in order."""
+    from engine.io.loader import with_unconditional_prior
+    from tests.server_utils import tiny_model_file
+
+    cond = load_model_file(tiny_model_file(tmp_path / "c.safetensors", num_classes=3, T=50))
+    prior = load_model_file(tiny_model_file(tmp_path / "u.safetensors", seed=1, T=50))
+    paired = with_unconditional_prior(cond, prior)
+    assert paired.prior_path == prior.path and paired.num_classes == 3
+    g = torch.Generator().manual_seed(0)
+    x, t = torch.randn(4, *cond.sample_shape, generator=g), torch.tensor([3, 10, 20, 49])
+    y = torch.tensor([0, 3, 2, 3])
+    with torch.inference_mode():
+        out = paired.net(x, t, y)
+        torch.testing.assert_close(out[[0, 2]], cond.net(x[[0, 2]], t[[0, 2]], y[[0, 2]]))
+        torch.testing.assert_close(out[[1, 3]], prior.net(x[[1, 3]], t[[1, 3]]))
+        torch.testing.assert_close(paired.net(x, t), prior.net(x, t))  # no labels at all: the prior alone
+        guided = guided_forward(paired.net, x, t, Conditioning.of(torch.tensor([1, 1, 2, 3]), 2.5, 3))
+        eps_u, eps_c = prior.net(x, t), cond.net(x, t, torch.tensor([1, 1, 2, 3]))
+        torch.testing.assert_close(guided[:3], eps_u[:3] + 2.5 * (eps_c[:3] - eps_u[:3]))
+        torch.testing.assert_close(guided[3], eps_u[3])
+
+
+def test_a_prior_must_fit_the_model(tmp_path):
+    from engine import ModelFileError
+    from engine.io.loader import with_unconditional_prior
+    from tests.server_utils import tiny_model_file
+
+    cond = load_model_file(tiny_model_file(tmp_path / "c.safetensors", num_classes=3, T=50))
+    uncond = load_model_file(tiny_model_file(tmp_path / "u.safetensors", T=50))
+    for model, prior, match in (
+        (uncond, uncond, "is unconditional; a prior only serves a class-conditional model"),
+        (cond, cond, "has 3 classes; the prior must be unconditional"),
+        (cond, load_model_file(tiny_model_file(tmp_path / "big.safetensors", image_size=16, T=50)), "samples"),
+        (cond, load_model_file(tiny_model_file(tmp_path / "t.safetensors", T=60)), r"diffusion differs .*'T'"),
+    ):
+        with pytest.raises(ModelFileError, match=match):
+            with_unconditional_prior(model, prior)

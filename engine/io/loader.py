@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -21,3 +22,25 @@ def load_model_file(path: str | os.PathLike | None = None, device: torch.device 
             raise ModelFileError(f"{path}: a directory, but not a diffusers pipeline folder (no model_index.json)")
         return load_diffusers_folder(path, device)
     return load_safetensors_model(DEFAULT_MODEL if path is None else path, device)
+
+
+def with_unconditional_prior(model: LoadedModel, prior: LoadedModel) -> LoadedModel:
+    """``model`` (class-conditional) with its "no label" rows answered by ``prior`` (unconditional).
+
+    Raises ModelFileError unless both sample the same shape under the same diffusion.
+    """
+    from ..models.prior import UnconditionalPrior
+
+    where = f"--uncond-model {prior.path}"
+    if not model.num_classes:
+        raise ModelFileError(f"{where}: {model.path} is unconditional; a prior only serves a class-conditional model")
+    if prior.num_classes:
+        raise ModelFileError(f"{where}: has {prior.num_classes} classes; the prior must be unconditional")
+    if prior.sample_shape != model.sample_shape:
+        raise ModelFileError(f"{where}: samples {prior.sample_shape}, the model {model.sample_shape}")
+    ours, theirs = model.card.diffusion, prior.card.diffusion
+    diff = sorted(k for k, v in vars(ours).items() if getattr(theirs, k) != v)
+    if diff or not bool((model.diffusion.schedule.betas == prior.diffusion.schedule.betas).all()):
+        raise ModelFileError(f"{where}: its diffusion differs from the model's in {diff or ['betas']}")
+    net = UnconditionalPrior(model.net, prior.net, model.num_classes).eval()
+    return dataclasses.replace(model, net=net, prior_path=prior.path)

@@ -138,6 +138,7 @@ class LoadedModel:
     diffusion: GaussianDiffusion
     card: ModelCard
     path: Path
+    prior_path: Path | None = None  # the unconditional model answering "no label" rows, if one was paired
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
