@@ -11,6 +11,10 @@ from engine.cli import UserError, build_parser, dispatch
 def _add_serve(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve the model, the page and the streaming API (env: DDPM_*)")
     p.add_argument("--model", help="model file or diffusers folder (env DDPM_MODEL; default: the bundled model)")
+    p.add_argument("--uncond-model", metavar="FILE|none",
+                   help="class-conditional models: an unconditional model file answering the 'no label' rows "
+                        "(guidance's eps_u), or 'none' (env DDPM_UNCOND_MODEL; default: the bundled model's prior "
+                        "for the bundled model, else none)")
     p.add_argument("--host", help="bind address (env DDPM_HOST; default 127.0.0.1)")
     p.add_argument("--port", type=int, help="port (env DDPM_PORT; default 8000)")
     p.add_argument("--device", help="auto, cpu or cuda (env DDPM_DEVICE; default auto)")
@@ -37,7 +41,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     from .settings import Settings
 
     try:
-        settings = Settings.load(model=args.model, host=args.host, port=args.port, device=args.device,
+        settings = Settings.load(model=args.model, uncond_model=args.uncond_model, host=args.host, port=args.port,
+                                 device=args.device,
                                  max_batch=args.max_batch, max_active_jobs=args.max_active_jobs,
                                  max_queue=args.max_queue, frame_every_min=args.frame_every_min,
                                  max_jobs_per_client=args.max_jobs_per_client, trusted_proxies=args.trusted_proxies,
@@ -54,6 +59,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     model = Path(settings.model) if settings.model else DEFAULT_MODEL
     if not model.is_dir():
         read_card(model)  # fail fast with a one-line message, before uvicorn starts
+    if settings.uncond_model not in (None, "none") and not Path(settings.uncond_model).is_dir():
+        read_card(settings.uncond_model)
     print(f"Serving {model} on http://{settings.host}:{settings.port}", flush=True)
     # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from any loopback peer, and which
     # proxies to believe is DDPM_TRUSTED_PROXIES' call alone (app.security).

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import Gauge
 
-from engine import SAMPLER_INFO, SAMPLERS, LoadedModel, choose, load_model_file, resolve_device, steps_limit
+from engine import SAMPLER_INFO, SAMPLERS, LoadedModel, choose, load_model, resolve_device, steps_limit
 from engine.sampling import SamplerName
 from engine.training.datasets import BUNDLED
 
@@ -57,6 +57,7 @@ def model_info(m: LoadedModel, device: torch.device, settings: Settings) -> dict
         "schedule": "custom" if d.betas is not None else d.schedule, "prediction": d.prediction,
         "variance": d.variance, "value_range": list(c.value_range), "arch": c.model.arch,
         "max_batch": settings.max_batch, "file": m.path.name,
+        "unconditional_prior": m.prior_path.name if m.prior_path else None,
         "classes": c.data.get("classes") or list(range(m.num_classes)),
         "defaults": sampling_defaults(m, settings.sampler, settings.guidance),
     }
@@ -132,7 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         device = resolve_device(settings.device)
 
         def load() -> tuple[LoadedModel, list[str]]:  # large torch ops: not on the loop's thread (see app.worker)
-            m = load_model_file(settings.model, device)
+            m = load_model(settings.model, device, settings.uncond_model)
             return m, _examples(m) if BUNDLED.exists() else []
 
         m, examples = await on_a_thread_that_exits(load)

@@ -17,6 +17,9 @@ class Settings(BaseModel):
     """Everything ``ddpm serve`` can be told; each field is also read from ``DDPM_<NAME>``."""
 
     model: str | None = Field(None, description="model file or diffusers folder; default: the bundled MNIST model")
+    uncond_model: str | None = Field(None, description="class-conditional models: an unconditional model file for "
+                                                       "the 'no label' rows, or 'none' for the model's own; default: "
+                                                       "the bundled model's prior for the bundled model, else none")
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     device: str = "auto"

@@ -7,9 +7,10 @@ from .diffusion.losses import loss_weights, sample_timesteps, simple_loss
 from .diffusion.respace import RespacedSchedule, respace, select_timesteps
 from .diffusion.schedule import NoiseSchedule
 from .io.images import to_uint8
-from .io.loader import load_model_file
+from .io.loader import load_model, load_model_file, with_unconditional_prior
 from .io.modelfile import (
     DEFAULT_MODEL,
+    DEFAULT_PRIOR,
     UNCONDITIONAL_MODEL,
     DiffusionConfig,
     LoadedModel,
@@ -41,6 +42,7 @@ from .sampling import (
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DEFAULT_PRIOR",
     "DEFAULT_SAMPLER",
     "PRESETS",
     "SAMPLERS",
@@ -70,6 +72,7 @@ __all__ = [
     "discretized_gaussian_log_likelihood",
     "draw_noise",
     "guided_forward",
+    "load_model",
     "load_model_file",
     "loss_weights",
     "normal_kl",
@@ -87,4 +90,5 @@ __all__ = [
     "simple_loss",
     "steps_limit",
     "to_uint8",
+    "with_unconditional_prior",
 ]

@@ -90,3 +90,25 @@ def test_the_labels_drawn_are_reported_in_started_and_the_job(server):
         assert (started["labels"], started["guidance"]) == (want, 1.5)
         state = httpx.get(f"{server.url}{API}/jobs/{job['id']}", timeout=30).json()
         assert (state["labels"], state["guidance"]) == (want, 1.5)
+
+
+def test_an_unconditional_prior_answers_no_label_rows_in_the_server_and_the_cli(model_file, tmp_path):
+    """`ddpm serve --uncond-model U`: labels "none" draw exactly U's images, guided ones equal the CLI's."""
+    uncond = tiny_model_file(tmp_path / "u.safetensors", seed=1, T=50)
+    s = start_server(model_file, tmp_path / "server.log", "--uncond-model", str(uncond))
+    try:
+        assert httpx.get(s.url + API + "/model").json()["unconditional_prior"] == "u.safetensors"
+        # "none" against the unconditional file alone; 7 against the CLI with the same pair
+        for label, cli in (("none", ["--model", str(uncond)]),
+                           (7, ["--model", str(model_file), "--uncond-model", str(uncond), "--label", "7"])):
+            via_api = _images(s, n=2, steps=5, sampler="ddim", seed=3, labels=label, guidance=2.0)
+            subprocess.run([sys.executable, "-m", "engine", "sample", *cli, "--n", "2", "--steps", "5", "--sampler",
+                            "ddim", "--seed", "3", "--out", str(tmp_path / "s.npz")], cwd=ROOT, check=True,
+                           capture_output=True)
+            assert np.array_equal(via_api, np.load(tmp_path / "s.npz")["images"][..., 0]), label
+    finally:
+        s.stop()
+    r = subprocess.run([sys.executable, "-m", "engine", "sample", "--model", str(uncond), "--uncond-model",
+                        str(uncond), "--n", "1", "--out", str(tmp_path / "x.png")], cwd=ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "a prior only serves a class-conditional model" in r.stderr, r.stderr

@@ -95,10 +95,19 @@ def _int_label(spec: str) -> int:
         raise UserError(f"--label must be a class number, 'any' or 'none', got {spec!r}") from None
 
 
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """``--model`` and ``--uncond-model``, as ``sample``, ``eval`` and ``serve`` take them."""
+    p.add_argument("--model", default=None, help="model file (.safetensors); default: the bundled MNIST model")
+    p.add_argument("--uncond-model", default=None, metavar="FILE|none",
+                   help="class-conditional models: an unconditional model file that answers the 'no label' rows "
+                        "(guidance's eps_u), or 'none' for the model's own; default: none, except that the bundled "
+                        "model has its bundled prior")
+
+
 # ------------------------------------------------------------------------------- sample
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw samples from a model file into a PNG grid or an .npz")
-    p.add_argument("--model", default=None, help="model file (.safetensors); default: the bundled MNIST model")
+    add_model_args(p)
     p.add_argument("--n", type=int, default=16, help="number of images (default 16)")
     add_sampling_args(p)
     p.add_argument("--seed", type=int, default=0)
@@ -110,7 +119,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 def _run_sample(args: argparse.Namespace) -> int:
     from ..io.images import save_samples, to_uint8
-    from ..io.loader import load_model_file
+    from ..io.loader import load_model
     from ..sampling import sample
 
     if not 1 <= args.n <= 100_000:
@@ -118,7 +127,7 @@ def _run_sample(args: argparse.Namespace) -> int:
     if not str(args.out).lower().endswith((".png", ".npz")):
         raise UserError(f"--out must end in .png or .npz, got {args.out!r}")
     device = resolve_device(args.device)
-    m = load_model_file(args.model, device)
+    m = load_model(args.model, device, args.uncond_model)
     plan = plan_from_args(args, m.diffusion)
     gen = torch.Generator().manual_seed(args.seed)
     cond = cond_from_args(args, m.num_classes, args.n, gen)

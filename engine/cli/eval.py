@@ -13,11 +13,11 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from . import add_sampling_args
+    from . import add_model_args, add_sampling_args
 
     p = sub.add_parser("eval", help="sample and print quality metrics as JSON (FLD, confidence, entropy, "
                                     "memorization, bits/dim, FID with local weights)")
-    p.add_argument("--model", default=None, help="model file (.safetensors); default: the bundled MNIST model")
+    add_model_args(p)
     p.add_argument("--n", type=int, default=1000, help="samples to draw (default 1000)")
     add_sampling_args(p)
     p.add_argument("--seed", type=int, default=0, help="batch i uses seed+i, like `sample --seed`")
@@ -42,7 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..evaluation.metrics import check_eval_args, evaluate_model
-    from ..io.loader import load_model_file
+    from ..io.loader import load_model
     from ..sampling import choose, steps_limit
     from . import UserError, labels_from_args, plan_from_args
 
@@ -56,7 +56,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
         raise UserError(f"--cache-dir: {args.cache_dir} exists and is not a folder")
     device = resolve_device(args.device)
-    m = load_model_file(args.model, device)
+    m = load_model(args.model, device, args.uncond_model)
     check_eval_args(*limits, T=m.diffusion.T, cli=True)
     if args.steps == 0:  # eval's "all T"
         args.steps = steps_limit(m.diffusion, choice.sampler)

@@ -46,7 +46,7 @@ from ..sampling import (
 )
 from ..training.datasets import ImageData, load_dataset
 from .classifier import DigitClassifier, load_classifier
-from .sample_cache import SampleCache
+from .sample_cache import SampleCache, file_digest
 
 CONFIDENCE = 0.9
 COPY_PERCENTILE = 0.0  # the minimum; see the module docstring
@@ -287,6 +287,8 @@ def generate(loaded: LoadedModel, num_samples: int, sampler: str, steps: int | N
     plan = SamplingPlan.build(loaded.diffusion, sampler, steps, eta, spacing=spacing)  # type: ignore[arg-type]
     classes = loaded.num_classes
     tag = _cache_tag(plan, labels if classes else None, guidance)
+    if loaded.prior_path is not None:
+        tag += f"-prior{file_digest(loaded.prior_path, 8)}"
     sizes = [min(batch_size, num_samples - i) for i in range(0, num_samples, batch_size)]
     bar = None
     if progress:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from .diffusers_interop import is_diffusers_folder, load_diffusers_folder
-from .modelfile import DEFAULT_MODEL, LoadedModel, ModelFileError, load_safetensors_model
+from .modelfile import DEFAULT_MODEL, DEFAULT_PRIOR, LoadedModel, ModelFileError, load_safetensors_model
 
 
 def load_model_file(path: str | os.PathLike | None = None, device: torch.device | str = "cpu") -> LoadedModel:
@@ -22,6 +22,24 @@ def load_model_file(path: str | os.PathLike | None = None, device: torch.device 
             raise ModelFileError(f"{path}: a directory, but not a diffusers pipeline folder (no model_index.json)")
         return load_diffusers_folder(path, device)
     return load_safetensors_model(DEFAULT_MODEL if path is None else path, device)
+
+
+def load_model(path: str | os.PathLike | None = None, device: torch.device | str = "cpu",
+               uncond_model: str | os.PathLike | None = None) -> LoadedModel:
+    """:func:`load_model_file`, with the "no label" rows of a class-conditional model answered by the
+    unconditional model file ``uncond_model`` ("none": by the model's own label-dropout branch).
+
+    Left None, the bundled default model is paired with :data:`DEFAULT_PRIOR` (the pair its quality
+    figures were measured with) and any other model with nothing.
+    """
+    m = load_model_file(path, device)
+    if uncond_model is None:
+        if path is not None or DEFAULT_PRIOR is None:
+            return m
+        uncond_model = DEFAULT_PRIOR
+    if str(uncond_model) == "none":
+        return m
+    return with_unconditional_prior(m, load_model_file(uncond_model, device))
 
 
 def with_unconditional_prior(model: LoadedModel, prior: LoadedModel) -> LoadedModel:

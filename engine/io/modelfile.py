@@ -27,6 +27,8 @@ FORMAT = "ddpm-demo/1"
 META_KEY = "ddpm.config"
 UNCONDITIONAL_MODEL = ASSET_DIR / "mnist5k.safetensors"
 DEFAULT_MODEL = UNCONDITIONAL_MODEL
+#: The unconditional model that answers the bundled default's "no label" rows (None: its own branch).
+DEFAULT_PRIOR: Path | None = None
 
 
 class ModelFileError(ValueError):
