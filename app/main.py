@@ -36,16 +36,18 @@ log = logging.getLogger("ddpm")
 PAGE_DEFAULTS = {"n": 16, "frame_every": 1}
 
 
-def sampling_defaults(m: LoadedModel, sampler: SamplerName, guidance: float) -> dict[str, Any]:
+def sampling_defaults(m: LoadedModel, sampler: SamplerName | None, guidance: float) -> dict[str, Any]:
     """The server's default setting, and each sampler's, with step counts capped by this model's limits."""
+    conditional = m.num_classes > 0
+    sampler = choose(default_sampler=sampler, conditional=conditional).sampler
 
     def capped(name: SamplerName) -> dict[str, Any]:
-        choice = choose(name).as_dict()
+        choice = choose(name, conditional=conditional).as_dict()
         return {**choice, "steps": min(choice["steps"], steps_limit(m.diffusion, name)), "about": SAMPLER_INFO[name]}
 
     per = {name: capped(name) for name in SAMPLERS}
-    conditional = {"labels": "any", "guidance": guidance} if m.num_classes else {"labels": None, "guidance": None}
-    return {**{k: v for k, v in per[sampler].items() if k != "about"}, **conditional, "samplers": per}
+    labels = {"labels": "any", "guidance": guidance} if conditional else {"labels": None, "guidance": None}
+    return {**{k: v for k, v in per[sampler].items() if k != "about"}, **labels, "samplers": per}
 
 
 def model_info(m: LoadedModel, device: torch.device, settings: Settings) -> dict[str, Any]:

@@ -71,7 +71,7 @@ def _plan_for(st: State, req: SampleRequest) -> tuple[SamplingPlan, torch.Tensor
         if init is None:
             raise _invalid("init", "unknown or expired init id; POST /api/v1/noise again", req.init)
         x_start, start_t = init  # one image; the worker repeats it n times, on its own thread (see app.worker)
-    choice = choose(req.sampler, req.steps, req.spacing, req.eta, st.settings.sampler)
+    choice = choose(req.sampler, req.steps, req.spacing, req.eta, st.settings.sampler, st.model.num_classes > 0)
     hi = steps_limit(st.model.diffusion, choice.sampler, start_t)
     steps = min(choice.steps, hi) if req.steps is None else req.steps
     if steps > hi:

@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from engine import DEFAULT_SAMPLER
-from engine.sampling import DEFAULT_GUIDANCE, SamplerName
+from engine.sampling import DEFAULT_GUIDANCE, GUIDED_DEFAULT_SAMPLER, SamplerName
 
 ENV_PREFIX = "DDPM_"
 
@@ -33,7 +33,9 @@ class Settings(BaseModel):
     job_ttl_s: float = Field(600.0, gt=0, description="finished jobs are forgotten after this long")
     max_finished_jobs: int = Field(256, ge=0, description="finished jobs kept for replay; oldest forgotten first")
     max_noise_uploads: int = Field(2, ge=1, description="uploads decoded at once by POST /noise; more get 429")
-    sampler: SamplerName = Field(DEFAULT_SAMPLER, description="the sampler of a request that names none")
+    sampler: SamplerName | None = Field(None, description="the sampler of a request that names none; default: "
+                                        f"{GUIDED_DEFAULT_SAMPLER} for class-conditional models (guided), "
+                                        f"{DEFAULT_SAMPLER} for unconditional ones")
     guidance: float = Field(DEFAULT_GUIDANCE, ge=0.0, le=20.0,
                             description="guidance scale of a request that gives none (class-conditional models)")
     max_jobs_per_client: int = Field(0, ge=0, description="live jobs one client address may hold; 0: no limit")

@@ -38,6 +38,18 @@ def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["f.txt"]  # and no temp file left
 
 
+def test_atomic_writes_get_the_mode_a_plain_open_would(tmp_path):
+    """Not mkstemp's private 0600: an exported model must stay readable by a server's (or image's) user."""
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "m.txt", "x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "m.txt").stat().st_mode & 0o777 == 0o644
+
+
 def test_classifier_weights_are_saved_atomically_and_load_back(tmp_path):
     torch.manual_seed(0)
     model = DigitClassifier()

@@ -46,13 +46,13 @@ def add_sampling_args(p: argparse.ArgumentParser, label_each: bool = True) -> No
                         f"0 = unconditional (default {DEFAULT_GUIDANCE:g})")
 
 
-def plan_from_args(args: argparse.Namespace, diffusion: GaussianDiffusion) -> SamplingPlan:
-    """The plan ``args`` ask for, with the server's defaults for what they leave out."""
+def plan_from_args(args: argparse.Namespace, diffusion: GaussianDiffusion, conditional: bool = False) -> SamplingPlan:
+    """The plan ``args`` ask for, with the server's defaults (for this kind of model) for what they leave out."""
     from ..sampling import SamplingPlan, choose, steps_limit
 
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps must be ≥ 1, got {args.steps}")
-    choice = choose(args.sampler, args.steps, args.spacing, args.eta)
+    choice = choose(args.sampler, args.steps, args.spacing, args.eta, conditional=conditional)
     steps = min(choice.steps, steps_limit(diffusion, choice.sampler)) if args.steps is None else choice.steps
     try:
         return SamplingPlan.build(diffusion, choice.sampler, steps, choice.eta, spacing=choice.spacing)
@@ -128,7 +128,7 @@ def _run_sample(args: argparse.Namespace) -> int:
         raise UserError(f"--out must end in .png or .npz, got {args.out!r}")
     device = resolve_device(args.device)
     m = load_model(args.model, device, args.uncond_model)
-    plan = plan_from_args(args, m.diffusion)
+    plan = plan_from_args(args, m.diffusion, m.num_classes > 0)
     gen = torch.Generator().manual_seed(args.seed)
     cond = cond_from_args(args, m.num_classes, args.n, gen)
     t0 = time.perf_counter()

@@ -60,7 +60,7 @@ def run_eval(args: argparse.Namespace) -> int:
     check_eval_args(*limits, T=m.diffusion.T, cli=True)
     if args.steps == 0:  # eval's "all T"
         args.steps = steps_limit(m.diffusion, choice.sampler)
-    plan = plan_from_args(args, m.diffusion)  # the server's defaults for what the flags leave out
+    plan = plan_from_args(args, m.diffusion, m.num_classes > 0)  # the server's defaults for what the flags leave out
     labels, guidance = labels_from_args(args, m.num_classes)
     res = evaluate_model(m, args.n, plan.sampler, plan.K, plan.eta, args.seed, args.batch_size, device,
                          args.bpd_images, args.bpd_timesteps or None, data_root=args.data_root,

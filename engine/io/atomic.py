@@ -38,6 +38,11 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     tmp = Path(name)
     try:
         write(tmp)
+        # mkstemp makes the file private (0600); give it the mode a plain open() would, so an exported
+        # model stays readable by the server's user or a container's
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o666 & ~umask)
         fsync_file(tmp)
         os.replace(tmp, path)
         fsync_dir(path.parent)

@@ -4,7 +4,7 @@
 packs them per step and per sample, ``step`` applies one update, and ``loop`` runs a plan offline.
 """
 
-from .defaults import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, SamplingChoice, choose
+from .defaults import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, GUIDED_DEFAULT_SAMPLER, SamplingChoice, choose
 from .guidance import Conditioning, LabelSpec, guided_forward, resolve_labels
 from .loop import SampleFrame, sample, sample_iter
 from .plan import SamplingPlan, StepCoeffs, steps_limit
@@ -17,6 +17,7 @@ __all__ = [
     "DEFAULT_GUIDANCE",
     "DEFAULT_SAMPLER",
     "DEFAULT_SPACING",
+    "GUIDED_DEFAULT_SAMPLER",
     "SAMPLERS",
     "SAMPLER_INFO",
     "SPACINGS",

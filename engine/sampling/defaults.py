@@ -1,11 +1,12 @@
-"""What a request that names no sampler, steps or spacing gets: chosen by measurement on the bundled model.
+"""What a request that names no sampler, steps or spacing gets: chosen by measurement on the bundled models.
 
-``benchmarks/sweep_samplers.py`` scores sampler × spacing × steps with the digit classifier. The default is
-the cheapest configuration whose confident share is within 0.02 of respaced DDPM 100 while class
-entropy, FLD and near-copies still pass; on the bundled unconditional model no configuration of 25 steps
-or fewer does (BENCHMARKS.md §7), so respaced DDPM 100 stays the default. Each sampler keeps its own
-best spacing (``linspace`` for all of them there) and a step count, used when a request names the
-sampler but not the rest.
+``benchmarks/sweep_samplers.py`` scores sampler × spacing × steps (× guidance) with the digit classifier.
+The default is the cheapest configuration whose confident share is within 0.02 of respaced DDPM 100 while
+class entropy, FLD and near-copies still pass. On the unconditional model no configuration of 25 steps or
+fewer does (BENCHMARKS.md §7), so respaced DDPM 100 is the default there. Under classifier-free guidance
+(the class-conditional model, s = 2) DPM-Solver++(2M) with 8 steps does (§8). Each sampler keeps its own
+best spacing (``linspace`` for all of them) and a step count, used when a request names the sampler but
+not the rest.
 """
 
 from __future__ import annotations
@@ -29,7 +30,10 @@ class SamplingChoice:
         return {"sampler": self.sampler, "steps": self.steps, "spacing": self.spacing, "eta": self.eta}
 
 
+#: The default sampler of an unconditional model.
 DEFAULT_SAMPLER: SamplerName = "ddpm"
+#: The default sampler of a class-conditional model, whose requests are guided by default.
+GUIDED_DEFAULT_SAMPLER: SamplerName = "dpmpp_2m"
 #: The guidance scale of a class-conditional model's request that gives none.
 DEFAULT_GUIDANCE = 2.0
 #: Steps and spacing per sampler when only the sampler is given.
@@ -41,15 +45,21 @@ PER_SAMPLER: dict[SamplerName, tuple[int, Spacing]] = {
     "dpmpp_2m_sde": (20, "linspace"),
 }
 assert set(PER_SAMPLER) == set(SAMPLERS)
+#: Where guidance lets a sampler take fewer steps for the same quality (class-conditional models).
+GUIDED_STEPS: dict[SamplerName, int] = {"dpmpp_2m": 8}
 
 
 def choose(sampler: SamplerName | None = None, steps: int | None = None, spacing: Spacing | None = None,
-           eta: float | None = None, default_sampler: SamplerName = DEFAULT_SAMPLER) -> SamplingChoice:
-    """Fill what a request left out: the sampler from ``default_sampler``, the rest from that sampler's entry."""
-    sampler = sampler or default_sampler
+           eta: float | None = None, default_sampler: SamplerName | None = None,
+           conditional: bool = False) -> SamplingChoice:
+    """Fill what a request left out: the sampler from ``default_sampler`` (else the model kind's default),
+    the rest from that sampler's entry (a class-conditional model's, where guidance changes it)."""
+    sampler = sampler or default_sampler or (GUIDED_DEFAULT_SAMPLER if conditional else DEFAULT_SAMPLER)
     if sampler not in PER_SAMPLER:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     k, sp = PER_SAMPLER[sampler]
+    if conditional:
+        k = GUIDED_STEPS.get(sampler, k)
     if eta is None:
         eta = DEFAULT_ETA.get(sampler)
     return SamplingChoice(sampler, k if steps is None else steps, sp if spacing is None else spacing, eta)
