@@ -6,9 +6,9 @@ from :func:`engine.steps_limit` (checked when the job is planned, and written in
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from engine import SAMPLER_INFO
 from engine.sampling import SamplerName, Spacing
@@ -38,12 +38,21 @@ class SampleRequest(BaseModel):
                                                                 "1 fully stochastic; null: ddim 0, dpmpp_2m_sde 1")
     labels: int | Literal["any", "none"] | list[int | None] | None = Field(
         None, description="class-conditional models: a class, 'any' (uniform, drawn from the seed), 'none' (the "
-                          "unconditional branch), or one class or null per sample; null: 'any'")
+                          "unconditional model), or one class or null per sample; null: 'any'")
     guidance: float | None = Field(None, ge=0.0, le=20.0, description="classifier-free guidance scale s in "
                                    "ε̂ = ε_u + s·(ε_c − ε_u): 1 plain conditional, 0 unconditional; null: the default")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null: a random seed, returned with the result")
     clip: bool = Field(True, description="clip the predicted x̂0 to the data range")
     init: str | None = Field(None, max_length=64, description="id from POST /noise: start from that x_t")
+
+    @field_validator("labels", mode="before")
+    @classmethod
+    def _one_query_value(cls, v: Any) -> Any:
+        """A query string gives every list-typed field as a list: ``?labels=any`` arrives as ``["any"]``. One
+        string there is the scalar it names (a JSON list holds ints and nulls, never strings)."""
+        if isinstance(v, list) and len(v) == 1 and isinstance(v[0], str):
+            return v[0]
+        return v
 
 
 class JobRequest(SampleRequest):

@@ -123,6 +123,8 @@ def stream_seconds(url: str, params: dict, timeout: float = 600) -> float:
     """Seconds from a ``/stream`` request to its ``done`` event, every event parsed on the way (benchmarks)."""
     t0 = time.perf_counter()
     with httpx.stream("GET", url + "/api/v1/stream", params=params, timeout=timeout) as r:
+        if r.status_code != 200:
+            raise RuntimeError(f"{params}: {r.status_code} {r.read().decode()[:300]}")
         for ev in sse_events(r):
             if ev.event == "done":
                 return time.perf_counter() - t0

@@ -6,8 +6,11 @@ import sys
 import httpx
 import numpy as np
 import pytest
+import torch
 
-from .server_utils import ROOT, decode_png, start_server, tiny_model_file
+from engine import resolve_labels
+
+from .server_utils import ROOT, decode_png, sse_events, start_server, tiny_model_file
 
 API = "/api/v1"
 
@@ -66,20 +69,21 @@ def test_bad_labels_and_guidance_name_the_field(server, body, field):
     assert any(field in e["loc"] for e in r.json()["detail"]), r.text
 
 
-def test_stream_takes_a_label(server):
-    with httpx.stream("GET", server.url + API + "/stream", params=dict(n=1, steps=4, labels=3, guidance=2.5),
-                      timeout=30) as r:
-        assert r.status_code == 200
-        assert "event: done" in r.read().decode()
+@pytest.mark.parametrize("labels", [3, "any", "none"])
+def test_stream_takes_a_label(server, labels):
+    """A query string gives labels as a list (``?labels=any`` is ``["any"]``); one value is the scalar."""
+    with httpx.stream("GET", server.url + API + "/stream", params=dict(n=2, steps=4, labels=labels, guidance=2.5,
+                                                                       seed=4), timeout=30) as r:
+        assert r.status_code == 200, r.read()
+        started = next(e.data for e in sse_events(r) if e.event == "started")
+    want = {3: [3, 3], "none": [None, None]}.get(labels)
+    assert started["labels"] == (want or resolve_labels("any", 2, 10, torch.Generator().manual_seed(4)).tolist())
+    r = httpx.get(server.url + API + "/stream", params=[("n", 2), ("steps", 2), ("labels", 1), ("labels", "x")])
+    assert r.status_code == 422 and "labels" in r.text
 
 
 def test_the_labels_drawn_are_reported_in_started_and_the_job(server):
     """"any" is drawn from the job's seed, as the engine draws it; `started` and GET /jobs/{id} say what was drawn."""
-    import torch
-
-    from engine import resolve_labels
-
-    from .server_utils import sse_events
 
     expected = resolve_labels("any", 6, 10, torch.Generator().manual_seed(11)).tolist()
     for labels, want in (("any", expected), ([4, None, 4, None, 0, 9], [4, None, 4, None, 0, 9])):

@@ -447,6 +447,7 @@ def _run_facts(loaded: LoadedModel, num_samples: int, sampler: str, steps: int |
     """What was sampled, how, and how long it took."""
     out: dict[str, Any] = {
         "model": str(loaded.path), "dataset": loaded.card.data.get("dataset"), "samples": num_samples,
+        "unconditional_prior": str(loaded.prior_path) if loaded.prior_path else None,
         "sampler": sampler, "steps": steps if steps is not None else loaded.diffusion.T,
         "eta": eta, "seed": seed,
         "batch_size": batch_size, "sampling_seconds": round(time.perf_counter() - t0, 2),
