@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/bench_frames.py [--repeats 3] [--n 16] [--steps 100] [--cpu-only]
 
-One real ``ddpm serve`` of the bundled model on 127.0.0.1, at torch's default threads (as `make demo`).
+One real ``ddpm serve`` of the unconditional model (the bundled default when §4 was measured) on
+127.0.0.1, at torch's default threads (as `make demo`).
 Each round runs the same job (by default the page's: 16 images, respaced DDPM 100, seed 0) three ways,
 read over ``/stream`` by a client that parses every event: ``frame_every=1`` with ``frame_format=png``,
 the same with ``frame_format=raw``, and with only the final frame. The order rotates between rounds.
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-from engine import DEFAULT_MODEL  # noqa: E402
+from engine import UNCONDITIONAL_MODEL  # noqa: E402
 from tests.server_utils import start_server, stream_seconds  # noqa: E402
 
 SAMPLER, SEED = "ddpm", 0
@@ -67,7 +68,7 @@ def frame_cpu_ms(n: int, fmt: str, repeats: int = 200) -> float:
     from app.worker import Job
     from engine import SamplingPlan, load_model_file
 
-    m = load_model_file(DEFAULT_MODEL)
+    m = load_model_file(UNCONDITIONAL_MODEL)
     plan = SamplingPlan.build(m.diffusion, SAMPLER, 100)
     job = Job(id="bench", n=n, plan=plan, seed=SEED, frame_every=1, clip=True, frame_format=fmt,  # type: ignore[arg-type]
               events=EventLog(8))
@@ -106,7 +107,7 @@ def main() -> None:
 
 
 def server_table(repeats: int, job: dict[str, int]) -> None:
-    server = start_server(DEFAULT_MODEL, Path("/tmp/bench_frames.log"), timeout=120, threads=None)
+    server = start_server(UNCONDITIONAL_MODEL, Path("/tmp/bench_frames.log"), timeout=120, threads=None)
     results: dict[str, dict[str, list[float]]] = {}
     try:
         for name in VARIANTS:  # first-request costs are not what we measure
@@ -125,7 +126,7 @@ def server_table(repeats: int, job: dict[str, int]) -> None:
     host = next((line.split(":", 1)[1].strip() for line in subprocess.run(
         ["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")),
         platform.processor())
-    print(f"\nbundled model, {SAMPLER} {job['steps']} steps, {job['n']} images, seed {SEED}; {host}, "
+    print(f"\nunconditional model, {SAMPLER} {job['steps']} steps, {job['n']} images, seed {SEED}; {host}, "
           f"{os.cpu_count()} cores; "
           f"median of {repeats} rounds\n")
     print("| host | frames | seconds | runs | vs final frame only | target |")

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_page_job.py [--repeats 3] [--other-root /tmp/before]
 
-One job as the page sends it (bundled model, respaced DDPM 100, 16 images, seed 0, a frame every
+One job as the page sent it to the unconditional model (respaced DDPM 100, 16 images, seed 0, a frame every
 step), read over SSE from ``ddpm serve`` on 127.0.0.1, against :func:`engine.sample` with the same
 plan, shape and seed in this process. Nothing sets OMP_NUM_THREADS, as with `make demo`.
 ``--other-root`` also serves from another checkout (say ``git worktree add /tmp/before <rev>``) so
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from engine import DEFAULT_MODEL, SamplingPlan, load_model_file, sample  # noqa: E402
+from engine import UNCONDITIONAL_MODEL, SamplingPlan, load_model_file, sample  # noqa: E402
 from tests.server_utils import start_server, stream_seconds  # noqa: E402
 
 N, STEPS, SAMPLER, SEED = 16, 100, "ddpm", 0
@@ -43,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     default_threads = torch.get_num_threads()
 
-    m = load_model_file(DEFAULT_MODEL)
+    m = load_model_file(UNCONDITIONAL_MODEL)
     plan = SamplingPlan.build(m.diffusion, SAMPLER, STEPS)
 
     def bare(threads: int = default_threads) -> float:
@@ -57,7 +57,7 @@ def main() -> None:
 
     roots = {"this checkout": ROOT} | ({f"{args.other_root}": args.other_root} if args.other_root else {})
     # threads=None: torch's default thread count, as `make demo` serves
-    servers = {name: start_server(DEFAULT_MODEL, Path(f"/tmp/bench_page_job_{i}.log"), timeout=120, threads=None,
+    servers = {name: start_server(UNCONDITIONAL_MODEL, Path(f"/tmp/bench_page_job_{i}.log"), timeout=120, threads=None,
                                   root=root) for i, (name, root) in enumerate(roots.items())}
     times: dict[str, list[float]] = {"bare loop": [], **{f"bare loop, {k} thread(s)": [] for k in args.bare_threads},
                                      **{name: [] for name in servers}}
@@ -76,7 +76,7 @@ def main() -> None:
             server.stop()
 
     base = statistics.median(times["bare loop"])
-    print(f"\nbundled model, {SAMPLER} {STEPS} steps, {N} images, a frame every step, torch threads "
+    print(f"\nunconditional model, {SAMPLER} {STEPS} steps, {N} images, a frame every step, torch threads "
           f"{default_threads} unless named, median of {args.repeats}\n")
     print("| path | seconds | runs | vs bare loop |")
     print("|---|---|---|---|")
