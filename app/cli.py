@@ -35,7 +35,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from engine import DEFAULT_MODEL, read_card, resolve_device
+    from engine import DEFAULT_MODEL, DEFAULT_PRIOR, read_card, resolve_device
 
     from .main import create_app
     from .settings import Settings
@@ -59,9 +59,11 @@ def _run_serve(args: argparse.Namespace) -> int:
     model = Path(settings.model) if settings.model else DEFAULT_MODEL
     if not model.is_dir():
         read_card(model)  # fail fast with a one-line message, before uvicorn starts
-    if settings.uncond_model not in (None, "none") and not Path(settings.uncond_model).is_dir():
-        read_card(settings.uncond_model)
-    print(f"Serving {model} on http://{settings.host}:{settings.port}", flush=True)
+    prior = settings.uncond_model or (DEFAULT_PRIOR if settings.model is None else None)
+    if prior not in (None, "none") and not Path(prior).is_dir():
+        read_card(prior)
+    with_prior = f" ('no label' rows: {prior})" if prior not in (None, "none") else ""
+    print(f"Serving {model}{with_prior} on http://{settings.host}:{settings.port}", flush=True)
     # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from any loopback peer, and which
     # proxies to believe is DDPM_TRUSTED_PROXIES' call alone (app.security).
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
