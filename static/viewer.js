@@ -36,6 +36,8 @@ function pngOf(f, key) {
   return canvas.toDataURL("image/png");
 }
 
+/** A frame's t as shown: the last step ends at the clean images, whatever t a solver last predicted at. */
+const tText = (f) => (f.step === f.of ? "t = 0 (done)" : `t = ${f.t}`);
 const fmtRate = (r) => (r >= 10 ? r.toFixed(0) : r.toFixed(1));
 const fmtSecs = (s) => (s >= 60 ? `${Math.floor(s / 60)} min ${Math.round(s % 60)} s` : `${s.toFixed(1)} s`);
 
@@ -159,15 +161,14 @@ export class FrameViewer {
     draw(this.x0, f.x0, f.width, f.height, f.channels);
     this.xt.dataset.step = String(f.step);
     this.x0.dataset.step = String(f.step);
-    // the last step ends at the clean images (a solver's final step jumps there from its lowest t)
-    this.tLabel.textContent = f.step === f.of ? "t = 0 (done)" : `t = ${f.t}`;
+    this.tLabel.textContent = tText(f);
     this.updateScrubLabel(i);
     this.onT(f.t);
   }
 
   updateScrubLabel(i) {
     const f = this.frames[i];
-    this.scrubOut.textContent = `frame ${i + 1}/${this.frames.length} · step ${f.step}/${f.of} · t = ${f.t}`;
+    this.scrubOut.textContent = `frame ${i + 1}/${this.frames.length} · step ${f.step}/${f.of} · ${tText(f)}`;
   }
 
   done(d) {

@@ -247,6 +247,7 @@ def test_generate_streams_frames_then_the_seeds_images_and_the_slider_scrubs(pag
     assert shown(pg, "#gen-xt") == xt_seen[1]
     pg.keyboard.press("End")
     assert np.array_equal(img(pg, "#gen-xt"), final)
+    assert pg.inner_text("#gen-scrub-out").endswith("t = 0 (done)")
 
     # downloads: the final PNG and a zip of every frame (CRCs checked by zipfile)
     assert pg.get_attribute("#gen-dl-png", "href") == xt_seen[-1]
