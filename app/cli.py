@@ -35,7 +35,8 @@ def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from engine import DEFAULT_MODEL, DEFAULT_PRIOR, read_card, resolve_device
+    from engine import DEFAULT_MODEL, read_card, resolve_device
+    from engine.io.loader import default_prior
 
     from .main import create_app
     from .settings import Settings
@@ -59,7 +60,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     model = Path(settings.model) if settings.model else DEFAULT_MODEL
     if not model.is_dir():
         read_card(model)  # fail fast with a one-line message, before uvicorn starts
-    prior = settings.uncond_model or (DEFAULT_PRIOR if settings.model is None else None)
+    prior = settings.uncond_model or default_prior(settings.model)
     if prior not in (None, "none") and not Path(prior).is_dir():
         read_card(prior)
     with_prior = f" ('no label' rows: {prior})" if prior not in (None, "none") else ""

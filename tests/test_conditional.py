@@ -182,3 +182,20 @@ def test_a_prior_must_fit_the_model(tmp_path):
     ):
         with pytest.raises(ModelFileError, match=match):
             with_unconditional_prior(model, prior)
+
+
+def test_the_bundled_model_gets_its_prior_whether_named_or_not(tmp_path):
+    """The bundled default file is paired with the bundled prior however it is named; a copy of it elsewhere,
+    any other model, or "none" gets no prior."""
+    import os
+    import shutil
+
+    from engine import DEFAULT_MODEL, DEFAULT_PRIOR
+    from engine.io.loader import load_model
+
+    for path in (None, DEFAULT_MODEL, os.path.relpath(DEFAULT_MODEL)):
+        assert load_model(path).prior_path == DEFAULT_PRIOR, path
+    copy = shutil.copy(DEFAULT_MODEL, tmp_path / "copy.safetensors")
+    assert load_model(copy).prior_path is None
+    assert load_model(None, uncond_model="none").prior_path is None
+    assert load_model(DEFAULT_PRIOR).prior_path is None  # an unconditional model has no "no label" rows to answer

@@ -101,7 +101,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--uncond-model", default=None, metavar="FILE|none",
                    help="class-conditional models: an unconditional model file that answers the 'no label' rows "
                         "(guidance's eps_u), or 'none' for the model's own; default: none, except that the bundled "
-                        "model has its bundled prior")
+                        "model file, named or not, has its bundled prior")
 
 
 # ------------------------------------------------------------------------------- sample

@@ -24,20 +24,25 @@ def load_model_file(path: str | os.PathLike | None = None, device: torch.device 
     return load_safetensors_model(DEFAULT_MODEL if path is None else path, device)
 
 
+def default_prior(path: str | os.PathLike | None) -> Path | None:
+    """The prior a model gets when none is named: :data:`DEFAULT_PRIOR` for the bundled default file,
+    named or not (the pair its quality figures were measured with), and none for any other model."""
+    if path is None or Path(path).resolve() == DEFAULT_MODEL.resolve():
+        return DEFAULT_PRIOR
+    return None
+
+
 def load_model(path: str | os.PathLike | None = None, device: torch.device | str = "cpu",
                uncond_model: str | os.PathLike | None = None) -> LoadedModel:
     """:func:`load_model_file`, with the "no label" rows of a class-conditional model answered by the
     unconditional model file ``uncond_model`` ("none": by the model's own label-dropout branch).
 
-    Left None, the bundled default model is paired with :data:`DEFAULT_PRIOR` (the pair its quality
-    figures were measured with) and any other model with nothing.
+    Left None, it is :func:`default_prior`'s choice.
     """
     m = load_model_file(path, device)
     if uncond_model is None:
-        if path is not None or DEFAULT_PRIOR is None:
-            return m
-        uncond_model = DEFAULT_PRIOR
-    if str(uncond_model) == "none":
+        uncond_model = default_prior(path)
+    if uncond_model is None or str(uncond_model) == "none":
         return m
     return with_unconditional_prior(m, load_model_file(uncond_model, device))
 

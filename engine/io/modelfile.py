@@ -32,7 +32,7 @@ DEFAULT_MODEL = ASSET_DIR / "mnist5k-cond.safetensors"
 #: The unconditional model that answers the bundled default's "no label" rows (guidance's ε_u); with it
 #: the default beats its own label-dropout branch on FLD at the same accuracy, and "none" is exactly
 #: the unconditional model (BENCHMARKS.md §8).
-DEFAULT_PRIOR: Path | None = UNCONDITIONAL_MODEL
+DEFAULT_PRIOR = UNCONDITIONAL_MODEL
 
 
 class ModelFileError(ValueError):
