@@ -379,6 +379,7 @@ def test_num_classes_comes_from_the_dataset_unless_given(tmp_path):
         return _new_config(parser.parse_args(["train", "--preset", "tiny", *args])).model.num_classes
 
     assert classes() == 10 and classes("--num-classes", "0") == 0 and classes("--num-classes", "4") == 4
+    assert classes("--class-lr-scale", "20") == 10  # the scale needs the classes the dataset gives
     from PIL import Image
 
     for sub, n in (("cats", 2), ("dogs", 2), ("owls", 1)):

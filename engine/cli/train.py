@@ -118,15 +118,15 @@ def _new_config(args: argparse.Namespace) -> TrainConfig:
     from ..training.datasets import dataset_classes
 
     top, nested = passed_config(args)
-    # 0 is a value here ("0 disables"), not "unset": preset_train_config skips only None.
-    cfg = preset_train_config(args.preset or "mnist", **top, model_overrides=nested["model"],
-                              diffusion_overrides=nested["diffusion"])
-    if "num_classes" not in nested["model"] and not cfg.model.num_classes and cfg.model.arch == "unet":
-        classes = dataset_classes(cfg.dataset, cfg.data_root)
-        if classes:
-            cfg = preset_train_config(args.preset or "mnist", **top, diffusion_overrides=nested["diffusion"],
-                                      model_overrides={**nested["model"], "num_classes": classes})
-    return cfg
+    name, model = args.preset or "mnist", nested["model"]
+    if "num_classes" not in model:
+        # The dataset decides, so look at it first. --class-lr-scale is left out of that look: it is only
+        # valid once the classes are known. (None means "not given" to preset_train_config; 0 is a value.)
+        first = preset_train_config(name, **{**top, "class_lr_scale": None}, model_overrides=model,
+                                    diffusion_overrides=nested["diffusion"])
+        if not first.model.num_classes and first.model.arch == "unet":
+            model = {**model, "num_classes": dataset_classes(first.dataset, first.data_root)}
+    return preset_train_config(name, **top, model_overrides=model, diffusion_overrides=nested["diffusion"])
 
 
 def _resumed_config(args: argparse.Namespace, run_dir: Path) -> TrainConfig:
