@@ -156,26 +156,22 @@ class Trainer:
     def _build_optimizer(self) -> None:
         """AdamW, the learning-rate schedule, and the loss scaler (on only for fp16)."""
         cfg = self.cfg
-        groups = [{"params": params} for params in self._param_groups()]
-        for group, scale in zip(groups, self._lr_scales(), strict=True):
-            group["lr"] = cfg.lr * scale
+        groups = [{"params": params, "lr": cfg.lr * scale} for params, scale in self._param_groups()]
         self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.adam_betas, weight_decay=cfg.weight_decay)
         # lr_factor reads self.cfg at each step, so a schedule changed on resume applies from then on.
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(self.cfg, s))
         self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
-    def _param_groups(self) -> list[list[nn.Parameter]]:
-        """The optimizer's groups: the network, then (class-conditional models) its class embedding."""
+    def _param_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """The optimizer's groups, each with its rate as a multiple of lr: the network, then (class-conditional
+        models) its class embedding at ``class_lr_scale``."""
         emb = getattr(self.model, "class_emb", None)
         if emb is None:
-            return [list(self.model.parameters())]
+            return [(list(self.model.parameters()), 1.0)]
         own = {id(p) for p in emb.parameters()}
-        return [[p for p in self.model.parameters() if id(p) not in own], list(emb.parameters())]
-
-    def _lr_scales(self) -> list[float]:
-        """Each group's rate as a multiple of lr, in the order of :meth:`_param_groups`."""
-        return [1.0] if getattr(self.model, "class_emb", None) is None else [1.0, self.cfg.class_lr_scale]
+        return [([p for p in self.model.parameters() if id(p) not in own], 1.0),
+                (list(emb.parameters()), self.cfg.class_lr_scale)]
 
     def _wrap_model(self) -> nn.Module:
         """The module the steps call: the model, under DDP with several processes, compiled if asked."""
@@ -246,7 +242,7 @@ class Trainer:
         """Set the optimizer's rate from this config at the restored step, as LambdaLR computes it
         (base × factor), so an lr or schedule changed on resume holds from the first step; when
         nothing changed this is the very value the checkpoint holds."""
-        self.sched.base_lrs = [self.cfg.lr * scale for scale in self._lr_scales()]
+        self.sched.base_lrs = [self.cfg.lr * scale for _, scale in self._param_groups()]
         for group, base in zip(self.opt.param_groups, self.sched.base_lrs, strict=True):
             group["initial_lr"] = base
             group["lr"] = base * lr_factor(self.cfg, self.sched.last_epoch)
