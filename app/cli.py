@@ -36,7 +36,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from engine import DEFAULT_MODEL, read_card, resolve_device
-    from engine.io.loader import default_prior
+    from engine.io.loader import prior_for
 
     from .main import create_app
     from .settings import Settings
@@ -60,10 +60,10 @@ def _run_serve(args: argparse.Namespace) -> int:
     model = Path(settings.model) if settings.model else DEFAULT_MODEL
     if not model.is_dir():
         read_card(model)  # fail fast with a one-line message, before uvicorn starts
-    prior = settings.uncond_model or default_prior(settings.model)
-    if prior not in (None, "none") and not Path(prior).is_dir():
+    prior = prior_for(settings.model, settings.uncond_model)
+    if prior is not None and not Path(prior).is_dir():
         read_card(prior)
-    with_prior = f" ('no label' rows: {prior})" if prior not in (None, "none") else ""
+    with_prior = f" ('no label' rows: {prior})" if prior is not None else ""
     print(f"Serving {model}{with_prior} on http://{settings.host}:{settings.port}", flush=True)
     # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from any loopback peer, and which
     # proxies to believe is DDPM_TRUSTED_PROXIES' call alone (app.security).

@@ -24,27 +24,26 @@ def load_model_file(path: str | os.PathLike | None = None, device: torch.device 
     return load_safetensors_model(DEFAULT_MODEL if path is None else path, device)
 
 
-def default_prior(path: str | os.PathLike | None) -> Path | None:
-    """The prior a model gets when none is named: :data:`DEFAULT_PRIOR` for the bundled default file,
-    named or not (the pair its quality figures were measured with), and none for any other model."""
-    if path is None or Path(path).resolve() == DEFAULT_MODEL.resolve():
-        return DEFAULT_PRIOR
-    return None
+def prior_for(path: str | os.PathLike | None, uncond_model: str | os.PathLike | None) -> str | os.PathLike | None:
+    """The unconditional model file that answers the "no label" rows of the model at ``path``.
+
+    ``uncond_model`` when given ("none": no file, the model's own label-dropout branch). Left None,
+    :data:`DEFAULT_PRIOR` for the bundled default file, named or not (the pair its quality figures were
+    measured with), and none for any other model.
+    """
+    if uncond_model is None:
+        bundled = path is None or Path(path).resolve() == DEFAULT_MODEL.resolve()
+        return DEFAULT_PRIOR if bundled else None
+    return None if str(uncond_model) == "none" else uncond_model
 
 
 def load_model(path: str | os.PathLike | None = None, device: torch.device | str = "cpu",
                uncond_model: str | os.PathLike | None = None) -> LoadedModel:
     """:func:`load_model_file`, with the "no label" rows of a class-conditional model answered by the
-    unconditional model file ``uncond_model`` ("none": by the model's own label-dropout branch).
-
-    Left None, it is :func:`default_prior`'s choice.
-    """
+    unconditional model file that :func:`prior_for` names, if any."""
     m = load_model_file(path, device)
-    if uncond_model is None:
-        uncond_model = default_prior(path)
-    if uncond_model is None or str(uncond_model) == "none":
-        return m
-    return with_unconditional_prior(m, load_model_file(uncond_model, device))
+    prior = prior_for(path, uncond_model)
+    return m if prior is None else with_unconditional_prior(m, load_model_file(prior, device))
 
 
 def with_unconditional_prior(model: LoadedModel, prior: LoadedModel) -> LoadedModel:
