@@ -18,9 +18,8 @@ import json
 import time
 from pathlib import Path
 
-from engine import load_model_file
+from engine import load_model
 from engine.evaluation.metrics import DigitMetrics, class_accuracy, generate, requested_labels
-from engine.io.loader import with_unconditional_prior
 from engine.sampling.defaults import DEFAULT_GUIDANCE
 
 BATCH = 125
@@ -50,7 +49,8 @@ def _key(r: dict) -> tuple:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None, help="model file (default: the bundled one)")
-    ap.add_argument("--uncond-model", default=None, help="an unconditional model file for the 'no label' rows")
+    ap.add_argument("--uncond-model", default=None, help="an unconditional model file for the 'no label' rows, or "
+                    "'none' (default: as `ddpm eval`, the bundled prior for the bundled model, else none)")
     ap.add_argument("--n", type=int, default=1000)
     ap.add_argument("--samplers", nargs="+", default=["ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde"])
     ap.add_argument("--spacings", nargs="+", default=["linspace", "leading", "trailing", "logsnr", "karras"])
@@ -66,9 +66,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
     seen = {_key(r) for r in done}
-    m = load_model_file(args.model)
-    if args.uncond_model:
-        m = with_unconditional_prior(m, load_model_file(args.uncond_model))
+    m = load_model(args.model, "cpu", args.uncond_model)
     prior = str(m.prior_path) if m.prior_path else None
     labels = (None if args.labels == "none" else args.labels) if m.num_classes else None
     scales = args.guidance if m.num_classes else [None]
