@@ -46,7 +46,7 @@ image-check:
 # setuptools and wheel are in it because the image builds its wheel without build isolation.
 lock:
 	printf 'setuptools>=77\nwheel\n' | uv pip compile pyproject.toml --extra diffusers - --python-version 3.11 \
-		--python-platform x86_64-manylinux_2_28 --generate-hashes --index-url https://pypi.org/simple \
+		--python-platform x86_64-manylinux_2_28 --generate-hashes \
 		--custom-compile-command "make lock" -o requirements-image.lock
 
 clean:

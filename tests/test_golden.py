@@ -27,7 +27,7 @@ from .server_utils import decode_png, sse_events, start_server
 
 GOLDEN = Path(__file__).resolve().parent / "golden" / "sampling.npz"
 API = "/api/v1"
-N, STEPS, SEED = 2, 3, 7
+N, STEPS, SEED = 2, 5, 7
 LABELS = ("none", "3", "any")
 GUIDANCE = ("0", "1", "2")
 
