@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from engine.cli import UserError, build_parser, dispatch
+from engine import UserError, build_parser, dispatch
 
 
 def _add_serve(sub: argparse._SubParsersAction) -> None:
@@ -35,8 +35,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from engine import DEFAULT_MODEL, read_card, resolve_device
-    from engine.io.loader import prior_for
+    from engine import DEFAULT_MODEL, prior_for, read_card, resolve_device
 
     from .main import create_app
     from .settings import Settings

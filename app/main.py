@@ -18,36 +18,49 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import Gauge
 
-from engine import SAMPLER_INFO, SAMPLERS, LoadedModel, choose, load_model, resolve_device, steps_limit
-from engine.sampling import SamplerName
-from engine.training.datasets import BUNDLED
+from engine import (
+    BUNDLED_DATASET,
+    SAMPLER_INFO,
+    SAMPLERS,
+    LoadedModel,
+    SamplingSpec,
+    ServerDefaults,
+    complete,
+    load_dataset,
+    load_model,
+    png_bytes,
+    resolve_device,
+    steps_limit,
+    to_uint8_array,
+)
 
-from . import sse
-from .frames import data_url
-from .limits import BodyLimit
-from .routes import WEB, api, root, schedule_info
-from .security import ClientJobs, secure
+from .http import sse
+from .http.limits import BodyLimit
+from .http.routes import WEB, api, root, schedule_info
+from .http.security import ClientJobs, secure
+from .runtime.frames import data_url
+from .runtime.worker import SamplingWorker
 from .settings import Settings
 from .state import AppState, install
 from .threads import on_a_thread_that_exits
-from .worker import SamplingWorker
 
 log = logging.getLogger("ddpm")
 PAGE_DEFAULTS = {"n": 16, "frame_every": 1}
 
 
-def sampling_defaults(m: LoadedModel, sampler: SamplerName | None, guidance: float) -> dict[str, Any]:
-    """The server's default setting, and each sampler's, with step counts capped by this model's limits."""
-    conditional = m.num_classes > 0
-    sampler = choose(default_sampler=sampler, conditional=conditional).sampler
+def sampling_defaults(m: LoadedModel, defaults: ServerDefaults) -> dict[str, Any]:
+    """What a request that leaves the sampling fields out gets, and what each sampler gets when only it is
+    named: :func:`engine.complete` of those requests, so that this page can never disagree with a job."""
+    keys = ("sampler", "steps", "spacing", "eta", "labels", "guidance")
 
-    def capped(name: SamplerName) -> dict[str, Any]:
-        choice = choose(name, conditional=conditional).as_dict()
-        return {**choice, "steps": min(choice["steps"], steps_limit(m.diffusion, name)), "about": SAMPLER_INFO[name]}
+    def filled(spec: SamplingSpec) -> dict[str, Any]:
+        full = complete(spec.replace(seed=0), m, defaults)
+        return {k: getattr(full, k) for k in keys}
 
-    per = {name: capped(name) for name in SAMPLERS}
-    labels = {"labels": "any", "guidance": guidance} if conditional else {"labels": None, "guidance": None}
-    return {**{k: v for k, v in per[sampler].items() if k != "about"}, **labels, "samplers": per}
+    per = {name: {**filled(SamplingSpec(sampler=name)), "about": SAMPLER_INFO[name]} for name in SAMPLERS}
+    for entry in per.values():
+        del entry["labels"], entry["guidance"]
+    return {**filled(SamplingSpec()), "samplers": per}
 
 
 def model_info(m: LoadedModel, device: torch.device, settings: Settings) -> dict[str, Any]:
@@ -61,7 +74,7 @@ def model_info(m: LoadedModel, device: torch.device, settings: Settings) -> dict
         "max_batch": settings.max_batch, "file": m.path.name,
         "unconditional_prior": m.prior_path.name if m.prior_path else None,
         "classes": c.data.get("classes") or list(range(m.num_classes)),
-        "defaults": sampling_defaults(m, settings.sampler, settings.guidance),
+        "defaults": sampling_defaults(m, settings.sampling_defaults),
     }
 
 
@@ -69,9 +82,6 @@ def _examples(m: LoadedModel, n: int = 32) -> list[str]:
     """Held-out digits for the page's "pick a dataset sample", when the model is an MNIST-5k one."""
     if m.card.data.get("dataset") != "mnist5k" or m.sample_shape != (1, 28, 28):
         return []
-    from engine.io.images import png_bytes, to_uint8_array
-    from engine.training.datasets import load_dataset
-
     test = load_dataset("mnist5k", "test")
     picks = [int(np.nonzero(test.labels.numpy() == d)[0][k]) for k in range(n // 10 + 1) for d in range(10)][:n]
     u8 = to_uint8_array(test.images[picks], (-1.0, 1.0))
@@ -136,11 +146,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         def load() -> tuple[LoadedModel, list[str]]:  # large torch ops: not on the loop's thread (see app.worker)
             m = load_model(settings.model, device, settings.uncond_model)
-            return m, _examples(m) if BUNDLED.exists() else []
+            return m, _examples(m) if BUNDLED_DATASET.exists() else []
 
         m, examples = await on_a_thread_that_exits(load)
         worker = SamplingWorker(m, device, settings.max_batch, settings.max_active_jobs, settings.max_queue,
-                                settings.event_buffer, settings.job_ttl_s, settings.max_finished_jobs)
+                                settings.job_ttl_s, settings.max_finished_jobs)
         try:
             worker.start()
         except BaseException:

@@ -7,8 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from engine import DEFAULT_SAMPLER
-from engine.sampling import DEFAULT_GUIDANCE, GUIDED_DEFAULT_SAMPLER, SamplerName
+from engine import DEFAULT_SAMPLER, GUIDED_DEFAULT_SAMPLER, SamplerName, SamplingSpec, ServerDefaults
 
 ENV_PREFIX = "DDPM_"
 
@@ -36,8 +35,10 @@ class Settings(BaseModel):
     sampler: SamplerName | None = Field(None, description="the sampler of a request that names none; default: "
                                         f"{GUIDED_DEFAULT_SAMPLER} for class-conditional models (guided), "
                                         f"{DEFAULT_SAMPLER} for unconditional ones")
-    guidance: float = Field(DEFAULT_GUIDANCE, ge=0.0, le=20.0,
-                            description="guidance scale of a request that gives none (class-conditional models)")
+    guidance: float | None = Field(
+        None, ge=SamplingSpec.__dataclass_fields__["guidance"].metadata["ge"],
+        le=SamplingSpec.__dataclass_fields__["guidance"].metadata["le"],
+        description="guidance scale of a request that gives none (class-conditional models); default: the engine's")
     max_jobs_per_client: int = Field(0, ge=0, description="live jobs one client address may hold; 0: no limit")
     trusted_proxies: str = Field("", description="comma-separated proxy addresses/networks whose X-Forwarded-For "
                                                  "names the client")
@@ -47,7 +48,7 @@ class Settings(BaseModel):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, v: str) -> str:
-        from .security import parse_networks
+        from .http.security import parse_networks
 
         parse_networks(v, "trusted_proxies")
         return v
@@ -59,6 +60,11 @@ class Settings(BaseModel):
             raise ValueError("must be at least 16 characters; make one with: "
                              "python3 -c 'import secrets; print(secrets.token_urlsafe())'")
         return v
+
+    @property
+    def sampling_defaults(self) -> ServerDefaults:
+        """What a request that leaves the sampler or the guidance out gets, over the model kind's defaults."""
+        return ServerDefaults(sampler=self.sampler, guidance=self.guidance)
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

@@ -11,11 +11,12 @@ import torch
 from fastapi import Depends, FastAPI, Request
 from prometheus_client import Gauge
 
-from engine import LoadedModel
+from engine import LoadedModel, ServerDefaults
 
-from .security import ClientJobs
+from .http.security import ClientJobs
+from .runtime.frames import FrameFormat, JobLog
+from .runtime.worker import SamplingWorker
 from .settings import Settings
-from .worker import SamplingWorker
 
 MAX_NOISED = 256  # noised uploads kept for "denoise from here"; the oldest is forgotten first
 
@@ -34,6 +35,15 @@ class AppState:
     clients: ClientJobs  # live jobs per client address, for the per-client limit
     sse_clients: Gauge  # open event streams
     noised: OrderedDict[str, tuple[torch.Tensor, int]] = field(default_factory=OrderedDict)  # id → (x_t, t)
+
+    @property
+    def sampling_defaults(self) -> ServerDefaults:
+        return self.settings.sampling_defaults
+
+    def new_log(self, fmt: FrameFormat) -> JobLog:
+        """A log for a new job, keeping ``event_buffer`` frames for slow clients and Last-Event-ID replays."""
+        return JobLog(fmt, self.settings.event_buffer, self.worker.encoder, self.model.card.value_range,
+                      self.worker.metrics.frames_dropped.inc)
 
     def remember_noised(self, handle: str, x_t: torch.Tensor, t: int) -> None:
         self.noised[handle] = (x_t, t)

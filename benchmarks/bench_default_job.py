@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from app.local_server import start_server, stream_seconds  # noqa: E402
 from engine import DEFAULT_MODEL  # noqa: E402
-from tests.server_utils import start_server, stream_seconds  # noqa: E402
 
 BASE = {"n": 16, "seed": 0, "frame_every": 1, "frame_format": "raw"}
 

@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+from app.local_server import start_server, stream_seconds  # noqa: E402
 from engine import UNCONDITIONAL_MODEL  # noqa: E402
-from tests.server_utils import start_server, stream_seconds  # noqa: E402
 
 SAMPLER, SEED = "ddpm", 0
 VARIANTS = {"png, every step": {"frame_every": 1, "frame_format": "png"},
@@ -61,11 +61,11 @@ def frame_cpu_ms(n: int, fmt: str, repeats: int = 200) -> float:
     """Median thread CPU ms to turn one step's x_t and x̂0 (``n`` images) into an SSE event's bytes."""
     import numpy as np
     import torch
-
-    from app import sse
     from app.frames import EventLog, encode_frame, grid
     from app.results import Frame
     from app.worker import Job
+
+    from app import sse
     from engine import SamplingPlan, load_model_file
 
     m = load_model_file(UNCONDITIONAL_MODEL)

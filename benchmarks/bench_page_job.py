@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from app.local_server import start_server, stream_seconds  # noqa: E402
 from engine import UNCONDITIONAL_MODEL, SamplingPlan, load_model_file, sample  # noqa: E402
-from tests.server_utils import start_server, stream_seconds  # noqa: E402
 
 N, STEPS, SAMPLER, SEED = 16, 100, "ddpm", 0
 

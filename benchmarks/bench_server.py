@@ -28,8 +28,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import httpx  # noqa: E402
 import torch  # noqa: E402
 
+from app.local_server import sse_events, start_server  # noqa: E402
 from engine import ModelCard, SamplingPlan, build_model, load_model_file, preset_config, save_model_file  # noqa: E402
-from tests.server_utils import sse_events, start_server  # noqa: E402
 
 
 def mnist_model_file(path: Path) -> Path:

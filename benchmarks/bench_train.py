@@ -30,9 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from seed_loop import SeedLoop
 
+from engine.data.datasets import load_dataset
 from engine.models.unet import build_model, count_parameters
 from engine.training.config import preset_train_config
-from engine.training.datasets import load_dataset
 from engine.training.trainer import Trainer
 
 

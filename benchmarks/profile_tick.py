@@ -25,8 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-
 from app.worker import SamplingWorker  # noqa: E402
+
 from benchmarks.bench_server import mnist_model_file  # noqa: E402
 from engine import SamplingPlan, load_model_file  # noqa: E402
 

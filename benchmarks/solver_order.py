@@ -17,7 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine import GaussianDiffusion, NoiseSchedule, SamplingPlan, sampling_step
-from tests.oracles import GaussianOracle
+from engine.models.oracle import GaussianOracle
 
 MU, STD, STEPS = 0.3, 0.5, (8, 16, 32, 64)
 

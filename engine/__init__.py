@@ -1,13 +1,19 @@
-"""DDPM engine: schedules, diffusion math, samplers, the UNet, training and metrics (pure PyTorch)."""
+"""DDPM engine: schedules, diffusion math, samplers, the UNet, training and metrics (pure PyTorch).
 
+The names below are the engine's public API; the app imports nothing else from it.
+"""
+
+from .cli import UserError, build_parser, dispatch
+from .data.datasets import BUNDLED as BUNDLED_DATASET
+from .data.datasets import load_dataset
 from .devices import resolve_device
 from .diffusion.gaussian import GaussianDiffusion, Prediction, Variance
 from .diffusion.likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
 from .diffusion.losses import loss_weights, sample_timesteps, simple_loss
 from .diffusion.respace import RespacedSchedule, respace, select_timesteps
 from .diffusion.schedule import NoiseSchedule
-from .io.images import to_uint8
-from .io.loader import load_model, load_model_file, with_unconditional_prior
+from .io.images import center_crop_resize, from_uint8, make_grid, png_bytes, to_uint8, to_uint8_array
+from .io.loader import load_model, load_model_file, prior_for, with_unconditional_prior
 from .io.modelfile import (
     DEFAULT_MODEL,
     DEFAULT_PRIOR,
@@ -19,21 +25,38 @@ from .io.modelfile import (
     read_card,
     save_model_file,
 )
+from .models.base import ConditionalModel, Denoiser, Model, SamplingModel
 from .models.unet import PRESETS, UNet, UNetConfig, build_model, count_parameters, preset_config
+from .options import config_types, literal_choices
 from .sampling import (
+    DEFAULT_GUIDANCE,
     DEFAULT_SAMPLER,
+    GUIDED_DEFAULT_SAMPLER,
+    MAX_SEED,
     SAMPLER_INFO,
     SAMPLERS,
     SPACINGS,
     Conditioning,
+    Lane,
     SampleFrame,
-    SamplingChoice,
+    SamplerName,
     SamplingPlan,
+    SamplingRun,
+    SamplingSpec,
+    ServerDefaults,
+    Spacing,
+    SpecError,
+    Start,
     StepCoeffs,
-    choose,
+    Stepper,
+    as_denoiser,
+    complete,
     draw_noise,
+    final,
     guided_forward,
+    resolve,
     resolve_labels,
+    run_frames,
     sample,
     sample_iter,
     sampling_step,
@@ -41,46 +64,77 @@ from .sampling import (
 )
 
 __all__ = [
+    "BUNDLED_DATASET",
+    "DEFAULT_GUIDANCE",
     "DEFAULT_MODEL",
     "DEFAULT_PRIOR",
     "DEFAULT_SAMPLER",
+    "GUIDED_DEFAULT_SAMPLER",
+    "MAX_SEED",
     "PRESETS",
     "SAMPLERS",
     "SAMPLER_INFO",
     "SPACINGS",
     "UNCONDITIONAL_MODEL",
+    "ConditionalModel",
     "Conditioning",
+    "Denoiser",
     "DiffusionConfig",
     "GaussianDiffusion",
+    "Lane",
     "LoadedModel",
+    "Model",
     "ModelCard",
     "ModelFileError",
     "NoiseSchedule",
     "Prediction",
     "RespacedSchedule",
     "SampleFrame",
-    "SamplingChoice",
+    "SamplerName",
+    "SamplingModel",
     "SamplingPlan",
+    "SamplingRun",
+    "SamplingSpec",
+    "ServerDefaults",
+    "Spacing",
+    "SpecError",
+    "Start",
     "StepCoeffs",
+    "Stepper",
     "UNet",
     "UNetConfig",
+    "UserError",
     "Variance",
+    "as_denoiser",
     "bits_per_dim",
     "build_model",
-    "choose",
+    "build_parser",
+    "center_crop_resize",
+    "complete",
+    "config_types",
     "count_parameters",
     "discretized_gaussian_log_likelihood",
+    "dispatch",
     "draw_noise",
+    "final",
+    "from_uint8",
     "guided_forward",
+    "literal_choices",
+    "load_dataset",
     "load_model",
     "load_model_file",
     "loss_weights",
+    "make_grid",
     "normal_kl",
+    "png_bytes",
     "preset_config",
+    "prior_for",
     "read_card",
+    "resolve",
     "resolve_device",
     "resolve_labels",
     "respace",
+    "run_frames",
     "sample",
     "sample_iter",
     "sample_timesteps",
@@ -90,5 +144,6 @@ __all__ = [
     "simple_loss",
     "steps_limit",
     "to_uint8",
+    "to_uint8_array",
     "with_unconditional_prior",
 ]

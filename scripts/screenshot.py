@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, NamedTuple
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.server_utils import start_server  # noqa: E402
+from app.local_server import start_server  # noqa: E402
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page

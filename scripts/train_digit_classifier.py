@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from engine.data.datasets import load_dataset
 from engine.evaluation.classifier import WEIGHTS, DigitClassifier, save_classifier
-from engine.training.datasets import load_dataset
 
 
 def shift(x: torch.Tensor, g: torch.Generator, max_px: int = 2) -> torch.Tensor:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine import GaussianDiffusion, NoiseSchedule, bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
-from tests.oracles import GaussianOracle
+from engine.models.oracle import GaussianOracle
 
 MU, STD, N = 0.3, 0.5, 4000
 

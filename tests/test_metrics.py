@@ -249,8 +249,8 @@ def test_cache_key_digests_files_and_folders_by_content(tmp_path):
 
 def test_evaluate_model_on_a_non_digit_size_skips_digit_metrics(tmp_path, monkeypatch):
     import engine.evaluation.metrics as metrics
+    from engine.data.datasets import load_dataset
     from engine.diffusion.likelihood import bits_per_dim
-    from engine.training.datasets import load_dataset
 
     m = load_model_file(_tiny(tmp_path / "t.safetensors", 8))
     out = evaluate_model(m, 6, "ddpm", 3, None, 0, 4, "cpu", bpd_images=3, bpd_timesteps=2, progress=False)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from engine import GaussianDiffusion, NoiseSchedule, SamplingPlan, StepCoeffs, sample, sample_iter, sampling_step
-from tests.oracles import GaussianOracle
+from engine.models.oracle import GaussianOracle
 
 SAMPLERS = [("ddpm", None, None), ("ddpm", 40, None), ("ddim", 40, 0.0), ("ddim", 40, 1.0)]
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from engine import GaussianDiffusion, NoiseSchedule, SamplingPlan, StepCoeffs, sample, sample_iter, sampling_step
+from engine.models.oracle import GaussianOracle
 from engine.sampling.spacing import SPACINGS, half_log_snr
-from tests.oracles import GaussianOracle
 
 MULTISTEP = ("dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde")
 

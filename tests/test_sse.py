@@ -8,12 +8,12 @@ import re
 
 import numpy as np
 import pytest
-
-from app import sse
 from app.frames import EventLog
 from app.results import Cancelled, Done, Failed, Frame, Queued, Started
 from app.schemas import FrameEvent
 from app.worker import Job
+
+from app import sse
 from engine import GaussianDiffusion, NoiseSchedule, SamplingPlan
 from tests.server_utils import ROOT, decode_png
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from engine.data.datasets import EpochSampler, load_dataset
 from engine.training.config import preset_train_config
-from engine.training.datasets import EpochSampler, load_dataset
 from engine.training.state import latest_checkpoint, load_checkpoint, save_checkpoint
 from engine.training.trainer import Trainer, TrainingDiverged
 
@@ -371,7 +371,7 @@ def test_num_classes_comes_from_the_dataset_unless_given(tmp_path):
     subfolders (a flat folder has one class, so none); --num-classes 0 asks for an unconditional one."""
     from engine.cli import build_parser
     from engine.cli.train import _new_config
-    from engine.training.datasets import dataset_classes
+    from engine.data.datasets import dataset_classes
 
     parser, _ = build_parser()
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from app.results import Queued
 from app.worker import Job, SamplingWorker
+
 from engine import SamplingPlan, load_model_file
 
 from .server_utils import tiny_model_file

@@ -2,6 +2,7 @@
 
     python -m engine eval --model FILE --n 1000 --sampler ddim --steps 50 [--out metrics.json]
 
+Its sampling flags are generated from :class:`~engine.sampling.spec.SamplingSpec`, as ``sample``'s are.
 Progress bars go to stderr, so stdout is exactly the JSON (pipe it to ``jq``).
 """
 
@@ -13,15 +14,15 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from . import add_model_args, add_sampling_args
+    from . import add_model_args
+    from .flags import add_spec_flags
 
     p = sub.add_parser("eval", help="sample and print quality metrics as JSON (FLD, confidence, entropy, "
                                     "memorization, bits/dim, FID with local weights)")
     add_model_args(p)
-    p.add_argument("--n", type=int, default=1000, help="samples to draw (default 1000)")
-    add_sampling_args(p)
-    p.add_argument("--seed", type=int, default=0, help="batch i uses seed+i, like `sample --seed`")
-    p.add_argument("--batch-size", type=int, default=250, help="images per sampling job (default 250)")
+    add_spec_flags(p, defaults={"n": 1000, "seed": 0})
+    p.add_argument("--batch-size", type=int, default=250,
+                   help="images per sampling job; batch i uses seed + i, like `sample --seed` (default 250)")
     p.add_argument("--device", default="auto")
     p.add_argument("--bpd-images", type=int, default=100, help="held-out images for bits/dim (default 100; 0 skips)")
     p.add_argument("--bpd-timesteps", type=int, default=20,
@@ -43,29 +44,22 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..evaluation.metrics import check_eval_args, evaluate_model
     from ..io.loader import load_model
-    from ..sampling import choose, steps_limit
-    from . import UserError, labels_from_args, plan_from_args
+    from ..sampling import complete
+    from . import UserError
+    from .flags import spec_from_args
 
     # MetricsError is a ValueError: the dispatcher prints it as one line and exits with status 2.
-    choice = choose(args.sampler, args.steps, args.spacing, args.eta)
-    limits = (args.n, choice.sampler, choice.steps, choice.eta, args.batch_size, args.bpd_images,
-              args.bpd_timesteps, args.copy_percentile)
-    check_eval_args(*limits, cli=True)  # before the model loads, so a typo fails at once
+    check_eval_args(args.batch_size, args.bpd_images, args.bpd_timesteps, args.copy_percentile, cli=True)
     if args.out and not Path(args.out).parent.is_dir():
         raise UserError(f"--out: folder {Path(args.out).parent} does not exist")
     if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
         raise UserError(f"--cache-dir: {args.cache_dir} exists and is not a folder")
     device = resolve_device(args.device)
     m = load_model(args.model, device, args.uncond_model)
-    check_eval_args(*limits, T=m.diffusion.T, cli=True)
-    if args.steps == 0:  # eval's "all T"
-        args.steps = steps_limit(m.diffusion, choice.sampler)
-    plan = plan_from_args(args, m.diffusion, m.num_classes > 0)  # the server's defaults for what the flags leave out
-    labels, guidance = labels_from_args(args, m.num_classes)
-    res = evaluate_model(m, args.n, plan.sampler, plan.K, plan.eta, args.seed, args.batch_size, device,
-                         args.bpd_images, args.bpd_timesteps or None, data_root=args.data_root,
-                         fid_weights=args.fid_weights, copy_percentile=args.copy_percentile, cache_dir=args.cache_dir,
-                         spacing=plan.spacing, labels=labels, guidance=guidance)
+    spec = complete(spec_from_args(args), m)  # refuses a field the model cannot serve before anything is drawn
+    res = evaluate_model(m, spec, args.batch_size, device, args.bpd_images, args.bpd_timesteps or None,
+                         data_root=args.data_root, fid_weights=args.fid_weights,
+                         copy_percentile=args.copy_percentile, cache_dir=args.cache_dir)
     text = json.dumps(res, indent=2)
     print(text)
     if args.out:

@@ -16,7 +16,7 @@ from .gaussian import GaussianDiffusion
 from .schedule import extract
 
 if TYPE_CHECKING:  # annotations only: the denoiser's call signature has its home with the samplers
-    from ..sampling.step import Model
+    from ..models.base import Model
 
 Decoder = Literal["discretized", "continuous"]
 

@@ -31,20 +31,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..data.datasets import ImageData, load_dataset
 from ..diffusion.likelihood import bits_per_dim
 from ..io.images import from_uint8, to_uint8
 from ..io.modelfile import LoadedModel
-from ..sampling import (
-    DEFAULT_SPACING,
-    SAMPLERS,
-    Conditioning,
-    LabelSpec,
-    SamplingPlan,
-    Spacing,
-    resolve_labels,
-    sample_iter,
-)
-from ..training.datasets import ImageData, load_dataset
+from ..sampling import DEFAULT_SPACING, SamplingRun, SamplingSpec, complete, resolve, run_frames
 from .classifier import DigitClassifier, load_classifier
 from .sample_cache import SampleCache, file_digest
 
@@ -273,46 +264,57 @@ def fid_from_local_weights(real: Tensor, fake: Tensor, weights_path: str | Path,
 
 
 # ------------------------------------------------------------------------------ the whole evaluation
-def generate(loaded: LoadedModel, num_samples: int, sampler: str, steps: int | None, eta: float | None, seed: int,
-             batch_size: int, device: torch.device | str, progress: bool = True,
-             cache: SampleCache | None = None, spacing: Spacing = DEFAULT_SPACING, labels: LabelSpec = None,
-             guidance: float = 1.0) -> Tensor:
-    """``num_samples`` images ``(N, C, H, W)`` on the 8-bit grid, on the CPU.
+def batch_runs(loaded: LoadedModel, spec: SamplingSpec, batch_size: int) -> list[SamplingRun]:
+    """The sampling jobs of an evaluation: batch i is ``spec`` for its share of the images with seed ``seed + i``,
+    resolved as a server job is (labels first, from the batch's generator). ``labels="each"`` cycles the
+    classes across batches; a per-sample list is split among them."""
+    seed = 0 if spec.seed is None else spec.seed
+    runs, start = [], 0
+    for b, n in enumerate(min(batch_size, spec.n - i) for i in range(0, spec.n, batch_size)):
+        labels = spec.labels
+        if loaded.num_classes and labels == "each":
+            labels = [(start + i) % loaded.num_classes for i in range(n)]
+        elif isinstance(labels, list):
+            labels = labels[start:start + n]
+        runs.append(resolve(spec.replace(n=n, seed=seed + b, labels=labels), loaded))
+        start += n
+    return runs
 
-    Batch i is a job with seed ``seed + i``: its labels, x_T and per-step noise come from its own CPU
-    generator, so it equals ``ddpm sample --n <its size> --seed <seed + i>`` with the same options.
-    ``labels="each"`` asks for classes 0, 1, … in turn. With a ``cache``, each finished batch is stored
-    there and a batch already stored is read back instead of drawn again (a killed evaluation resumes).
+
+def generate(loaded: LoadedModel, spec: SamplingSpec, batch_size: int, device: torch.device | str,
+             progress: bool = True, cache: SampleCache | None = None) -> Tensor:
+    """``spec.n`` images ``(N, C, H, W)`` on the 8-bit grid, on the CPU (see :func:`batch_runs`).
+
+    Each batch equals ``ddpm sample --n <its size> --seed <seed + i>`` with the same options. With a
+    ``cache``, each finished batch is stored there and a batch already stored is read back instead of drawn
+    again (a killed evaluation resumes).
     """
-    plan = SamplingPlan.build(loaded.diffusion, sampler, steps, eta, spacing=spacing)  # type: ignore[arg-type]
-    classes = loaded.num_classes
-    tag = _cache_tag(plan, labels if classes else None, guidance)
+    spec = complete(spec.replace(seed=0 if spec.seed is None else spec.seed), loaded)
+    runs = batch_runs(loaded, spec, batch_size)
+    plan = runs[0].plan
+    tag = _cache_tag(spec, plan.K)
     if loaded.prior_path is not None:
         tag += f"-prior{file_digest(loaded.prior_path, 8)}"
-    sizes = [min(batch_size, num_samples - i) for i in range(0, num_samples, batch_size)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(sizes) * plan.K, desc=f"eval: {num_samples} samples, {plan.sampler} {plan.K} steps",
+        bar = tqdm(total=len(runs) * plan.K, desc=f"eval: {spec.n} samples, {plan.sampler} {plan.K} steps",
                    unit="step")
     chunks = []
-    for b, n in enumerate(sizes):
-        shape = (n, *loaded.sample_shape)
-        gen = torch.Generator().manual_seed(seed + b)
-        cond = None
-        if classes:
-            cond = Conditioning.of(_batch_labels(labels, sum(sizes[:b]), n, classes, gen), guidance, classes)
-        u = cache.load(tag, seed + b, shape) if cache is not None else None
+    for run in runs:
+        seed = run.spec.seed
+        assert seed is not None
+        u = cache.load(tag, seed, run.shape) if cache is not None else None
         if u is None:
             last = None
-            for last in sample_iter(loaded.net, loaded.diffusion, plan, shape, gen, device, cond=cond):  # noqa: B007
+            for last in run_frames(run, loaded, device):  # noqa: B007
                 if bar is not None:
                     bar.update(1)
             assert last is not None
             u = to_uint8(last.x_t, loaded.card.value_range).permute(0, 3, 1, 2).contiguous()
             if cache is not None:
-                cache.store(tag, seed + b, u)
+                cache.store(tag, seed, u)
         elif bar is not None:
             bar.update(plan.K)
         chunks.append(from_uint8(u.permute(0, 2, 3, 1), loaded.card.value_range))  # the cache holds NCHW
@@ -321,27 +323,20 @@ def generate(loaded: LoadedModel, num_samples: int, sampler: str, steps: int | N
     return torch.cat(chunks)
 
 
-def _batch_labels(labels: LabelSpec, start: int, n: int, classes: int, gen: torch.Generator) -> Tensor:
-    """Batch labels, drawn first from the batch's generator (as ``ddpm sample`` does); "each" cycles the classes."""
-    spec = [(start + i) % classes for i in range(n)] if labels == "each" else labels
-    return resolve_labels(spec, n, classes, gen)
+def requested_labels(loaded: LoadedModel, spec: SamplingSpec, batch_size: int) -> Tensor:
+    """The labels :func:`generate` asked for, ``(N,)`` (``num_classes`` for "no label")."""
+    return torch.cat([run.cond.labels for run in batch_runs(loaded, spec, batch_size) if run.cond is not None])
 
 
-def requested_labels(loaded: LoadedModel, num_samples: int, seed: int, batch_size: int, labels: LabelSpec) -> Tensor:
-    """The labels :func:`generate` asked for, ``(N,)``, re-derived from the batches' seeds (drawn first)."""
-    sizes = [min(batch_size, num_samples - i) for i in range(0, num_samples, batch_size)]
-    return torch.cat([_batch_labels(labels, sum(sizes[:b]), n, loaded.num_classes,
-                                    torch.Generator().manual_seed(seed + b)) for b, n in enumerate(sizes)])
-
-
-def _cache_tag(plan: SamplingPlan, labels: LabelSpec, guidance: float) -> str:
+def _cache_tag(spec: SamplingSpec, steps: int) -> str:
     """What a cached batch was drawn with, besides the model, seed and size."""
-    eta = plan.eta if plan.eta is not None else 1.0
-    tag = f"{plan.sampler}{plan.K}-eta{eta:g}"
-    if plan.spacing != DEFAULT_SPACING:
-        tag += f"-{plan.spacing}"
-    if labels is not None:
-        tag += f"-labels{labels if isinstance(labels, int | str) else hash(tuple(labels))}-g{guidance:g}"
+    eta = spec.eta if spec.eta is not None else 1.0
+    tag = f"{spec.sampler}{steps}-eta{eta:g}"
+    if spec.spacing != DEFAULT_SPACING:
+        tag += f"-{spec.spacing}"
+    if spec.guidance is not None:
+        labels = spec.labels
+        tag += f"-labels{labels if isinstance(labels, int | str) else hash(tuple(labels or ()))}-g{spec.guidance:g}"
     return tag
 
 
@@ -365,11 +360,7 @@ def _real_data(loaded: LoadedModel, data_root: str | None) -> tuple[ImageData, I
 
 def evaluate_model(
     loaded: LoadedModel,
-    num_samples: int = 1000,
-    sampler: str = "ddim",
-    steps: int | None = 50,
-    eta: float | None = None,
-    seed: int = 0,
+    spec: SamplingSpec = SamplingSpec(n=1000, seed=0),
     batch_size: int = 250,
     device: torch.device | str = "cpu",
     bpd_images: int = 100,
@@ -380,11 +371,9 @@ def evaluate_model(
     copy_percentile: float = COPY_PERCENTILE,
     progress: bool = True,
     cache_dir: str | Path | None = None,
-    spacing: Spacing = DEFAULT_SPACING,
-    labels: LabelSpec = None,
-    guidance: float = 1.0,
 ) -> dict[str, Any]:
-    """Sample ``num_samples`` images and compute every metric that applies to the model's data.
+    """Sample ``spec.n`` images as ``spec`` asks (see :func:`batch_runs`) and compute every metric that applies
+    to the model's data.
 
     - Digit models (1×28×28, dataset mnist5k/mnist): FLD, confident share, class entropy, and the
       real-data reference figures (``real_*``).
@@ -393,8 +382,7 @@ def evaluate_model(
       an int: the unbiased estimate with that many t per image; ``bpd_images=0`` skips it).
     - FID when ``fid_weights`` is a local InceptionV3 weights file.
 
-    A class-conditional model samples with ``labels`` (a class, ``"any"``, ``"each"``, None for no label)
-    and ``guidance``; when classes were asked for, ``class_accuracy`` is the share of digits the
+    For a class-conditional model, when classes were asked for, ``class_accuracy`` is the share of digits the
     classifier puts in the requested class.
 
     ``cache_dir`` keeps each finished sampling batch on disk (see :mod:`engine.evaluation.sample_cache`), so
@@ -402,21 +390,19 @@ def evaluate_model(
 
     Returns a flat JSON-able dict; ``skipped`` lists metrics that did not apply, with the reason.
     """
-    check_eval_args(num_samples, sampler, steps, eta, batch_size, bpd_images, bpd_timesteps, copy_percentile,
-                    loaded.diffusion.T)
+    check_eval_args(batch_size, bpd_images, bpd_timesteps, copy_percentile)
+    spec = complete(spec.replace(seed=0 if spec.seed is None else spec.seed), loaded)
     if fid_weights is not None and not Path(fid_weights).is_file():
         raise MetricsError(f"--fid-weights: no such file {fid_weights} (a local InceptionV3 weights file; "
                            "nothing is downloaded)")
     real = _real_data(loaded, data_root)  # before sampling, so a data problem shows at once
     t0 = time.perf_counter()
     cache = SampleCache(cache_dir, loaded.path) if cache_dir is not None else None
-    images = generate(loaded, num_samples, sampler, steps, eta, seed, batch_size, device, progress, cache,
-                      spacing, labels, guidance)
-    out = _run_facts(loaded, num_samples, sampler, steps, eta, seed, batch_size, t0, cache)
-    out.update(spacing=spacing)
+    images = generate(loaded, spec, batch_size, device, progress, cache)
+    out = _run_facts(loaded, spec, batch_size, t0, cache)
     if loaded.num_classes:
-        out.update(labels=labels, guidance=guidance)
-        asked = requested_labels(loaded, num_samples, seed, batch_size, labels)
+        out.update(labels=spec.labels, guidance=spec.guidance)
+        asked = requested_labels(loaded, spec, batch_size)
         if _is_digit_model(loaded) and bool((asked < loaded.num_classes).any()):
             out["class_accuracy"] = class_accuracy(images, asked, loaded.num_classes, device)
     if isinstance(real, str):
@@ -426,7 +412,7 @@ def evaluate_model(
     for metrics, why in (
         _quality_metrics(loaded, images, train, test, device, copy_percentile),
         _fid_metrics(loaded, images, test, fid_weights, device),
-        _bpd_metrics(loaded, test, bpd_images, bpd_timesteps, batch_size, seed, device),
+        _bpd_metrics(loaded, test, bpd_images, bpd_timesteps, batch_size, spec.seed or 0, device),
     ):
         out.update(metrics)
         skipped += why
@@ -442,14 +428,13 @@ def _is_digit_model(loaded: LoadedModel) -> bool:
     return loaded.card.data.get("dataset") in DIGIT_DATASETS and loaded.sample_shape == (1, 28, 28)
 
 
-def _run_facts(loaded: LoadedModel, num_samples: int, sampler: str, steps: int | None, eta: float | None, seed: int,
-               batch_size: int, t0: float, cache: SampleCache | None) -> dict[str, Any]:
+def _run_facts(loaded: LoadedModel, spec: SamplingSpec, batch_size: int, t0: float,
+               cache: SampleCache | None) -> dict[str, Any]:
     """What was sampled, how, and how long it took."""
     out: dict[str, Any] = {
-        "model": str(loaded.path), "dataset": loaded.card.data.get("dataset"), "samples": num_samples,
+        "model": str(loaded.path), "dataset": loaded.card.data.get("dataset"), "samples": spec.n,
         "unconditional_prior": str(loaded.prior_path) if loaded.prior_path else None,
-        "sampler": sampler, "steps": steps if steps is not None else loaded.diffusion.T,
-        "eta": eta, "seed": seed,
+        "sampler": spec.sampler, "steps": spec.steps, "eta": spec.eta, "seed": spec.seed, "spacing": spec.spacing,
         "batch_size": batch_size, "sampling_seconds": round(time.perf_counter() - t0, 2),
     }
     if cache is not None:
@@ -515,29 +500,19 @@ def _bpd_metrics(loaded: LoadedModel, test: ImageData, bpd_images: int, bpd_time
     }, []
 
 
-def check_eval_args(num_samples: int, sampler: str, steps: int | None, eta: float | None, batch_size: int,
-                    bpd_images: int, bpd_timesteps: int | None, copy_percentile: float = COPY_PERCENTILE,
-                    T: int | None = None, *, cli: bool = False) -> None:
-    """Raise :class:`MetricsError` naming the first argument out of range and its limit.
+def check_eval_args(batch_size: int, bpd_images: int, bpd_timesteps: int | None,
+                    copy_percentile: float = COPY_PERCENTILE, *, cli: bool = False) -> None:
+    """Raise :class:`MetricsError` naming the first evaluation argument out of range and its limit (the
+    sampling fields are the spec's, checked by :func:`engine.sampling.spec.resolve`).
 
-    The Python API's ``steps`` and ``bpd_timesteps`` say "all" with None; with ``cli`` they are the
-    ``eval`` flags' integers, where 0 says "all", and the messages name the flags. ``T`` (the model's
-    step count) bounds ``steps`` when it is known.
+    The Python API's ``bpd_timesteps`` says "exact sum" with None; with ``cli`` it is the ``eval`` flag's
+    integer, where 0 says so, and the messages name the flags.
     """
     def name(arg: str) -> str:
         return "--" + arg.replace("_", "-") if cli else arg.replace("_", " ")
 
     lo = 0 if cli else 1
-    all_t = " (0 = all T)" if cli else ""
-    if steps is None or T is None:
-        steps_ok, steps_limit = steps is None or steps >= lo, f"must be ≥ {lo}{all_t}"
-    else:
-        steps_ok, steps_limit = lo <= steps <= T, f"must lie in [{lo}, {T}]"
     checks: Sequence[tuple[bool, str]] = [
-        (num_samples >= 1, f"{name('n')} must be ≥ 1, got {num_samples}"),
-        (sampler in SAMPLERS, f"{name('sampler')} must be one of {SAMPLERS}, got {sampler!r}"),
-        (steps_ok, f"{name('steps')} {steps_limit}, got {steps}"),
-        (eta is None or 0.0 <= eta <= 1.0, f"{name('eta')} must lie in [0, 1], got {eta}"),
         (batch_size >= 1, f"{name('batch_size')} must be ≥ 1, got {batch_size}"),
         (bpd_images >= 0, f"{name('bpd_images')} must be ≥ 0, got {bpd_images}"),
         (bpd_timesteps is None or bpd_timesteps >= lo,

@@ -1,16 +1,20 @@
-"""Sampling: a plan of per-step coefficients and the one step function every sampler shares.
+"""Sampling: a request spec, a plan of per-step coefficients, the one step function and the one stepper.
 
-``spacing`` picks the timesteps, ``solvers`` turns a sampler into update coefficients, ``plan``
-packs them per step and per sample, ``step`` applies one update, and ``loop`` runs a plan offline.
+``spec`` declares every request field and resolves a request against a model; ``spacing`` picks the
+timesteps, ``solvers`` turns a sampler into update coefficients, ``plan`` packs them per step and per
+sample, ``step`` applies one update, ``guidance`` wraps a network into what the stepper calls,
+``stepper`` advances a batch of runs by one model call, and ``loop`` drives one run offline.
 """
 
-from .defaults import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, GUIDED_DEFAULT_SAMPLER, SamplingChoice, choose
-from .guidance import Conditioning, LabelSpec, guided_forward, resolve_labels
-from .loop import SampleFrame, sample, sample_iter
+from .defaults import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, GUIDED_DEFAULT_SAMPLER
+from .guidance import Conditioning, LabelSpec, as_denoiser, guided_forward, resolve_labels
+from .loop import final, run_frames, sample, sample_iter
 from .plan import SamplingPlan, StepCoeffs, steps_limit
 from .solvers import DEFAULT_ETA, SAMPLER_INFO, SAMPLERS, SamplerName, takes_eta
 from .spacing import DEFAULT_SPACING, SPACINGS, Spacing
-from .step import History, Model, draw_noise, sampling_step
+from .spec import MAX_SEED, SamplingRun, SamplingSpec, ServerDefaults, SpecError, Start, complete, resolve
+from .step import History, draw_noise, sampling_step
+from .stepper import Lane, SampleFrame, Stepper
 
 __all__ = [
     "DEFAULT_ETA",
@@ -18,23 +22,33 @@ __all__ = [
     "DEFAULT_SAMPLER",
     "DEFAULT_SPACING",
     "GUIDED_DEFAULT_SAMPLER",
+    "MAX_SEED",
     "SAMPLERS",
     "SAMPLER_INFO",
     "SPACINGS",
     "Conditioning",
     "History",
     "LabelSpec",
-    "Model",
+    "Lane",
     "SampleFrame",
     "SamplerName",
-    "SamplingChoice",
     "SamplingPlan",
+    "SamplingRun",
+    "SamplingSpec",
+    "ServerDefaults",
     "Spacing",
+    "SpecError",
+    "Start",
     "StepCoeffs",
-    "choose",
+    "Stepper",
+    "as_denoiser",
+    "complete",
     "draw_noise",
+    "final",
     "guided_forward",
+    "resolve",
     "resolve_labels",
+    "run_frames",
     "sample",
     "sample_iter",
     "sampling_step",

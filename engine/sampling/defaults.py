@@ -13,21 +13,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .solvers import DEFAULT_ETA, SAMPLERS, SamplerName
+from .solvers import SAMPLERS, SamplerName
 from .spacing import Spacing
 
 
 @dataclass(frozen=True)
 class SamplingChoice:
-    """A complete sampler setting; ``eta`` is None for samplers without η."""
+    """A sampler with its step count and spacing."""
 
     sampler: SamplerName
     steps: int
     spacing: Spacing
-    eta: float | None
-
-    def as_dict(self) -> dict[str, object]:
-        return {"sampler": self.sampler, "steps": self.steps, "spacing": self.spacing, "eta": self.eta}
 
 
 #: The default sampler of an unconditional model.
@@ -50,16 +46,14 @@ GUIDED_STEPS: dict[SamplerName, int] = {"dpmpp_2m": 8}
 
 
 def choose(sampler: SamplerName | None = None, steps: int | None = None, spacing: Spacing | None = None,
-           eta: float | None = None, default_sampler: SamplerName | None = None,
-           conditional: bool = False) -> SamplingChoice:
-    """Fill what a request left out: the sampler from ``default_sampler`` (else the model kind's default),
-    the rest from that sampler's entry (a class-conditional model's, where guidance changes it)."""
+           default_sampler: SamplerName | None = None, conditional: bool = False) -> SamplingChoice:
+    """The table lookup behind :func:`engine.sampling.spec.complete`: the sampler from ``default_sampler``
+    (else the model kind's default), the rest from that sampler's entry (a class-conditional model's, where
+    guidance changes it)."""
     sampler = sampler or default_sampler or (GUIDED_DEFAULT_SAMPLER if conditional else DEFAULT_SAMPLER)
     if sampler not in PER_SAMPLER:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     k, sp = PER_SAMPLER[sampler]
     if conditional:
         k = GUIDED_STEPS.get(sampler, k)
-    if eta is None:
-        eta = DEFAULT_ETA.get(sampler)
-    return SamplingChoice(sampler, k if steps is None else steps, sp if spacing is None else spacing, eta)
+    return SamplingChoice(sampler, k if steps is None else steps, sp if spacing is None else spacing)

@@ -5,6 +5,9 @@ combined as ε̂ = ε_u + s·(ε_c − ε_u) (eq. (6) with w = s − 1; s is dif
 1 is plain conditional, 0 unconditional). The combination is affine with weights summing to one,
 so it applies to any prediction type (ε, x0 or v) before the step. :func:`guided_forward` puts both
 rows of every guided sample into ONE forward pass with the rest of the batch.
+
+Guidance is a model wrapper, after k-diffusion's CFG denoiser: :func:`as_denoiser` turns a network into the
+:data:`~engine.models.base.Denoiser` the stepper calls, so the step sequence never asks which kind it has.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-#: A class-conditional predictor: ``model(x_t (B, C, H, W), t (B,), y (B,)) -> output (B, C, H, W)``.
-ConditionalModel = Callable[[Tensor, Tensor, Tensor], Tensor]
-#: A label request: one class, ``None`` ("no label"), ``"any"`` (uniform, from the job's generator), or one per sample.
+from ..models.base import ConditionalModel, Denoiser, Model
+
+#: A label request: one class, ``None``/``"none"`` ("no label"), ``"any"`` (uniform, from the job's generator),
+#: ``"each"`` (classes 0, 1, … in turn), or one class or None per sample.
 LabelSpec = int | None | str | Sequence[int | None]
 
 
@@ -30,8 +34,12 @@ class Conditioning:
     null_label: int
 
     @staticmethod
-    def cat(rows: list[Conditioning]) -> Conditioning:
-        """Stack the rows of several jobs into one batch."""
+    def cat(rows: Sequence[Conditioning | None]) -> Conditioning | None:
+        """Stack the rows of several jobs into one batch (None when no job is conditioned)."""
+        if all(r is None for r in rows):
+            return None
+        if any(r is None for r in rows):
+            raise ValueError("jobs of one batch must all be conditioned, or none of them")
         nulls = {r.null_label for r in rows}
         if len(nulls) != 1:
             raise ValueError("jobs of one batch must share the model's 'no label' row")
@@ -53,9 +61,13 @@ def resolve_labels(spec: LabelSpec, n: int, num_classes: int, generator: torch.G
     """
     if num_classes < 1:
         raise ValueError("labels: this model is unconditional; it takes no labels")
+    if spec == "each":
+        spec = [i % num_classes for i in range(n)]
     if spec == "any":
         gdev = generator.device if generator is not None else torch.device("cpu")
         return torch.randint(num_classes, (n,), generator=generator, device=gdev).cpu()
+    if isinstance(spec, str) and spec != "none":
+        raise ValueError(f"labels: a class, 'any', 'each', 'none' or one entry per sample, got {spec!r}")
     if spec is None or isinstance(spec, (int, str)):
         spec = [None if spec is None or spec == "none" else spec] * n
     if len(spec) != n:
@@ -89,3 +101,32 @@ def guided_forward(model: ConditionalModel, x: Tensor, t: Tensor, cond: Conditio
     s = cond.scale[guided].to(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
     eps_c[guided] = eps_u + s * (eps_c[guided] - eps_u)
     return eps_c
+
+
+def as_denoiser(net: Callable[..., Tensor], conditional: bool) -> Denoiser:
+    """The function the stepper calls for ``net``: guided when ``net`` is class-conditional."""
+    return ClassifierFreeGuidance(net) if conditional else Unconditioned(net)
+
+
+@dataclass(frozen=True)
+class Unconditioned:
+    """An unconditional network as a :data:`~engine.models.base.Denoiser`: it takes no conditioning."""
+
+    net: Model
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Conditioning | None) -> Tensor:
+        if cond is not None:
+            raise ValueError("labels: this model is unconditional; it takes no labels")
+        return self.net(x, t)
+
+
+@dataclass(frozen=True)
+class ClassifierFreeGuidance:
+    """A class-conditional network as a :data:`~engine.models.base.Denoiser`: :func:`guided_forward`."""
+
+    net: ConditionalModel
+
+    def __call__(self, x: Tensor, t: Tensor, cond: Conditioning | None) -> Tensor:
+        if cond is None:
+            raise ValueError("a class-conditional model needs each sample's label (its 'no label' row included)")
+        return guided_forward(self.net, x, t, cond)

@@ -1,35 +1,24 @@
-"""Offline sampling: run a plan over one batch, frame by frame (:func:`sample_iter`) or to the end."""
+"""Offline sampling: one run driven through the :class:`~engine.sampling.stepper.Stepper`, frame by frame
+(:func:`sample_iter`, :func:`run_frames`) or to the end (:func:`sample`, :func:`final`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
 
 import torch
 from torch import Tensor
 
 from ..diffusion.gaussian import GaussianDiffusion
-from .guidance import Conditioning, guided_forward
+from ..models.base import SamplingModel
+from .guidance import Conditioning, as_denoiser
 from .plan import SamplingPlan
-from .step import Model, draw_noise, sampling_step
-
-
-@dataclass(frozen=True)
-class SampleFrame:
-    """State after reverse step ``step`` (1-based) of ``of``: ``x_t`` is the new state and ``x0``
-    the prediction made at model timestep ``t``. Both ``(N, C, H, W)``; at ``step == of``
-    ``x_t`` is the final sample."""
-
-    step: int
-    of: int
-    t: int
-    x_t: Tensor
-    x0: Tensor
+from .spec import SamplingRun
+from .stepper import SampleFrame, Stepper
 
 
 @torch.inference_mode()
 def sample_iter(
-    model: Model,
+    model: Callable[..., Tensor],
     diffusion: GaussianDiffusion,
     plan: SamplingPlan,
     shape: tuple[int, ...],
@@ -43,24 +32,34 @@ def sample_iter(
 
     ``shape`` is ``(N, C, H, W)``. ``x_start`` (same shape) replaces the x_T draw, for runs that
     begin from a noised image; the plan must then start at that image's t. ``cond`` gives a
-    class-conditional model its labels and guidance scales (see :mod:`engine.sampling.guidance`).
+    class-conditional ``model`` its labels and guidance scales (see :mod:`engine.sampling.guidance`).
     """
-    x = draw_noise(shape, generator, device) if x_start is None else x_start.to(device).float()
-    n = shape[0]
-    history = (torch.zeros_like(x), torch.zeros_like(x)) if plan.order else None
-    cond = cond.to(device) if cond is not None else None
-    for step in range(plan.K):
-        c = plan.coeffs(step, n, device, clip)
-        out = model(x, c.t) if cond is None else guided_forward(model, x, c.t, cond)
-        x, x0 = sampling_step(diffusion.prediction, out, x, c, draw_noise(shape, generator, device),
-                              diffusion.clip_range, history)
-        if history is not None:
-            history = (x0, history[0])
-        yield SampleFrame(step + 1, plan.K, int(plan.timesteps[step]), x, x0)
+    stepper = Stepper(as_denoiser(model, conditional=cond is not None), diffusion, device)
+    yield from stepper.iterate(stepper.start(plan, shape, generator, x_start, clip, cond))
+
+
+@torch.inference_mode()
+def run_frames(run: SamplingRun, model: SamplingModel, device: torch.device | str = "cpu") -> Iterator[SampleFrame]:
+    """A resolved run (:func:`engine.sampling.spec.resolve`) on ``model``, a frame per step."""
+    stepper = Stepper.for_model(model, device)
+    yield from stepper.iterate(stepper.start_run(run))
+
+
+def final(frames: Iterable[SampleFrame], progress: str | None = None, total: int | None = None) -> Tensor:
+    """The last frame's ``x_t`` ``(N, C, H, W)``; ``progress`` names a tqdm bar (with its ETA) over the steps."""
+    if progress is not None:
+        from tqdm.auto import tqdm
+
+        frames = tqdm(frames, total=total, desc=progress, unit="step")
+    last = None
+    for last in frames:  # noqa: B007 - only the final frame is kept
+        pass
+    assert last is not None
+    return last.x_t
 
 
 def sample(
-    model: Model,
+    model: Callable[..., Tensor],
     diffusion: GaussianDiffusion,
     plan: SamplingPlan,
     shape: tuple[int, ...],
@@ -73,12 +72,4 @@ def sample(
 ) -> Tensor:
     """Run ``plan`` to the end and return the final samples ``(N, C, H, W)``."""
     frames = sample_iter(model, diffusion, plan, shape, generator, device, x_start, clip, cond)
-    if progress:
-        from tqdm.auto import tqdm
-
-        frames = tqdm(frames, total=plan.K, desc=f"{plan.sampler} {plan.K} steps", unit="step")
-    last = None
-    for last in frames:  # noqa: B007 - only the final frame is kept
-        pass
-    assert last is not None
-    return last.x_t
+    return final(frames, f"{plan.sampler} {plan.K} steps" if progress else None, plan.K)

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
 from ..diffusion.gaussian import Prediction, split_prediction
 from .plan import StepCoeffs
 
-#: A noise predictor: ``model(x_t (B, C, H, W), t (B,)) -> output (B, C, H, W)``.
-Model = Callable[[Tensor, Tensor], Tensor]
 #: The two previous data predictions (x̂0(i−1), x̂0(i−2)) of each sample, each ``(B, C, H, W)``.
 History = tuple[Tensor, Tensor]
 

@@ -8,32 +8,15 @@ name, type, choices and help are the field's.
 from __future__ import annotations
 
 import dataclasses
-import functools
-import typing
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from ..data.datasets import DatasetName
 from ..diffusion.losses import TimestepSampling, Weighting
 from ..io.modelfile import DiffusionConfig
 from ..models.unet import PRESETS as MODEL_PRESETS
 from ..models.unet import UNetConfig, preset_config
-from .datasets import DatasetName
-
-_MISSING: Any = dataclasses.MISSING
-
-
-def option(default: Any = _MISSING, *, help: str, flag: bool = True, ge: float | None = None,
-           gt: float | None = None, le: float | None = None, lt: float | None = None, zero_is_off: bool = False,
-           metavar: str | None = None, default_factory: Any = _MISSING) -> Any:
-    """A config field with its help text and limits.
-
-    ``flag``: ``ddpm train`` has a flag for it. ``ge``/``gt``/``le``/``lt``: bounds checked on every
-    config (None always passes for an optional field). ``zero_is_off``: 0 means None (the feature is off).
-    ``metavar``: the flag's value as ``--help`` shows it.
-    """
-    meta = {"help": help, "flag": flag, "ge": ge, "gt": gt, "le": le, "lt": lt, "zero_is_off": zero_is_off,
-            "metavar": metavar}
-    return field(default=default, default_factory=default_factory, metadata=meta)
+from ..options import config_types, literal_choices, option, out_of_bounds
 
 
 @dataclass
@@ -128,31 +111,6 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown training config keys: {sorted(unknown)}")
         return cls(**d)
-
-
-@functools.cache
-def config_types(cls: type) -> dict[str, Any]:
-    """A config dataclass's resolved field annotations."""
-    return typing.get_type_hints(cls)
-
-
-def literal_choices(tp: Any) -> tuple[Any, ...] | None:
-    """The values of a ``Literal`` annotation (also inside ``X | None``), else None."""
-    if typing.get_origin(tp) is Literal:
-        return typing.get_args(tp)
-    inner = [literal_choices(a) for a in typing.get_args(tp) if a is not type(None)]
-    return inner[0] if len(inner) == 1 else None
-
-
-def out_of_bounds(value: Any, meta: typing.Mapping[str, Any]) -> str | None:
-    """Why ``value`` breaks the field's bounds, e.g. "must be ≥ 1"; None when it does not."""
-    tests = (("ge", "≥", lambda v, b: v >= b), ("gt", ">", lambda v, b: v > b),
-             ("le", "≤", lambda v, b: v <= b), ("lt", "<", lambda v, b: v < b))
-    for key, sign, ok in tests:
-        bound = meta.get(key)
-        if bound is not None and not ok(value, bound):
-            return f"must be {sign} {bound:g}"
-    return None
 
 
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {

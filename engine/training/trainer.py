@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ..data.datasets import EpochSampler, ImageData, load_dataset
 from ..devices import resolve_device
 from ..diffusion.losses import sample_timesteps, simple_loss
 from ..io.atomic import atomic_write_text
@@ -28,7 +29,6 @@ from ..io.modelfile import ModelCard
 from ..models.unet import build_model, load_shared_weights
 from ..sampling import SamplingPlan, sample_iter
 from .config import TrainConfig, resume_changes
-from .datasets import EpochSampler, ImageData, load_dataset
 from .state import latest_checkpoint, load_checkpoint, save_checkpoint
 
 

@@ -26,8 +26,8 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 if TYPE_CHECKING:
-    from .settings import Settings
-    from .worker import Job
+    from ..runtime.worker import Job
+    from ..settings import Settings
 
 SESSION_COOKIE = "ddpm_session"
 OPEN_PATHS = ("/healthz", "/readyz")

@@ -1,58 +1,54 @@
 """Request, response and event-payload models. Ranges here are the API's limits: outside them is a 422.
 
-``steps`` has no upper bound here: it depends on the model, the sampler and the start image, and comes
-from :func:`engine.steps_limit` (checked when the job is planned, and written into the served OpenAPI).
+The sampling request (:class:`SampleRequest`) is generated from the engine's :class:`~engine.SamplingSpec`:
+each field's type, default, bounds and help are the spec's. Limits that depend on the model and the server
+(``steps`` against T, ``n`` against the max batch, labels on an unconditional model) are checked by
+:func:`engine.resolve`, whose errors name the field, and written into the served OpenAPI.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from engine import SAMPLER_INFO
-from engine.sampling import SamplerName, Spacing
-
-MAX_SEED = 2**63 - 1
+from engine import SamplerName, SamplingSpec, Spacing, config_types
 
 
-def _sampler_help() -> str:
-    lines = "; ".join(f"{name}: {info}" for name, info in SAMPLER_INFO.items())
-    return f"null: the server's default (GET /model's defaults). {lines}"
+def _one_query_value(v: Any) -> Any:
+    """A query string gives every list-typed field as a list: ``?labels=any`` arrives as ``["any"]``. One
+    string there is the scalar it names (a JSON list holds ints and nulls, never strings)."""
+    if isinstance(v, list) and len(v) == 1 and isinstance(v[0], str):
+        return v[0]
+    return v
 
 
-class SampleRequest(BaseModel):
-    """What to sample. A field left out (or null) takes the server's default: see ``defaults`` in GET /model.
-    ``steps`` ≤ the model's T (one less for the DPM-Solver++ family); ``n`` ≤ the server's max batch."""
+def _spec_field(f: dataclasses.Field) -> tuple[Any, Any]:
+    """A pydantic field from a spec field: its type, default, bounds and help."""
+    meta = f.metadata
+    bounds = {k: meta[k] for k in ("ge", "gt", "le", "lt", "max_length") if meta.get(k) is not None}
+    help_text = meta["help"]
+    if f.default is None:
+        help_text = help_text.replace("default: ", "null: ", 1) if "default: " in help_text else help_text
+    return config_types(SamplingSpec)[f.name], Field(f.default, description=help_text, **bounds)
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
-        "examples": [{"n": 16, "sampler": "dpmpp_2m", "steps": 20, "spacing": "logsnr", "seed": 42}]})
 
-    n: int = Field(16, ge=1, le=4096, description="images to generate")
-    steps: int | None = Field(None, ge=1, description="reverse steps = model evaluations; null: the sampler's default")
-    sampler: SamplerName | None = Field(None, description=_sampler_help())
-    spacing: Spacing | None = Field(
-        None, description="timesteps: linspace (even in t), leading, trailing (diffusers' names), logsnr (even in "
-                          "log α/σ), karras (ρ = 7); null: the sampler's default")
-    eta: float | None = Field(None, ge=0.0, le=1.0, description="ddim and dpmpp_2m_sde only: 0 deterministic, "
-                                                                "1 fully stochastic; null: ddim 0, dpmpp_2m_sde 1")
-    labels: int | Literal["any", "none"] | list[int | None] | None = Field(
-        None, description="class-conditional models: a class, 'any' (uniform, drawn from the seed), 'none' (the "
-                          "unconditional model), or one class or null per sample; null: 'any'")
-    guidance: float | None = Field(None, ge=0.0, le=20.0, description="classifier-free guidance scale s in "
-                                   "ε̂ = ε_u + s·(ε_c − ε_u): 1 plain conditional, 0 unconditional; null: the default")
-    seed: int | None = Field(None, ge=0, le=MAX_SEED, description="null: a random seed, returned with the result")
-    clip: bool = Field(True, description="clip the predicted x̂0 to the data range")
-    init: str | None = Field(None, max_length=64, description="id from POST /noise: start from that x_t")
+SampleRequest: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "SampleRequest",
+    __config__=ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"n": 16, "sampler": "dpmpp_2m", "steps": 20, "spacing": "logsnr", "seed": 42}]}),
+    __doc__="What to sample. A field left out (or null) takes the server's default: see ``defaults`` in GET "
+            "/model. ``steps`` ≤ the model's T (one less for the DPM-Solver++ family); ``n`` ≤ the server's max "
+            "batch.",
+    __validators__={"labels_from_query": field_validator("labels", mode="before")(_one_query_value)},
+    **{f.name: _spec_field(f) for f in dataclasses.fields(SamplingSpec)},
+)
 
-    @field_validator("labels", mode="before")
-    @classmethod
-    def _one_query_value(cls, v: Any) -> Any:
-        """A query string gives every list-typed field as a list: ``?labels=any`` arrives as ``["any"]``. One
-        string there is the scalar it names (a JSON list holds ints and nulls, never strings)."""
-        if isinstance(v, list) and len(v) == 1 and isinstance(v[0], str):
-            return v[0]
-        return v
+
+def spec_of(req: BaseModel) -> SamplingSpec:
+    """The engine's spec from a request (its extra fields, such as ``frame_every``, left out)."""
+    return SamplingSpec(**{f.name: getattr(req, f.name) for f in dataclasses.fields(SamplingSpec)})
 
 
 class JobRequest(SampleRequest):

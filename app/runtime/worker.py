@@ -1,11 +1,12 @@
 """The sampling worker: one thread owns the model and batches every live job into each forward.
 
-Each tick takes live jobs round-robin until ``max_batch`` samples, concatenates their x_t and
-per-sample step coefficients (each job at its own step of its own plan), runs ONE UNet forward,
-and applies :func:`engine.sampling_step` once for the whole batch. Jobs join and leave between
-ticks. Every job draws x_T and its per-step noise from its own generator in the same order as
-:func:`engine.sample_iter`, so a seed gives the same images however jobs are batched. The worker
-reports each job's progress as typed results (:mod:`app.results`) in the job's log.
+Each tick takes live jobs round-robin until ``max_batch`` samples and advances them together through the
+engine's :class:`~engine.Stepper`: ONE model call over every job's rows (each job at its own step of its
+own plan), ONE update. Jobs join and leave between ticks. Every job draws x_T and its per-step noise from
+its own generator, as :func:`engine.sample_iter` does, so a seed gives the same images however jobs are
+batched. The worker reports each job's progress as typed results holding tensors
+(:mod:`app.runtime.results`) into the job's log, which encodes them off this thread
+(:mod:`app.runtime.frames`).
 
 Rule: on CPU, large torch ops run only on the worker thread. Every thread that has run one keeps an
 OpenMP team until it exits, and a second team makes the worker's helpers sleep and wake on every op.
@@ -28,21 +29,10 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from torch import Tensor
 
-from engine import (
-    Conditioning,
-    LoadedModel,
-    SamplingPlan,
-    StepCoeffs,
-    draw_noise,
-    guided_forward,
-    resolve_labels,
-    sampling_step,
-)
-from engine.io.images import make_grid, png_bytes, to_uint8_array
-from engine.sampling import History, LabelSpec
+from engine import Lane, LoadedModel, SampleFrame, SamplingPlan, SamplingRun, Stepper
 
-from .frames import EventLog, FrameEncoder, FrameFormat, encode_frame, grid
-from .results import Cancelled, Done, Failed, Frame, Queued, Started
+from .frames import FrameEncoder, JobLog
+from .results import Cancelled, Done, Failed, Frame, Queued, Result, Started
 
 log = logging.getLogger(__name__)
 
@@ -56,33 +46,34 @@ class QueueFull(Exception):
 
 @dataclass
 class Job:
-    """One request: ``n`` samples following ``plan`` from a seeded generator."""
+    """One request: a resolved run (``run``: its plan, labels and seeded generator) and its log."""
 
     id: str
-    n: int
-    plan: SamplingPlan
-    seed: int
+    run: SamplingRun
     frame_every: int
-    clip: bool
-    frame_format: FrameFormat
-    events: EventLog
-    x_start: Tensor | None = None  # (1 or n, C, H, W) start image, repeated to n at admission
+    log: JobLog
     status: JobStatus = "queued"
     position_sent: int | None = None  # the queue position in the last ``queued`` event
     step: int = 0
-    x: Tensor | None = None
-    history: History | None = None  # the last two x̂0, for multistep plans (on the model's device)
-    labels: LabelSpec = None  # a class-conditional model's request, resolved at admission
-    guidance: float = 1.0
-    cond: Conditioning | None = None
-    gen: torch.Generator = field(default_factory=torch.Generator)
+    lane: Lane | None = None  # the run's state in the stepper while it is live (the worker thread's)
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: float | None = None
     error: str | None = None
     cancel_requested: bool = False
-    result: list[bytes] | None = None  # one PNG per image, once done
-    grid_png: bytes | None = None
+
+    @property
+    def n(self) -> int:
+        return self.run.spec.n
+
+    @property
+    def plan(self) -> SamplingPlan:
+        return self.run.plan
+
+    @property
+    def seed(self) -> int:
+        assert self.run.spec.seed is not None
+        return self.run.spec.seed
 
     @property
     def done(self) -> bool:
@@ -95,11 +86,8 @@ class Job:
         return ((self.finished or time.monotonic()) - self.started) * 1000.0
 
     def drawn_labels(self) -> list[int | None] | None:
-        """Each image's class once labels are drawn (None: no label); None before, or unconditional."""
-        if self.cond is None:
-            return None
-        null = self.cond.null_label
-        return [None if v == null else v for v in self.cond.labels.tolist()]
+        """Each image's class (None: no label); None for an unconditional model."""
+        return self.run.drawn_labels
 
 
 class Metrics:
@@ -123,13 +111,13 @@ class SamplingWorker:
     """Owns ``model`` on its device; thread-safe ``submit``/``cancel`` from request handlers."""
 
     def __init__(self, model: LoadedModel, device: torch.device, max_batch: int, max_active_jobs: int,
-                 max_queue: int, event_buffer: int, job_ttl_s: float = 600.0, max_finished_jobs: int = 256) -> None:
+                 max_queue: int, job_ttl_s: float = 600.0, max_finished_jobs: int = 256) -> None:
         self.model, self.device = model, device
-        self.num_classes = model.num_classes
+        self.stepper = Stepper.for_model(model, device)
         self.max_batch, self.max_active, self.max_queue = max_batch, max_active_jobs, max_queue
-        self.event_buffer, self.job_ttl_s, self.max_finished = event_buffer, job_ttl_s, max_finished_jobs
+        self.job_ttl_s, self.max_finished = job_ttl_s, max_finished_jobs
         self.metrics = Metrics()
-        self.encoder = FrameEncoder()
+        self.encoder = FrameEncoder()  # the jobs' logs encode on its thread
         self.jobs: dict[str, Job] = {}
         self._pending: deque[Job] = deque()
         self._live: list[Job] = []
@@ -175,23 +163,19 @@ class SamplingWorker:
         self.encoder.close()
 
     # ---------------------------------------------------------------- API for handlers
-    def submit(self, n: int, plan: SamplingPlan, seed: int, frame_every: int, clip: bool,
-               x_start: Tensor | None = None, frame_format: FrameFormat = "png", labels: LabelSpec = None,
-               guidance: float = 1.0) -> Job:
+    def submit(self, run: SamplingRun, frame_every: int, log: JobLog) -> Job:
+        """Queue ``run``; its results go to ``log``. Raises :class:`QueueFull` when the queue is at its limit."""
         with self._cv:
             # Jobs in _pending while there are free slots start at the next tick; the rest wait.
             waiting = len(self._pending) - max(0, self.max_active - len(self._live))
             if waiting >= self.max_queue:
                 raise QueueFull(f"{waiting} jobs are already waiting (max_queue={self.max_queue})")
             self._gc()
-            job = Job(id=secrets.token_hex(8), n=n, plan=plan, seed=seed, frame_every=frame_every, clip=clip,
-                      frame_format=frame_format, events=EventLog(self.event_buffer, self.metrics.frames_dropped.inc),
-                      x_start=x_start, labels=labels, guidance=guidance)
-            job.gen.manual_seed(seed)
+            job = Job(id=secrets.token_hex(8), run=run, frame_every=frame_every, log=log)
             self.jobs[job.id] = job
             self._pending.append(job)
             job.position_sent = self.position(job)
-            job.events.append(Queued(job.position_sent))
+            job.log.put(Queued(job.position_sent))
             self.metrics.queue_depth.set(len(self._pending))
             self._cv.notify_all()
         return job
@@ -240,32 +224,21 @@ class SamplingWorker:
             self._finish(job, "cancelled")
         while self._pending and len(self._live) < self.max_active:
             job = self._pending.popleft()
-            try:
-                self._prepare(job)
+            try:  # x_T (or the start image repeated to n) on this thread: see the module's rule
+                job.lane = self.stepper.start_run(job.run)
             except Exception as e:
                 self._finish(job, "error", f"could not start: {e}")
                 continue
             job.status, job.started = "running", time.monotonic()
             labels = job.drawn_labels()
-            job.events.append(Started(job.plan.K, job.n, job.seed, None if labels is None else tuple(labels),
-                                      job.guidance if self.num_classes else None))
+            job.log.put(Started(job.plan.K, job.n, job.seed, None if labels is None else tuple(labels),
+                                job.run.spec.guidance))
             self._live.append(job)
         for i, job in enumerate(self._pending):
             if job.position_sent != i + 1:  # only when it moved: a long queue would otherwise log one event per tick
                 job.position_sent = i + 1
-                job.events.append(Queued(i + 1))
+                job.log.put(Queued(i + 1))
         self._update_gauges()
-
-    def _prepare(self, job: Job) -> None:
-        """Labels, x_T and history, in :func:`engine.sample`'s order of generator draws (labels first)."""
-        shape = (job.n, *self.model.sample_shape)
-        if self.num_classes:
-            labels = resolve_labels(job.labels, job.n, self.num_classes, job.gen)
-            job.cond = Conditioning.of(labels, job.guidance, self.num_classes).to(self.device)
-        job.x = (draw_noise(shape, job.gen, self.device) if job.x_start is None
-                 else job.x_start.to(self.device).expand(shape).clone())
-        if job.plan.order:
-            job.history = (torch.zeros_like(job.x), torch.zeros_like(job.x))
 
     def _update_gauges(self) -> None:
         """Callers hold ``_cv``. Also run after every tick: jobs that finish there leave ``_live`` without
@@ -306,104 +279,72 @@ class SamplingWorker:
 
     def _tick(self, jobs: list[Job]) -> None:
         t0 = time.perf_counter()
+        lanes = [j.lane for j in jobs]
+        assert all(lane is not None for lane in lanes)
         # Drawn before the step, on the generators' own device, so that a batch that fails (say, out of
         # memory) is retried job by job with the same noise and every seed still gives its images.
-        noise = [draw_noise(tuple(j.x.shape), j.gen, j.gen.device) for j in jobs]
+        noise = [lane.draw_noise() for lane in lanes]  # type: ignore[union-attr]
         try:
-            self._step(jobs, noise)
+            self._report(jobs, self.stepper.advance(lanes, noise))  # type: ignore[arg-type]
         except Exception:
             for job, job_noise in zip(jobs, noise, strict=True):
                 try:
-                    self._step([job], [job_noise])
+                    frames = self.stepper.advance([job.lane], [job_noise])  # type: ignore[list-item]
                 except Exception as e:
                     log.exception("job %s failed", job.id)
                     self._leave(job)
                     self._finish(job, "error", f"sampling failed: {type(e).__name__}: {e}")
+                    continue
+                self._report([job], frames)
         self.metrics.batch_size.observe(sum(j.n for j in jobs))
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
         with self._cv:
             self._update_gauges()
 
-    def _step(self, jobs: list[Job], noise: list[Tensor]) -> None:
-        """One reverse step for ``jobs``; ``noise`` holds each job's draw for this step, in order.
-
-        Raises only before any job has changed, so the caller can retry the jobs one by one."""
-        m = self.model
-        coeffs = StepCoeffs.cat([j.plan.coeffs(j.step, j.n, self.device, j.clip) for j in jobs])
-        x = _cat([j.x for j in jobs])
-        if self.num_classes:
-            out = guided_forward(m.net, x, coeffs.t, Conditioning.cat([j.cond for j in jobs]))
-        else:
-            out = m.net(x, coeffs.t)
-        noise_t = _cat(noise).to(self.device)
-        history = None
-        if any(j.history is not None for j in jobs):
-            # single-step jobs' rows have zero weight on the history: zeros keep the batch one tensor
-            rows = [j.history or (torch.zeros_like(j.x),) * 2 for j in jobs]
-            history = (_cat([r[0] for r in rows]), _cat([r[1] for r in rows]))
-        x_prev, x0 = sampling_step(m.diffusion.prediction, out, x, coeffs, noise_t, m.diffusion.clip_range, history)
-        a = 0
-        for job in jobs:
-            b = a + job.n
-            job.x = x_prev[a:b]
-            if job.history is not None:
-                job.history = (x0[a:b], job.history[0])
-            job.step += 1
-            last = job.step == job.plan.K
+    def _report(self, jobs: list[Job], frames: list[SampleFrame]) -> None:
+        """Each stepped job's frame when it is due, and its images at its last step."""
+        for job, frame in zip(jobs, frames, strict=True):
+            job.step = frame.step
+            last = frame.step == frame.of
             if last:
-                self._leave(job)  # the frame below takes its own copy
-            if last or job.step % job.frame_every == 0:
-                try:
-                    self._emit_frame(job, x_prev[a:b], x0[a:b], last)
-                except Exception as e:  # a lost intermediate frame is skipped; a lost last one ends the job
-                    log.exception("job %s: frame %d could not be sent", job.id, job.step)
-                    if last:
-                        self._finish(job, "error", f"the last frame could not be sent: {type(e).__name__}: {e}")
-            a = b
+                self._leave(job)
+            if not (last or frame.step % job.frame_every == 0):
+                continue
+            # Host copies are the only work here; the job's log encodes them on the encoder thread.
+            x_t, x0 = frame.x_t.detach().to("cpu", copy=True), frame.x0.detach().to("cpu", copy=True)
+            try:
+                self._emit(job, Frame(frame.step, frame.of, frame.t, x_t, x0))
+            except Exception as e:  # a lost intermediate frame is skipped; a lost last one ends the job
+                log.exception("job %s: frame %d could not be sent", job.id, frame.step)
+                if last:
+                    self._finish(job, "error", f"the last frame could not be sent: {type(e).__name__}: {e}")
+                continue
+            if last:
+                self._finish(job, "done", images=x_t)
+
+    def _emit(self, job: Job, result: Result) -> None:
+        job.log.put(result)
 
     def _leave(self, job: Job) -> None:
-        """Take ``job`` out of the rotation and drop its state (the worker thread's to do: it owns ``job.x``)."""
+        """Take ``job`` out of the rotation and drop its state (the worker thread's to do: it owns the lane)."""
         with self._cv:
             if job in self._live:
                 self._live.remove(job)
-        job.x = job.history = None
+        job.lane = None
 
-    def _emit_frame(self, job: Job, x_t: Tensor, x0: Tensor, last: bool) -> None:
-        # Host copies are the only work here; the encoder thread does the rest.
-        x_t, x0 = x_t.detach().to("cpu", copy=True), x0.detach().to("cpu", copy=True)
-        step, of, t = job.step, job.plan.K, int(job.plan.timesteps[job.step - 1])
-        vr = self.model.card.value_range
-
-        def encode() -> None:
-            try:
-                u8 = to_uint8_array(x_t, vr)
-                frame = Frame(step, of, t, make_grid(u8), grid(x0, vr))
-                encode_frame(frame, job.frame_format)  # here, so that readers on the event loop find it done
-                job.events.append(frame)
-                if last:
-                    job.result = [png_bytes(u8[i]) for i in range(u8.shape[0])]
-                    job.grid_png = png_bytes(frame.x_t)
-                    self._finish(job, "done")
-            except Exception as e:
-                log.exception("encoding job %s failed", job.id)
-                if last:  # otherwise the job would stay "running" and its clients would wait forever
-                    self._finish(job, "error", f"encoding the result failed: {type(e).__name__}: {e}")
-
-        self.encoder.submit(encode)
-
-    def _finish(self, job: Job, status: JobStatus, error: str | None = None) -> None:
+    def _finish(self, job: Job, status: JobStatus, error: str | None = None, images: Tensor | None = None) -> None:
         with self._cv:  # re-entrant: some callers hold it already
             if job.done:
                 return
             job.status, job.error, job.finished = status, error, time.monotonic()
-            job.x_start = None  # job.x is the worker thread's to clear, when the job leaves _live
             self._finished.append(job)
         if status == "done":
-            job.events.append(Done(job.result or [], job.grid_png or b"", job.seed, round(job.elapsed_ms or 0.0, 1)))
+            assert images is not None
+            job.log.put(Done(images, job.seed, round(job.elapsed_ms or 0.0, 1)))
         elif status == "cancelled":
-            job.events.append(Cancelled(job.step))
+            job.log.put(Cancelled(job.step))
         else:
-            job.events.append(Failed(error or "failed"))
+            job.log.put(Failed(error or "failed"))
         self.metrics.jobs.labels(outcome=status).inc()
 
     def _gc(self) -> None:
@@ -416,7 +357,3 @@ class SamplingWorker:
                                   or now - (self._finished[0].finished or now) > self.job_ttl_s):
             self.jobs.pop(self._finished.popleft().id, None)
 
-
-def _cat(parts: list[Tensor]) -> Tensor:
-    """One tensor of ``parts`` along the batch, without a copy when there is only one."""
-    return parts[0] if len(parts) == 1 else torch.cat(parts)

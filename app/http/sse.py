@@ -16,11 +16,11 @@ from fastapi import Request
 from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
-from .frames import Event, data_url, encode_frame
-from .results import TERMINAL, Cancelled, Done, Failed, Frame, Queued, Result, Started
+from ..runtime.frames import Event, FramePixels, Images, Logged, data_url
+from ..runtime.results import TERMINAL, Cancelled, Failed, Queued, Started
+from ..runtime.worker import Job
+from ..state import AppState
 from .schemas import CancelledEvent, DoneEvent, ErrorEvent, FrameEvent, QueuedEvent, StartedEvent
-from .state import AppState
-from .worker import Job
 
 SHUTTING_DOWN = "the server is shutting down"
 SHUTDOWN_GRACE_S = 3.0  # streams get this long to say goodbye; uvicorn's own graceful timeout is longer (5 s)
@@ -29,35 +29,32 @@ SHUTDOWN_GRACE_S = 3.0  # streams get this long to say goodbye; uvicorn's own gr
 EVENTS: dict[type, tuple[str, type[BaseModel]]] = {
     Queued: ("queued", QueuedEvent),
     Started: ("started", StartedEvent),
-    Frame: ("frame", FrameEvent),
-    Done: ("done", DoneEvent),
+    FramePixels: ("frame", FrameEvent),
+    Images: ("done", DoneEvent),
     Cancelled: ("cancelled", CancelledEvent),
     Failed: ("error", ErrorEvent),
 }
 
 
-def event_id(result: Result, steps: int) -> int:
+def event_id(result: Logged, steps: int) -> int:
     """The SSE id of ``result`` in a job of ``steps`` steps."""
-    if isinstance(result, Frame):
+    if isinstance(result, FramePixels):
         return result.step
-    return steps + 1 if isinstance(result, TERMINAL) else 0
+    return steps + 1 if isinstance(result, (*TERMINAL, Images)) else 0
 
 
-def payload(result: Result, job: Job) -> BaseModel:
-    """The JSON body of ``result``'s event (frames in the job's frame format)."""
+def payload(result: Logged, job: Job) -> BaseModel:
+    """The JSON body of ``result``'s event (frames as the job's log encoded them)."""
     match result:
         case Queued(position):
             return QueuedEvent(id=job.id, position=position)
         case Started(steps, n, seed, labels, guidance):
             return StartedEvent(id=job.id, steps=steps, n=n, seed=seed,
                                 labels=None if labels is None else list(labels), guidance=guidance)
-        case Frame():
-            xt, x0 = encode_frame(result, job.frame_format)
-            h, w, c = result.x_t.shape
-            return FrameEvent(step=result.step, of=result.of, t=result.t, format=job.frame_format, width=w,
-                              height=h, channels=c, xt=xt, x0=x0)
-        case Done(images, _, seed, elapsed_ms):
-            return DoneEvent(images=[data_url(p) for p in images], seed=seed, elapsed_ms=elapsed_ms)
+        case FramePixels(step, of, t, (h, w, c), fmt, xt, x0):
+            return FrameEvent(step=step, of=of, t=t, format=fmt, width=w, height=h, channels=c, xt=xt, x0=x0)
+        case Images(pngs, _, seed, elapsed_ms):
+            return DoneEvent(images=[data_url(p) for p in pngs], seed=seed, elapsed_ms=elapsed_ms)
         case Cancelled(step):
             return CancelledEvent(step=step)
         case Failed(message):
@@ -65,7 +62,7 @@ def payload(result: Result, job: Job) -> BaseModel:
     raise TypeError(f"not a worker result: {result!r}")
 
 
-def to_sse(result: Result, job: Job) -> ServerSentEvent:
+def to_sse(result: Logged, job: Job) -> ServerSentEvent:
     name, _ = EVENTS[type(result)]
     return ServerSentEvent(data=payload(result, job).model_dump_json(), event=name,
                            id=str(event_id(result, job.plan.K)))
@@ -73,7 +70,7 @@ def to_sse(result: Result, job: Job) -> ServerSentEvent:
 
 def cursor_after(job: Job, last_id: int) -> int:
     """The log cursor that replays every event with an SSE id above ``last_id`` (Last-Event-ID)."""
-    seen = [e.seq for e in job.events.since(0) if event_id(e.result, job.plan.K) <= last_id]
+    seen = [e.seq for e in job.log.since(0) if event_id(e.result, job.plan.K) <= last_id]
     return max(seen, default=0)
 
 
@@ -84,7 +81,7 @@ async def _events(request: Request, st: AppState, job: Job, last_id: int | None,
     try:
         # The short timeout bounds how long a quiet stream takes to notice a disconnect or a shutdown.
         ev: Event | None
-        async for ev in job.events.follow(cursor, timeout=1.0):
+        async for ev in job.log.follow(cursor, timeout=1.0):
             if shutdown.is_set():
                 yield ServerSentEvent(data=ErrorEvent(message=SHUTTING_DOWN).model_dump_json(),
                                       event=EVENTS[Failed][0])

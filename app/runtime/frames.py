@@ -1,10 +1,11 @@
-"""Frame pixels for the wire, the frame-encoder thread, and the per-job logs of results that streams read.
+"""Frames for the wire, the frame-encoder thread, and each job's replay log.
 
-The worker hands host copies to :class:`FrameEncoder` and goes back to the model at once; the encoder
-thread tiles them into uint8 grids, encodes them in the job's frame format and appends the
-:class:`~app.results.Frame` to the job's :class:`EventLog`. A log keeps every result except
-intermediate frames, of which it keeps only the newest ``buffer``: a slow client skips frames (the
-latest wins) and never holds up the worker or another job.
+The worker reports tensors (:mod:`app.runtime.results`) and goes back to the model at once. A job's
+:class:`JobLog` hands its frames and its final images to the one :class:`FrameEncoder` thread, which turns
+them into uint8 grids, encodes them in the job's frame format (PNG data URLs or raw pixels) and appends
+them to the log, in the order the worker reported them. A log keeps every result except intermediate
+frames, of which it keeps only the newest ``buffer``: a slow client skips frames (the latest wins) and
+never holds up the worker or another job. Readers (the SSE and REST routes) follow the log.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Literal
 import numpy as np
 from torch import Tensor
 
-from engine.io.images import make_grid, png_bytes, to_uint8_array
+from engine import make_grid, png_bytes, to_uint8_array
 
-from .results import TERMINAL, Frame, Result
+from .results import TERMINAL, Done, Failed, Frame, Result
 
 log = logging.getLogger(__name__)
 FrameFormat = Literal["png", "raw"]
@@ -53,23 +54,62 @@ def encode_image(pixels: np.ndarray, fmt: FrameFormat) -> str:
     return base64.b64encode(np.ascontiguousarray(pixels).tobytes()).decode("ascii")
 
 
-def encode_frame(frame: Frame, fmt: FrameFormat) -> tuple[str, str]:
-    """``(x_t, x0)`` of ``frame`` in ``fmt``, encoded once: the encoder thread does it before any reader asks."""
-    cache = frame.encoded
-    hit = cache.get(fmt)
-    if hit is None:
-        hit = cache[fmt] = (encode_image(frame.x_t, fmt), encode_image(frame.x0, fmt))
-    return hit
+@dataclass(frozen=True)
+class FramePixels:
+    """A :class:`~app.runtime.results.Frame` as the wire carries it: both grids ``(H, W, C)`` uint8, encoded."""
+
+    step: int
+    of: int
+    t: int
+    shape: tuple[int, int, int]  # the grids' (H, W, C)
+    format: FrameFormat
+    xt: str
+    x0: str
+
+    @property
+    def last(self) -> bool:
+        return self.step == self.of
+
+
+@dataclass(frozen=True)
+class Images:
+    """A :class:`~app.runtime.results.Done` as the wire carries it: one PNG per image and the grid of all."""
+
+    pngs: list[bytes]
+    grid: bytes
+    seed: int
+    elapsed_ms: float
+
+
+#: What a log holds: the worker's results, with frames and final images in their wire form.
+Logged = Result | FramePixels | Images
+
+
+def encode(result: Result, fmt: FrameFormat, value_range: tuple[float, float]) -> Logged:
+    """``result`` in its wire form (frames and final images encoded; other results as they are)."""
+    if isinstance(result, Frame):
+        xt, x0 = grid(result.x_t, value_range), grid(result.x0, value_range)
+        return FramePixels(result.step, result.of, result.t, xt.shape, fmt, encode_image(xt, fmt),
+                           encode_image(x0, fmt))
+    if isinstance(result, Done):
+        u8 = to_uint8_array(result.images, value_range)
+        return Images([png_bytes(u8[i]) for i in range(u8.shape[0])], png_bytes(make_grid(u8)), result.seed,
+                      result.elapsed_ms)
+    return result
 
 
 @dataclass(frozen=True)
 class Event:
     seq: int  # position in the log, for cursors
-    result: Result
+    result: Logged
 
 
-def _droppable(result: Result) -> bool:
-    return isinstance(result, Frame) and not result.last
+def _droppable(result: Logged) -> bool:
+    return isinstance(result, FramePixels) and not result.last
+
+
+def _terminal(result: Logged) -> bool:
+    return isinstance(result, (*TERMINAL, Images))
 
 
 @dataclass
@@ -85,7 +125,7 @@ class EventLog:
     _waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
     closed: bool = False
 
-    def append(self, result: Result) -> None:
+    def append(self, result: Logged) -> None:
         """Log ``result``; a terminal result closes the log, and nothing is logged after it."""
         with self._lock:
             if self.closed:  # e.g. a frame the encoder finishes after the job was cancelled: the log is final
@@ -97,7 +137,7 @@ class EventLog:
                     self._frames.popleft()
             else:
                 self._kept.append(ev)
-            self.closed = isinstance(result, TERMINAL)
+            self.closed = _terminal(result)
             waiters = list(self._waiters)
         for loop, flag in waiters:
             loop.call_soon_threadsafe(flag.set)
@@ -146,6 +186,46 @@ class EventLog:
         finally:
             with self._lock:
                 self._waiters.discard(token)
+
+
+class JobLog(EventLog):
+    """One job's log, fed by the worker: :meth:`put` encodes frames and final images on the encoder thread.
+
+    Results are logged in the order they were put. A result with nothing to encode is appended at once
+    when nothing of this job is still being encoded, so a job's state reads the same on every thread.
+    """
+
+    def __init__(self, fmt: FrameFormat, buffer: int, encoder: FrameEncoder, value_range: tuple[float, float],
+                 on_drop: Callable[[int], None] = lambda n: None) -> None:
+        super().__init__(buffer, on_drop)
+        self.format, self.encoder, self.value_range = fmt, encoder, value_range
+        self._pending = 0
+        self._order = threading.Lock()
+
+    def put(self, result: Result) -> None:
+        with self._order:
+            if not self._pending and not isinstance(result, Frame | Done):
+                self.append(result)
+                return
+            self._pending += 1
+        self.encoder.submit(lambda: self._encode(result))
+
+    def _encode(self, result: Result) -> None:
+        try:
+            logged = encode(result, self.format, self.value_range)
+        except Exception as e:  # a lost intermediate frame is skipped; losing the result ends the job
+            log.exception("encoding a %s failed", type(result).__name__)
+            logged = Failed(f"encoding the result failed: {type(e).__name__}: {e}") \
+                if isinstance(result, Done) or (isinstance(result, Frame) and result.last) else None
+        with self._order:
+            self._pending -= 1
+            if logged is not None:
+                self.append(logged)
+
+    def final(self) -> Images | None:
+        """The job's images once it is done, else None."""
+        done = [e.result for e in self.since(0) if isinstance(e.result, Images)]
+        return done[0] if done else None
 
 
 class FrameEncoder:

@@ -1,15 +1,16 @@
-"""What the sampling worker reports about a job, as typed values; :mod:`app.sse` turns them into events.
+"""What the sampling worker reports about a job, as typed values holding tensors only.
 
 A job's results, in order: :class:`Queued` (again whenever its place changes), :class:`Started`, a
 :class:`Frame` every ``frame_every`` steps and at the last step, then exactly one terminal result:
-:class:`Done`, :class:`Cancelled` or :class:`Failed`.
+:class:`Done`, :class:`Cancelled` or :class:`Failed`. The frames layer (:mod:`app.runtime.frames`)
+turns the tensors into pixels and encodings; the SSE layer (:mod:`app.http.sse`) into events.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import numpy as np
+from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -34,16 +35,15 @@ class Started:
 class Frame:
     """The state after reverse step ``step`` (1-based) of ``of``, predicted at model timestep ``t``.
 
-    ``x_t`` and ``x0`` are the job's ``n`` images tiled into one uint8 grid, ``(H, W, C)``
-    (see :func:`engine.io.images.make_grid`). At ``step == of``, ``x_t`` holds the final images.
+    ``x_t`` and ``x0`` are host copies ``(n, C, H, W)`` in the model's value range. At ``step == of``,
+    ``x_t`` holds the final images.
     """
 
     step: int
     of: int
     t: int
-    x_t: np.ndarray
-    x0: np.ndarray
-    encoded: dict[str, tuple[str, str]] = field(default_factory=dict, compare=False, repr=False)  # by format
+    x_t: Tensor
+    x0: Tensor
 
     @property
     def last(self) -> bool:
@@ -52,10 +52,9 @@ class Frame:
 
 @dataclass(frozen=True)
 class Done:
-    """The job finished: one PNG per image, and the grid of all of them as one PNG."""
+    """The job finished: its final images ``(n, C, H, W)`` on the host, in the model's value range."""
 
-    images: list[bytes]
-    grid: bytes
+    images: Tensor
     seed: int
     elapsed_ms: float
 

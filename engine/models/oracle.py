@@ -1,13 +1,13 @@
-"""Analytic denoisers for data whose posterior E[x0 | x_t] is known in closed form."""
+"""Analytic denoisers for data whose posterior E[x0 | x_t] is known in closed form: the exact model that
+samplers, solvers and likelihoods are checked against (tests and benchmarks/solver_order.py)."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
 
-from engine import GaussianDiffusion
-from engine.diffusion.gaussian import v_from_x0_eps
-from engine.diffusion.schedule import extract
+from ..diffusion.gaussian import GaussianDiffusion, v_from_x0_eps
+from ..diffusion.schedule import extract
 
 
 class GaussianOracle:

@@ -18,12 +18,13 @@ from PIL import Image, UnidentifiedImageError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
-from engine import NoiseSchedule, SamplingPlan, choose, resolve_labels, steps_limit
-from engine.io.images import center_crop_resize, from_uint8
-from engine.sampling import LabelSpec
+from engine import NoiseSchedule, SpecError, Start, center_crop_resize, from_uint8, resolve
 
+from ..runtime.frames import FrameFormat, data_url, grid_png
+from ..runtime.worker import Job, QueueFull, SamplingWorker
+from ..state import State, current
+from ..threads import on_a_thread_that_exits
 from . import sse
-from .frames import FrameFormat, data_url, grid_png
 from .schemas import (
     ErrorResponse,
     JobCreated,
@@ -33,16 +34,14 @@ from .schemas import (
     SampleRequest,
     SamplesResponse,
     ValidationErrorResponse,
+    spec_of,
 )
-from .state import State, current
-from .threads import on_a_thread_that_exits
-from .worker import Job, QueueFull, SamplingWorker
 
 api = APIRouter(prefix="/api/v1")
 root = APIRouter()
-HERE = Path(__file__).resolve().parent
+APP = Path(__file__).resolve().parent.parent
 # The page's templates/ and static/: inside the app package in the image's wheel, beside the packages in a checkout.
-WEB = HERE if (HERE / "templates").is_dir() else HERE.parent
+WEB = APP if (APP / "templates").is_dir() else APP.parent
 TEMPLATES = Jinja2Templates(directory=str(WEB / "templates"))
 # Every status a route can answer is declared with its body, so clients (and the schemathesis suite) can rely on it.
 BODY_ERRORS: dict[int | str, dict[str, Any]] = {
@@ -61,59 +60,23 @@ def _invalid(field: str, msg: str, value: Any, where: str = "body") -> RequestVa
     return RequestValidationError([{"type": "value_error", "loc": (where, field), "msg": msg, "input": value}])
 
 
-def _plan_for(st: State, req: SampleRequest) -> tuple[SamplingPlan, torch.Tensor | None]:
-    T = st.model.diffusion.T
-    if req.n > st.worker.max_batch:
-        raise _invalid("n", f"n must be ≤ {st.worker.max_batch} (the server's max batch)", req.n)
-    x_start, start_t = None, None
+def _submit(request: Request, st: State, req: SampleRequest, frame_every: int, frame_format: FrameFormat = "png",
+            where: str = "body") -> Job:
+    """Resolve ``req`` against the model (a 422 names the field it refuses) and queue it."""
+    start = None
     if req.init is not None:
         init = st.noised.get(req.init)
         if init is None:
-            raise _invalid("init", "unknown or expired init id; POST /api/v1/noise again", req.init)
-        x_start, start_t = init  # one image; the worker repeats it n times, on its own thread (see app.worker)
-    choice = choose(req.sampler, req.steps, req.spacing, req.eta, st.settings.sampler, st.model.num_classes > 0)
-    hi = steps_limit(st.model.diffusion, choice.sampler, start_t)
-    steps = min(choice.steps, hi) if req.steps is None else req.steps
-    if steps > hi:
-        limit = f"T = {T} of this model" if start_t is None else f"the init image's t = {start_t}, plus 1"
-        if hi == (T if start_t is None else start_t + 1) - 1:  # the DPM-Solver++ family visits no t = 0
-            limit = f"{limit.removesuffix(', plus 1')}: {choice.sampler} takes no step at t = 0"
-        raise _invalid("steps", f"steps must be ≤ {hi} ({limit})", steps)
+            raise _invalid("init", "unknown or expired init id; POST /api/v1/noise again", req.init, where)
+        start = Start(*init)  # one image; the worker repeats it n times, on its own thread (see app.runtime.worker)
     try:
-        plan = SamplingPlan.build(st.model.diffusion, choice.sampler, steps, choice.eta, start_t, choice.spacing)
-    except ValueError as e:  # the plan names the field it refuses (eta for a sampler without it, …)
-        field = str(e).split()[0]
-        field = field if field in SampleRequest.model_fields else "sampler"
-        raise _invalid(field, str(e), getattr(req, field)) from None
-    return plan, x_start
-
-
-def _conditioning(st: State, req: SampleRequest) -> tuple[LabelSpec, float]:
-    """The request's labels and guidance, checked against the model (validated now, "any" drawn at admission)."""
-    classes = st.model.num_classes
-    if not classes:
-        for field in ("labels", "guidance"):
-            if getattr(req, field) is not None:
-                raise _invalid(field, f"{field}: this model is unconditional", getattr(req, field))
-        return None, 1.0
-    spec = "any" if req.labels is None else None if req.labels == "none" else req.labels
-    if spec != "any":
-        try:
-            resolve_labels(spec, req.n, classes, None)
-        except ValueError as e:
-            raise _invalid("labels", str(e), req.labels) from None
-    return spec, st.settings.guidance if req.guidance is None else req.guidance
-
-
-def _submit(request: Request, st: State, req: SampleRequest, frame_every: int,
-            frame_format: FrameFormat = "png") -> Job:
-    plan, x_start = _plan_for(st, req)
-    labels, guidance = _conditioning(st, req)
-    seed = req.seed if req.seed is not None else secrets.randbelow(2**53)
+        run = resolve(spec_of(req), st.model, st.sampling_defaults, start, max_n=st.worker.max_batch)
+    except SpecError as e:
+        raise _invalid(e.field, e.message, e.value, where) from None
     frame_every = max(frame_every, st.settings.frame_every_min)  # the operator's cap on frame rate
     try:
-        return st.clients.submit(st.clients.client(request), lambda: st.worker.submit(
-            req.n, plan, seed, frame_every, req.clip, x_start, frame_format, labels, guidance))
+        return st.clients.submit(st.clients.client(request),
+                                 lambda: st.worker.submit(run, frame_every, st.new_log(frame_format)))
     except QueueFull as e:
         raise HTTPException(429, str(e), headers={"Retry-After": "2"}) from None
 
@@ -121,8 +84,8 @@ def _submit(request: Request, st: State, req: SampleRequest, frame_every: int,
 def _job_state(worker: SamplingWorker, job: Job) -> JobState:
     return JobState(id=job.id, state=job.status, step=job.step, of=job.plan.K, n=job.n, sampler=job.plan.sampler,
                     spacing=job.plan.spacing, eta=job.plan.eta, seed=job.seed, position=worker.position(job),
-                    labels=job.drawn_labels(), guidance=job.guidance if worker.num_classes else None,
-                    elapsed_ms=job.elapsed_ms, error=job.error)
+                    labels=job.drawn_labels(), guidance=job.run.spec.guidance, elapsed_ms=job.elapsed_ms,
+                    error=job.error)
 
 
 # ------------------------------------------------------------------------------ model facts
@@ -155,20 +118,20 @@ def schedule_info(s: NoiseSchedule, name: str) -> dict[str, Any]:
 async def post_samples(request: Request, st: State, req: SampleRequest) -> Any:
     job = _submit(request, st, req, frame_every=10**9)
     try:
-        async for _ in job.events.follow(0, timeout=5.0):
+        async for _ in job.log.follow(0, timeout=5.0):
             if await request.is_disconnected():
                 break
     finally:
         if not job.done:
             st.worker.cancel(job.id)
-    if job.status != "done" or not job.result or job.grid_png is None:
+    images = job.log.final()
+    if images is None:
         raise HTTPException(409 if job.status == "cancelled" else 503, job.error or f"job {job.status}")
-    grid = job.grid_png
     if "image/png" in request.headers.get("accept", ""):
-        return Response(grid, media_type="image/png", headers={"X-Seed": str(job.seed)})
+        return Response(images.grid, media_type="image/png", headers={"X-Seed": str(images.seed)})
     b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
-    return SamplesResponse(images=[b64(p) for p in job.result], grid=b64(grid), seed=job.seed,
-                           elapsed_ms=round(job.elapsed_ms or 0.0, 1))
+    return SamplesResponse(images=[b64(p) for p in images.pngs], grid=b64(images.grid), seed=images.seed,
+                           elapsed_ms=images.elapsed_ms)
 
 
 @api.post("/jobs", status_code=202, response_model=JobCreated, summary="start a job; stream it from /events",
@@ -217,7 +180,7 @@ async def job_events(request: Request, st: State, job_id: str,
 @api.get("/stream", summary="one-shot SSE stream for EventSource; the job is cancelled on disconnect",
          response_class=EventSourceResponse, responses={**sse.RESPONSES, **ERRORS})
 async def stream(request: Request, st: State, q: Annotated[JobRequest, Query()]):
-    job = _submit(request, st, q, q.frame_every, q.frame_format)
+    job = _submit(request, st, q, q.frame_every, q.frame_format, where="query")
     return sse.event_stream(request, st, job, None, cancel_on_disconnect=True)
 
 

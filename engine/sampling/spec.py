@@ -1,0 +1,202 @@
+"""One sampling request: every field declared once (:class:`SamplingSpec`), and the one place that fills its
+defaults from the model and checks it against the model (:func:`resolve`).
+
+The API's request models (``app/http/schemas.py``) and the flags of ``ddpm sample`` and ``ddpm eval``
+(:mod:`engine.cli.flags`) are generated from the spec's fields, so a field's type, default, bounds and help
+live here only. :func:`resolve` raises :class:`SpecError`, which names the field as data: the server
+answers 422 with that field's location, and the command line names the field's flag.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from ..models.base import SamplingModel
+from ..options import config_types, literal_choices, option, out_of_bounds
+from .defaults import DEFAULT_GUIDANCE, choose
+from .guidance import Conditioning, resolve_labels
+from .plan import SamplingPlan, steps_limit
+from .solvers import DEFAULT_ETA, SAMPLER_INFO, SamplerName, takes_eta
+from .spacing import Spacing
+
+MAX_SEED = 2**63 - 1
+#: Seeds drawn for a request that gives none stay below 2^53, so that JavaScript reads them exactly.
+RANDOM_SEEDS = 2**53
+#: A request's labels: a class, "any", "each", "none", or one class or null per sample (None: the default).
+Labels = int | Literal["any", "each", "none"] | list[int | None] | None
+
+
+def parse_labels(text: str) -> Labels:
+    """``labels`` as the command line writes it: ``7``, ``any``, ``each``, ``none``, or ``1,none,3`` per sample."""
+    words = [w.strip() for w in text.split(",")]
+    if len(words) == 1 and words[0] in ("any", "each", "none"):
+        return words[0]  # type: ignore[return-value]
+    try:
+        values = [None if w in ("none", "null") else int(w) for w in words]
+    except ValueError:
+        raise ValueError(f"must be a class number, 'any', 'each', 'none' or a comma-separated list, got {text!r}") \
+            from None
+    return values[0] if len(values) == 1 and values[0] is not None else values
+
+
+def _sampler_help() -> str:
+    return "default: the model's (GET /model's defaults). " + "; ".join(
+        f"{name}: {info}" for name, info in SAMPLER_INFO.items())
+
+
+@dataclass(frozen=True)
+class SamplingSpec:
+    """What to sample. A field left None takes the default :func:`resolve` fills from the model."""
+
+    n: int = option(16, ge=1, le=100_000, help="images to generate")
+    sampler: SamplerName | None = option(None, help=_sampler_help())
+    steps: int | None = option(None, ge=1, help="reverse steps = model evaluations; at most the model's T (one "
+                                                "fewer for the DPM-Solver++ family); default: the sampler's")
+    spacing: Spacing | None = option(
+        None, help="timesteps: linspace (even in t), leading, trailing (diffusers' names), logsnr (even in log α/σ), "
+                   "karras (ρ = 7); default: the sampler's")
+    eta: float | None = option(None, ge=0.0, le=1.0, help="ddim and dpmpp_2m_sde only: 0 deterministic, 1 fully "
+                                                          "stochastic; default: ddim 0, dpmpp_2m_sde 1")
+    labels: Labels = option(
+        None, flag_name="label", metavar="C|any|each|none", parse=parse_labels,
+        help="class-conditional models: a class, 'any' (uniform, drawn from the seed), 'each' (classes 0, 1, … in "
+             "turn), 'none' (the unconditional model), or one class or null per sample; default: 'any'")
+    guidance: float | None = option(
+        None, ge=0.0, le=20.0, help="classifier-free guidance scale s in ε̂ = ε_u + s·(ε_c − ε_u): 1 plain "
+                                    f"conditional, 0 unconditional; default: {DEFAULT_GUIDANCE:g}")
+    seed: int | None = option(None, ge=0, le=MAX_SEED, help="default: a random seed, returned with the result")
+    clip: bool = option(True, help="clip the predicted x̂0 to the data range")
+    init: str | None = option(None, flag=False, max_length=64,
+                              help="id from POST /noise: start from that x_t instead of pure noise")
+
+    def replace(self, **changes: Any) -> SamplingSpec:
+        return dataclasses.replace(self, **changes)
+
+
+class SpecError(ValueError):
+    """A request field that cannot be served: ``field`` names it, ``value`` is what was asked, and ``message``
+    (which begins with the field's name) says the limit it broke."""
+
+    def __init__(self, field: str, message: str, value: Any = None) -> None:
+        assert message.startswith(field), message
+        super().__init__(message)
+        self.field, self.message, self.value = field, message, value
+
+
+@dataclass(frozen=True)
+class Start:
+    """Where a run begins instead of pure noise: ``x`` ``(1 or n, C, H, W)`` at model timestep ``t``."""
+
+    x: Tensor
+    t: int
+
+
+@dataclass(frozen=True)
+class ServerDefaults:
+    """An operator's defaults for what a request leaves out, over the model kind's (None: the model kind's)."""
+
+    sampler: SamplerName | None = None
+    guidance: float | None = None
+
+
+@dataclass(frozen=True)
+class SamplingRun:
+    """Everything one run needs: the complete spec (no field left None but ``init`` and, for an
+    unconditional model, ``labels``/``guidance``), its plan, the labels drawn, and the generator that
+    draws x_T and every step's noise next (labels come first, so a seed fixes them too)."""
+
+    spec: SamplingSpec
+    plan: SamplingPlan
+    shape: tuple[int, ...]
+    generator: torch.Generator
+    cond: Conditioning | None = None
+    start: Start | None = None
+
+    @property
+    def drawn_labels(self) -> list[int | None] | None:
+        """Each image's class (None: no label); None for an unconditional model."""
+        if self.cond is None:
+            return None
+        null = self.cond.null_label
+        return [None if v == null else v for v in self.cond.labels.tolist()]
+
+
+def check_fields(spec: SamplingSpec) -> None:
+    """Each field's declared choices and bounds (the checks that need no model)."""
+    hints = config_types(SamplingSpec)
+    for f in dataclasses.fields(spec):
+        value = getattr(spec, f.name)
+        choices = literal_choices(hints[f.name])
+        if f.name != "labels" and value is not None and choices is not None and value not in choices:
+            raise SpecError(f.name, f"{f.name} must be one of {choices}, got {value!r}", value)
+        if value is not None and not isinstance(value, bool | list) and (why := out_of_bounds(value, f.metadata)):
+            raise SpecError(f.name, f"{f.name} {why}, got {value!r}", value)
+
+
+def complete(spec: SamplingSpec, model: SamplingModel, defaults: ServerDefaults = ServerDefaults(),
+             start_t: int | None = None, max_n: int | None = None) -> SamplingSpec:
+    """``spec`` with every default filled from ``defaults`` and the model, checked against the model.
+
+    ``start_t``: the timestep of the run's start image, if it has one (it bounds ``steps``); ``max_n``: the
+    most images the caller serves at once. Raises :class:`SpecError` naming the first field it refuses.
+    """
+    check_fields(spec)
+    if max_n is not None and spec.n > max_n:
+        raise SpecError("n", f"n must be ≤ {max_n} (the server's max batch)", spec.n)
+    conditional = model.num_classes > 0
+    if not conditional:
+        for name in ("labels", "guidance"):
+            if getattr(spec, name) is not None:
+                raise SpecError(name, f"{name}: this model is unconditional", getattr(spec, name))
+    choice = choose(spec.sampler, spec.steps, spec.spacing, defaults.sampler, conditional)
+    if spec.eta is not None and not takes_eta(choice.sampler):
+        raise SpecError("eta", f"eta applies only to {tuple(DEFAULT_ETA)}, not to {choice.sampler!r}", spec.eta)
+    hi = steps_limit(model.diffusion, choice.sampler, start_t)
+    steps = min(choice.steps, hi) if spec.steps is None else spec.steps
+    if steps > hi:
+        T = model.diffusion.T
+        limit = f"T = {T} of this model" if start_t is None else f"the init image's t = {start_t}, plus 1"
+        if hi == (T if start_t is None else start_t + 1) - 1:  # the DPM-Solver++ family visits no t = 0
+            limit = f"{limit.removesuffix(', plus 1')}: {choice.sampler} takes no step at t = 0"
+        raise SpecError("steps", f"steps must be ≤ {hi} ({limit})", steps)
+    filled = spec.replace(sampler=choice.sampler, steps=steps, spacing=choice.spacing,
+                          eta=spec.eta if spec.eta is not None else DEFAULT_ETA.get(choice.sampler),
+                          seed=secrets.randbelow(RANDOM_SEEDS) if spec.seed is None else spec.seed)
+    if not conditional:
+        return filled
+    labels = "any" if spec.labels is None else spec.labels
+    if labels not in ("any", "each"):
+        try:
+            resolve_labels(labels, spec.n, model.num_classes, None)
+        except ValueError as e:
+            raise SpecError("labels", str(e), spec.labels) from None
+    guidance = spec.guidance
+    if guidance is None:
+        guidance = DEFAULT_GUIDANCE if defaults.guidance is None else defaults.guidance
+    return filled.replace(labels=labels, guidance=guidance)
+
+
+def resolve(spec: SamplingSpec, model: SamplingModel, defaults: ServerDefaults = ServerDefaults(),
+            start: Start | None = None, max_n: int | None = None) -> SamplingRun:
+    """What ``spec`` asks of ``model``: the complete spec, the plan, the labels and the seeded generator.
+
+    The only place that fills defaults and checks a request against a model; raises :class:`SpecError`.
+    Labels are drawn here, from the run's generator, before its x_T (which the stepper draws).
+    """
+    full = complete(spec, model, defaults, None if start is None else start.t, max_n)
+    assert full.sampler is not None and full.steps is not None and full.seed is not None
+    plan = SamplingPlan.build(model.diffusion, full.sampler, full.steps, full.eta, None if start is None else start.t,
+                              full.spacing or "linspace")
+    gen = torch.Generator().manual_seed(full.seed)
+    cond = None
+    if model.num_classes:
+        assert full.guidance is not None
+        labels = resolve_labels(full.labels, full.n, model.num_classes, gen)
+        cond = Conditioning.of(labels, full.guidance, model.num_classes)
+    return SamplingRun(full, plan, (full.n, *model.sample_shape), gen, cond, start)
