@@ -61,27 +61,27 @@ def frame_cpu_ms(n: int, fmt: str, repeats: int = 200) -> float:
     """Median thread CPU ms to turn one step's x_t and x̂0 (``n`` images) into an SSE event's bytes."""
     import numpy as np
     import torch
-    from app.frames import EventLog, encode_frame, grid
-    from app.results import Frame
-    from app.worker import Job
 
-    from app import sse
-    from engine import SamplingPlan, load_model_file
+    from app.http import sse
+    from app.runtime.frames import FrameEncoder, JobLog, encode
+    from app.runtime.results import Frame
+    from app.runtime.worker import Job
+    from engine import SamplingSpec, load_model_file, resolve
 
     m = load_model_file(UNCONDITIONAL_MODEL)
-    plan = SamplingPlan.build(m.diffusion, SAMPLER, 100)
-    job = Job(id="bench", n=n, plan=plan, seed=SEED, frame_every=1, clip=True, frame_format=fmt,  # type: ignore[arg-type]
-              events=EventLog(8))
+    encoder = FrameEncoder()
+    run = resolve(SamplingSpec(n=n, sampler=SAMPLER, steps=100, seed=SEED), m)  # type: ignore[arg-type]
+    job = Job(id="bench", run=run, frame_every=1, log=JobLog(fmt, 8, encoder, m.card.value_range))  # type: ignore[arg-type]
     gen = torch.Generator().manual_seed(0)
     x_t, x0 = torch.randn(n, *m.sample_shape, generator=gen), torch.rand(n, *m.sample_shape, generator=gen) * 2 - 1
     vr = m.card.value_range
     times = []
     for step in range(1, repeats + 1):
         t0 = time.thread_time()
-        frame = Frame(step, repeats, 0, grid(x_t, vr), grid(x0, vr))
-        encode_frame(frame, fmt)  # type: ignore[arg-type]
+        frame = encode(Frame(step, repeats, 0, x_t, x0), fmt, vr)  # type: ignore[arg-type]
         sse.to_sse(frame, job).encode()
         times.append((time.thread_time() - t0) * 1000)
+    encoder.close()
     return float(np.median(times))
 
 

@@ -29,7 +29,7 @@ import httpx  # noqa: E402
 import torch  # noqa: E402
 
 from app.local_server import sse_events, start_server  # noqa: E402
-from engine import ModelCard, SamplingPlan, build_model, load_model_file, preset_config, save_model_file  # noqa: E402
+from engine import ModelCard, build_model, load_model_file, preset_config, save_model_file  # noqa: E402
 
 
 def mnist_model_file(path: Path) -> Path:
@@ -93,19 +93,22 @@ def paired(a: Callable[[], float], b: Callable[[], float], repeats: int) -> tupl
 
 def worker_vs_bare(model_path: Path, batch: int, steps: int, repeats: int) -> tuple[float, float]:
     """Mean seconds per worker tick vs per bare UNet forward, same batch, same process, same threads."""
-    from app.worker import SamplingWorker
+    from app.runtime.frames import JobLog
+    from app.runtime.worker import SamplingWorker
+    from engine import SamplingSpec, resolve
 
     m = load_model_file(model_path, torch.device("cpu"))
-    w = SamplingWorker(m, torch.device("cpu"), max_batch=batch, max_active_jobs=4, max_queue=4, event_buffer=8)
+    w = SamplingWorker(m, torch.device("cpu"), max_batch=batch, max_active_jobs=4, max_queue=4)
     w.start()
-    plan = SamplingPlan.build(m.diffusion, "ddim", steps, 0.0)
+    spec = SamplingSpec(n=batch, sampler="ddim", steps=steps, eta=0.0, seed=1)
+    plan = resolve(spec, m).plan
     x = torch.randn(batch, *m.sample_shape)
 
     def worker_run() -> float:
         reg = w.metrics.registry
         s0 = reg.get_sample_value("ddpm_step_seconds_sum") or 0.0
         c0 = reg.get_sample_value("ddpm_step_seconds_count") or 0.0
-        job = w.submit(batch, plan, seed=1, frame_every=steps, clip=True)
+        job = w.submit(resolve(spec, m), steps, JobLog("png", 8, w.encoder, m.card.value_range))
         while not job.done:
             time.sleep(0.05)  # the tick time comes from the histogram; a busy poll would take the GIL from the worker
         s1 = reg.get_sample_value("ddpm_step_seconds_sum")

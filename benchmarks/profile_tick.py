@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/profile_tick.py [--batch 32] [--steps 50] [--threads 1] [--frame-every 1] [--sampler S]
 
-Steps a real :class:`app.worker.SamplingWorker` by hand on one job (the "mnist" preset, random
+Steps a real :class:`app.runtime.worker.SamplingWorker` by hand on one job (the "mnist" preset, random
 weights, 28×28, channels-last CPU load; by default only the last frame, as in ``bench_server.py``'s
 tick comparison), with the UNet wrapped in a timer, and
 reports per tick: the whole tick, the forward inside it, and the rest (coefficients, noise, the
@@ -25,10 +25,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from app.worker import SamplingWorker  # noqa: E402
 
+from app.runtime.frames import JobLog  # noqa: E402
+from app.runtime.worker import SamplingWorker  # noqa: E402
 from benchmarks.bench_server import mnist_model_file  # noqa: E402
-from engine import SamplingPlan, load_model_file  # noqa: E402
+from engine import SamplingSpec, load_model_file, resolve  # noqa: E402
 
 
 def main() -> None:
@@ -53,10 +54,11 @@ def main() -> None:
 
     # Not started: this thread steps it, so the tick is timed without a loop thread around it.
     w = SamplingWorker(dataclasses.replace(m, net=timed_net), torch.device("cpu"), max_batch=args.batch,
-                       max_active_jobs=1, max_queue=1, event_buffer=8)
-    plan = SamplingPlan.build(m.diffusion, args.sampler, args.steps)
+                       max_active_jobs=1, max_queue=1)
+    run = resolve(SamplingSpec(n=args.batch, sampler=args.sampler, steps=args.steps, seed=0), m)
+    plan = run.plan
     frame_every = args.frame_every or plan.K
-    job = w.submit(args.batch, plan, seed=0, frame_every=frame_every, clip=True)
+    job = w.submit(run, frame_every, JobLog("png", 8, w.encoder, m.card.value_range))
     tick_ms: list[float] = []
     with torch.inference_mode():
         while job.step < plan.K:

@@ -18,23 +18,21 @@ import json
 import time
 from pathlib import Path
 
-from engine import load_model
+from engine import DEFAULT_GUIDANCE, SamplingSpec, load_model
 from engine.evaluation.metrics import DigitMetrics, class_accuracy, generate, requested_labels
-from engine.sampling.defaults import DEFAULT_GUIDANCE
 
 BATCH = 125
 
 
-def run_config(m, metrics: DigitMetrics, sampler: str, spacing: str, steps: int, n: int, eta: float | None,
-               labels: str | None, guidance: float) -> dict:
+def run_config(m, metrics: DigitMetrics, spec: SamplingSpec) -> dict:
     t0 = time.perf_counter()
-    images = generate(m, n, sampler, steps, eta, 0, BATCH, "cpu", False, None, spacing, labels, guidance)
+    images = generate(m, spec, BATCH, "cpu", progress=False)
     seconds = time.perf_counter() - t0
-    row = {"model": str(m.path), "prior": str(m.prior_path) if m.prior_path else None, "sampler": sampler,
-           "spacing": spacing, "steps": steps, "eta": eta, "n": n, "seconds": round(seconds, 1)}
+    row = {"model": str(m.path), "prior": str(m.prior_path) if m.prior_path else None, "sampler": spec.sampler,
+           "spacing": spec.spacing, "steps": spec.steps, "eta": spec.eta, "n": spec.n, "seconds": round(seconds, 1)}
     if m.num_classes:
-        row.update(labels=labels, guidance=guidance)
-        asked = requested_labels(m, n, 0, BATCH, labels)
+        row.update(labels=spec.labels, guidance=spec.guidance)
+        asked = requested_labels(m, spec, BATCH)
         if bool((asked < m.num_classes).any()):
             row["class_accuracy"] = class_accuracy(images, asked, m.num_classes)
     return {**row, **{k: round(float(v), 4) for k, v in metrics.evaluate(images).items()}}
@@ -68,7 +66,7 @@ def main() -> None:
     seen = {_key(r) for r in done}
     m = load_model(args.model, "cpu", args.uncond_model)
     prior = str(m.prior_path) if m.prior_path else None
-    labels = (None if args.labels == "none" else args.labels) if m.num_classes else None
+    labels = args.labels if m.num_classes else None
     scales = args.guidance if m.num_classes else [None]
     metrics = DigitMetrics()
     for sampler in args.samplers:
@@ -79,8 +77,8 @@ def main() -> None:
                     key = (str(m.path), prior, sampler, spacing, steps, args.n, labels if s is not None else None, s)
                     if key in seen:
                         continue
-                    row = run_config(m, metrics, sampler, spacing, steps, args.n, eta, labels,
-                                     1.0 if s is None else s)
+                    row = run_config(m, metrics, SamplingSpec(n=args.n, sampler=sampler, steps=steps, spacing=spacing,
+                                                              eta=eta, labels=labels, guidance=s, seed=0))
                     with out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     done.append(row)

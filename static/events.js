@@ -1,4 +1,4 @@
-// The wire names the page relies on: a job's server-sent events (app/sse.py names the same ones) and the
+// The wire names the page relies on: a job's server-sent events (app/http/sse.py names the same ones) and the
 // frame format it asks for (raw pixels, drawn on a canvas).
 
 export const EVENTS = Object.freeze({

@@ -31,7 +31,7 @@ from engine.evaluation.metrics import (
 )
 from engine.io.images import from_uint8
 from engine.io.modelfile import DiffusionConfig
-from engine.sampling import SamplingPlan, sample
+from engine.sampling import SamplingPlan, SamplingSpec, SpecError, sample
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
@@ -189,7 +189,7 @@ def _tiny(path: Path, image_size: int, T: int = 40) -> Path:
 
 def test_generate_batches_are_jobs_with_seed_plus_index(tmp_path):
     m = load_model_file(_tiny(tmp_path / "t.safetensors", 8))
-    imgs = generate(m, 5, "ddim", 4, 0.5, seed=7, batch_size=3, device="cpu", progress=False)
+    imgs = generate(m, SamplingSpec(n=5, sampler="ddim", steps=4, eta=0.5, seed=7), 3, "cpu", progress=False)
     plan = SamplingPlan.build(m.diffusion, "ddim", 4, 0.5)
     for start, n, seed in ((0, 3, 7), (3, 2, 8)):
         ref = sample(m.net, m.diffusion, plan, (n, 1, 8, 8), torch.Generator().manual_seed(seed), "cpu")
@@ -202,9 +202,10 @@ def test_cached_generate_resumes_batch_by_batch_and_equals_a_fresh_run(tmp_path,
 
     model = _tiny(tmp_path / "t.safetensors", 8)
     m = load_model_file(model)
-    fresh = generate(m, 7, "ddim", 4, 0.5, seed=3, batch_size=3, device="cpu", progress=False)
+    fresh = generate(m, SamplingSpec(n=7, sampler="ddim", steps=4, eta=0.5, seed=3), 3, "cpu", progress=False)
     cache = SampleCache(tmp_path / "cache", model)
-    first = generate(m, 7, "ddim", 4, 0.5, seed=3, batch_size=3, device="cpu", progress=False, cache=cache)
+    spec = SamplingSpec(n=7, sampler="ddim", steps=4, eta=0.5, seed=3)
+    first = generate(m, spec, 3, "cpu", progress=False, cache=cache)
     assert torch.equal(first, fresh) and cache.hits == 0
     files = sorted((tmp_path / "cache").glob("*.safetensors"))
     assert [f.name.split("-", 1)[1] for f in files] == [
@@ -214,19 +215,19 @@ def test_cached_generate_resumes_batch_by_batch_and_equals_a_fresh_run(tmp_path,
     files[1].unlink()
     files[2].write_bytes(files[2].read_bytes()[:20])
     drawn = []
-    real_iter = metrics.sample_iter
-    monkeypatch.setattr(metrics, "sample_iter", lambda *a, **k: (drawn.append(a[3]), real_iter(*a, **k))[1])
+    real_iter = metrics.run_frames
+    monkeypatch.setattr(metrics, "run_frames", lambda *a, **k: (drawn.append(a[0].shape), real_iter(*a, **k))[1])
     again = SampleCache(tmp_path / "cache", model)
-    resumed = generate(m, 7, "ddim", 4, 0.5, seed=3, batch_size=3, device="cpu", progress=False, cache=again)
+    resumed = generate(m, spec, 3, "cpu", progress=False, cache=again)
     assert torch.equal(resumed, fresh) and again.hits == 1 and drawn == [(3, 1, 8, 8), (1, 1, 8, 8)]
     assert not list((tmp_path / "cache").glob("*.tmp"))
 
     # anything that changes the pixels (sampler, eta, seed, batch size, the model's bytes) misses the cache
     drawn.clear()
-    generate(m, 7, "ddim", 4, 0.0, seed=3, batch_size=3, device="cpu", progress=False, cache=again)
-    generate(m, 7, "ddim", 4, 0.5, seed=3, batch_size=2, device="cpu", progress=False, cache=again)
+    generate(m, spec.replace(eta=0.0), 3, "cpu", progress=False, cache=again)
+    generate(m, spec, 2, "cpu", progress=False, cache=again)
     other = _tiny(tmp_path / "u.safetensors", 8, T=41)
-    generate(load_model_file(other), 3, "ddim", 4, 0.5, seed=3, batch_size=3, device="cpu", progress=False,
+    generate(load_model_file(other), spec.replace(n=3), 3, "cpu", progress=False,
              cache=SampleCache(tmp_path / "cache", other))
     assert len(drawn) == 3 + 4 + 1
 
@@ -253,11 +254,12 @@ def test_evaluate_model_on_a_non_digit_size_skips_digit_metrics(tmp_path, monkey
     from engine.diffusion.likelihood import bits_per_dim
 
     m = load_model_file(_tiny(tmp_path / "t.safetensors", 8))
-    out = evaluate_model(m, 6, "ddpm", 3, None, 0, 4, "cpu", bpd_images=3, bpd_timesteps=2, progress=False)
+    spec = SamplingSpec(n=6, sampler="ddpm", steps=3, seed=0)
+    out = evaluate_model(m, spec, 4, "cpu", bpd_images=3, bpd_timesteps=2, progress=False)
     assert "fld" not in out and any(s.startswith("digit metrics") for s in out["skipped"])
     # the figures are those of the samples it drew, against the model's data at the model's size
     train, test = load_dataset("mnist5k", "train", image_size=8), load_dataset("mnist5k", "test", image_size=8)
-    drawn = generate(m, 6, "ddpm", 3, None, seed=0, batch_size=4, device="cpu", progress=False)
+    drawn = generate(m, spec, 4, "cpu", progress=False)
     thr = copy_threshold(test.images, train.images)
     expected = metrics.memorization(drawn, train.images, thr)
     assert {k: out[k] for k in expected} == expected and out["copy_threshold"] == thr
@@ -270,15 +272,17 @@ def test_evaluate_model_on_a_non_digit_size_skips_digit_metrics(tmp_path, monkey
     json.dumps(out)
     # known answers: training images are all near-copies at distance 0; held-out ones none
     monkeypatch.setattr(metrics, "generate", lambda *a, **k: train.images[:6])
-    copies = evaluate_model(m, 6, "ddpm", 3, None, 0, 4, "cpu", bpd_images=0, progress=False)
+    copies = evaluate_model(m, spec, 4, "cpu", bpd_images=0, progress=False)
     assert copies["near_copy_share"] == 1.0 and copies["nn_distance_min"] == 0.0
     monkeypatch.setattr(metrics, "generate", lambda *a, **k: test.images[:6])
-    unseen = evaluate_model(m, 6, "ddpm", 3, None, 0, 4, "cpu", bpd_images=0, progress=False)
+    unseen = evaluate_model(m, spec, 4, "cpu", bpd_images=0, progress=False)
     assert unseen["near_copy_share"] == 0.0 and unseen["nn_distance_min"] >= thr
-    with pytest.raises(MetricsError, match="steps must lie in \\[1, 40\\]"):
-        evaluate_model(m, 6, "ddpm", 41, progress=False)
-    with pytest.raises(MetricsError, match="eta must lie in \\[0, 1\\]"):
-        evaluate_model(m, 6, "ddim", 3, eta=1.5, progress=False)
+    with pytest.raises(SpecError, match="steps must be ≤ 40") as e:
+        evaluate_model(m, SamplingSpec(n=6, sampler="ddpm", steps=41), progress=False)
+    assert e.value.field == "steps"
+    with pytest.raises(SpecError, match="eta must be ≤ 1") as e:
+        evaluate_model(m, SamplingSpec(n=6, sampler="ddim", steps=3, eta=1.5), progress=False)
+    assert e.value.field == "eta"
 
 
 def _eval(*args: str) -> subprocess.CompletedProcess:
@@ -336,8 +340,8 @@ def test_eval_cli_bad_input_is_one_line(tmp_path, capsys):
     from engine.cli import main
 
     model = _tiny(tmp_path / "m.safetensors", 8)
-    for args, needle in ((["--n", "0"], "--n must be ≥ 1"), (["--eta", "2"], "--eta must lie in [0, 1]"),
-                         (["--steps", "41"], "--steps must lie in [0, 40]"),
+    for args, needle in ((["--n", "0"], "--n must be ≥ 1"), (["--eta", "2"], "--eta must be ≤ 1"),
+                         (["--steps", "41"], "--steps must be ≤ 40 (T = 40 of this model)"),
                          (["--copy-percentile", "101"], "--copy-percentile must lie in [0, 100]"),
                          (["--fid-weights", str(tmp_path / "none.pth")], "--fid-weights: no such file"),
                          (["--cache-dir", str(model)], "--cache-dir: "),

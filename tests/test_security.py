@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from app.security import SESSION_COOKIE, client_address, parse_networks
+
+from app.http.security import SESSION_COOKIE, client_address, parse_networks
 
 from .server_utils import Server, sse_events, start_server, tiny_model_file
 

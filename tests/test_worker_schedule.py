@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from app.results import Queued
-from app.worker import Job, SamplingWorker
 
-from engine import SamplingPlan, load_model_file
+from app.runtime.frames import JobLog
+from app.runtime.results import Frame, Queued
+from app.runtime.worker import Job, SamplingWorker
+from engine import SamplingSpec, load_model_file, resolve
 
 from .server_utils import tiny_model_file
 
@@ -15,14 +16,26 @@ from .server_utils import tiny_model_file
 @pytest.fixture
 def worker(tmp_path):
     m = load_model_file(tiny_model_file(tmp_path / "tiny.safetensors", T=100), torch.device("cpu"))
-    w = SamplingWorker(m, torch.device("cpu"), max_batch=8, max_active_jobs=8, max_queue=8, event_buffer=8)
+    w = SamplingWorker(m, torch.device("cpu"), max_batch=8, max_active_jobs=8, max_queue=8)
     yield w
     w.encoder.close()
 
 
+def _put(w: SamplingWorker, n: int, seed: int, sampler: str = "ddim", steps: int = 20, **fields) -> Job:
+    """Submit a resolved request, as a route does; its log encodes on the worker's encoder thread."""
+    run = resolve(SamplingSpec(n=n, seed=seed, sampler=sampler, steps=steps, **fields), w.model)  # type: ignore[arg-type]
+    return w.submit(run, frame_every=100, log=JobLog("png", 8, w.encoder, w.model.card.value_range))
+
+
+def _images(job: Job) -> list[bytes]:
+    """The job's PNGs once its log has them."""
+    images = job.log.final()
+    assert images is not None, job.status
+    return images.pngs
+
+
 def _submit(w: SamplingWorker, n: int, seed: int, sampler: str = "ddim") -> Job:
-    plan = SamplingPlan.build(w.model.diffusion, sampler, 20)  # type: ignore[arg-type]
-    job = w.submit(n, plan, seed=seed, frame_every=100, clip=True)
+    job = _put(w, n, seed, sampler)
     with w._cv:
         w._admit()
     return job
@@ -74,15 +87,15 @@ def test_newcomers_beyond_max_batch_wait_for_a_later_tick(worker):
 
 def _queue(w: SamplingWorker, seed: int) -> Job:
     """Submit without a tick: the job waits in the queue as it would between two ticks."""
-    return w.submit(1, SamplingPlan.build(w.model.diffusion, "ddim", 20), seed=seed, frame_every=100, clip=True)
+    return _put(w, 1, seed)
 
 
 def test_the_queue_limit_holds_between_ticks_with_free_slots(tmp_path):
     """Submits that land between two ticks count against max_queue once the free slots are spoken for."""
-    from app.worker import QueueFull
+    from app.runtime.worker import QueueFull
 
     m = load_model_file(tiny_model_file(tmp_path / "tiny.safetensors", T=100), torch.device("cpu"))
-    w = SamplingWorker(m, torch.device("cpu"), max_batch=8, max_active_jobs=3, max_queue=2, event_buffer=8)
+    w = SamplingWorker(m, torch.device("cpu"), max_batch=8, max_active_jobs=3, max_queue=2)
     try:
         jobs = [_queue(w, seed) for seed in range(5)]  # 3 will start at the next tick, 2 will wait
         assert [w.position(j) for j in jobs] == [0, 0, 0, 1, 2]
@@ -100,7 +113,7 @@ def test_the_queue_limit_holds_between_ticks_with_free_slots(tmp_path):
 
 def test_a_waiting_job_gets_a_queued_event_only_when_its_position_changes(tmp_path):
     m = load_model_file(tiny_model_file(tmp_path / "tiny.safetensors", T=100), torch.device("cpu"))
-    w = SamplingWorker(m, torch.device("cpu"), max_batch=8, max_active_jobs=1, max_queue=4, event_buffer=8)
+    w = SamplingWorker(m, torch.device("cpu"), max_batch=8, max_active_jobs=1, max_queue=4)
     try:
         running, first, second = _queue(w, 0), _queue(w, 1), _queue(w, 2)
         for _ in range(5):
@@ -110,7 +123,8 @@ def test_a_waiting_job_gets_a_queued_event_only_when_its_position_changes(tmp_pa
         w.cancel(first.id)
         with w._cv:
             w._admit()
-        queued = [e.result.position for e in second.events.since(0) if isinstance(e.result, Queued)]
+        w.encoder.drain()
+        queued = [e.result.position for e in second.log.since(0) if isinstance(e.result, Queued)]
         assert queued == [2, 1], "one event at submit, one when the job ahead left, none per tick"
         assert running.status == "running"
     finally:
@@ -119,7 +133,7 @@ def test_a_waiting_job_gets_a_queued_event_only_when_its_position_changes(tmp_pa
 
 def test_finished_jobs_are_forgotten_beyond_the_cap_oldest_first(tmp_path):
     m = load_model_file(tiny_model_file(tmp_path / "tiny.safetensors", T=100), torch.device("cpu"))
-    w = SamplingWorker(m, torch.device("cpu"), max_batch=8, max_active_jobs=1, max_queue=100, event_buffer=8,
+    w = SamplingWorker(m, torch.device("cpu"), max_batch=8, max_active_jobs=1, max_queue=100,
                        max_finished_jobs=3)
     try:
         ids = []
@@ -140,47 +154,46 @@ def _run_alone(w: SamplingWorker, job: Job) -> None:
             w._admit()
         if w._live:
             _tick(w)
-        w.encoder.close()  # drains the encoder, which finishes the job
-        w.encoder = type(w.encoder)()
+    w.encoder.drain()  # the job's images are encoded on the encoder thread
 
 
 def test_a_failed_batch_is_retried_per_job_with_the_same_noise(worker, monkeypatch):
     """A batch that fails after drawing its noise (as a GPU OOM in the update could) is stepped again job by
     job, with each job's generator rewound, so every seed still gives the images it gives alone."""
-    import app.worker as worker_module
+    import engine.sampling.stepper as stepper_module
 
-    real_step = worker_module.sampling_step
+    real_step = stepper_module.sampling_step
     alone = []
     for seed in (1, 2):
         job = _submit(worker, 2, seed=seed, sampler="ddpm")  # stochastic: every step draws noise
         _run_alone(worker, job)
-        alone.append(job.result)
+        alone.append(_images(job))
 
     def fails_when_batched(prediction, out, x, coeffs, noise, clip_range, history=None):
         if x.shape[0] > 2:
             raise RuntimeError("injected: the batched update failed")
         return real_step(prediction, out, x, coeffs, noise, clip_range, history)
 
-    monkeypatch.setattr(worker_module, "sampling_step", fails_when_batched)
+    monkeypatch.setattr(stepper_module, "sampling_step", fails_when_batched)
     a, b = _submit(worker, 2, seed=1, sampler="ddpm"), _submit(worker, 2, seed=2, sampler="ddpm")
     assert _tick(worker) == [a, b]
     assert (a.step, b.step) == (1, 1)
-    monkeypatch.setattr(worker_module, "sampling_step", real_step)
+    monkeypatch.setattr(stepper_module, "sampling_step", real_step)
     _run_alone(worker, a)
     _run_alone(worker, b)
-    assert [a.result, b.result] == alone
+    assert [_images(a), _images(b)] == alone
 
 
 def test_a_job_whose_last_frame_cannot_be_sent_ends_in_error_not_running(worker, monkeypatch):
     job = _submit(worker, 1, seed=0)
-    real_emit = worker._emit_frame
+    real_emit = worker._emit
 
-    def emit(j, x_t, x0, last):
-        if last:
+    def emit(j, result):
+        if isinstance(result, Frame) and result.last:
             raise RuntimeError("injected: the device copy failed")
-        real_emit(j, x_t, x0, last)
+        real_emit(j, result)
 
-    monkeypatch.setattr(worker, "_emit_frame", emit)
+    monkeypatch.setattr(worker, "_emit", emit)
     for _ in range(job.plan.K):
         _tick(worker)
     with worker._cv:
@@ -191,29 +204,26 @@ def test_a_job_whose_last_frame_cannot_be_sent_ends_in_error_not_running(worker,
 def test_mixed_samplers_batched_together_give_each_seed_its_images(worker):
     """Jobs of four samplers (multistep ones keep an x̂0 history) share every forward, yet each gives the
     images it gives alone and the images engine.sample gives offline for its seed."""
-    from engine import sample, to_uint8
-    from engine.io.images import png_bytes
+    from engine import SamplingPlan, png_bytes, sample, to_uint8
 
     specs = [("ddpm", 20, None, 2), ("dpmpp_3m", 12, None, 1), ("dpmpp_2m_sde", 10, None, 2), ("ddim", 15, 0.5, 1)]
 
     def plan(sampler, steps, eta):
         return SamplingPlan.build(worker.model.diffusion, sampler, steps, eta, spacing="logsnr")
 
-    jobs = [worker.submit(n, plan(s, k, e), seed=10 + i, frame_every=100, clip=True)
-            for i, (s, k, e, n) in enumerate(specs)]
+    jobs = [_put(worker, n, 10 + i, s, k, eta=e, spacing="logsnr") for i, (s, k, e, n) in enumerate(specs)]
     with worker._cv:
         worker._admit()
     sizes = []
     while any(not j.done for j in jobs):
         sizes.append(sum(j.n for j in _tick(worker)))
-        worker.encoder.close()
-        worker.encoder = type(worker.encoder)()
+    worker.encoder.drain()
     assert max(sizes) == 6, "the four jobs never shared a forward"
     m = worker.model
     for i, ((s, k, e, n), job) in enumerate(zip(specs, jobs, strict=True)):
         offline = sample(m.net, m.diffusion, plan(s, k, e), (n, *m.sample_shape), torch.Generator().manual_seed(10 + i))
         u8 = to_uint8(offline, m.card.value_range).numpy()
-        assert job.result == [png_bytes(u8[j]) for j in range(n)], s
-        again = worker.submit(n, plan(s, k, e), seed=10 + i, frame_every=100, clip=True)
+        assert _images(job) == [png_bytes(u8[j]) for j in range(n)], s
+        again = _put(worker, n, 10 + i, s, k, eta=e, spacing="logsnr")
         _run_alone(worker, again)
-        assert again.result == job.result, s
+        assert _images(again) == _images(job), s

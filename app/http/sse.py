@@ -78,6 +78,7 @@ async def _events(request: Request, st: AppState, job: Job, last_id: int | None,
                   shutdown: anyio.Event) -> AsyncIterator[ServerSentEvent]:
     cursor = cursor_after(job, last_id) if last_id is not None else 0
     st.sse_clients.inc()  # a stream whose task leaks would keep this above zero forever
+    st.worker.attach(job)
     try:
         # The short timeout bounds how long a quiet stream takes to notice a disconnect or a shutdown.
         ev: Event | None
@@ -92,6 +93,7 @@ async def _events(request: Request, st: AppState, job: Job, last_id: int | None,
                 yield to_sse(ev.result, job)
     finally:
         st.sse_clients.dec()
+        st.worker.detach(job)
         if cancel_on_disconnect and not job.done:
             st.worker.cancel(job.id)
 

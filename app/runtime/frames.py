@@ -243,11 +243,18 @@ class FrameEncoder:
         while True:
             fn = self._q.get()
             if fn is None:
+                self._q.task_done()
                 return
             try:
                 fn()
             except Exception:  # an encoding failure must not kill the thread that serves every job
                 log.exception("frame encoding failed")
+            finally:
+                self._q.task_done()
+
+    def drain(self) -> None:
+        """Wait until everything submitted so far has run."""
+        self._q.join()
 
     def close(self, timeout: float = 5.0) -> None:
         self._q.put(None)

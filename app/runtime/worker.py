@@ -61,6 +61,8 @@ class Job:
     finished: float | None = None
     error: str | None = None
     cancel_requested: bool = False
+    readers: int = 0  # event streams attached now: a finished job is kept while one is
+    left: float | None = None  # when the last of them hung up
 
     @property
     def n(self) -> int:
@@ -190,6 +192,18 @@ class SamplingWorker:
                     self._finish(job, "cancelled")
                 self._cv.notify_all()
         return job
+
+    def attach(self, job: Job) -> None:
+        """An event stream starts reading ``job``: it is not forgotten while any stream reads it."""
+        with self._cv:
+            job.readers += 1
+
+    def detach(self, job: Job) -> None:
+        """An event stream stopped reading ``job``; its time to live restarts now, so a client that hung up
+        to reconnect with Last-Event-ID finds the job however late in its life it hung up."""
+        with self._cv:
+            job.readers -= 1
+            job.left = time.monotonic()
 
     def position(self, job: Job) -> int:
         """``job``'s place among the jobs that will still be waiting at the next tick (1 = next to start);
@@ -348,12 +362,18 @@ class SamplingWorker:
         self.metrics.jobs.labels(outcome=status).inc()
 
     def _gc(self) -> None:
-        """Forget finished jobs after their TTL, and the oldest beyond ``max_finished`` (callers hold ``_cv``).
+        """Forget finished jobs ``job_ttl_s`` after they finished or their last reader left, whichever is
+        later, and the oldest beyond ``max_finished``; never one that a stream is reading (callers hold ``_cv``).
 
         Each finished job keeps up to ``event_buffer`` frames for Last-Event-ID replays, so the count is
         capped as well as the age: a client that creates and cancels jobs in a loop cannot grow memory."""
         now = time.monotonic()
-        while self._finished and (len(self._finished) > self.max_finished
-                                  or now - (self._finished[0].finished or now) > self.job_ttl_s):
-            self.jobs.pop(self._finished.popleft().id, None)
+        idle = [j for j in self._finished if not j.readers]  # oldest first
+        over = len(self._finished) - self.max_finished
+        for job in idle:
+            expired = now - max(job.finished or now, job.left or 0.0) > self.job_ttl_s
+            if over > 0 or expired:
+                self._finished.remove(job)
+                self.jobs.pop(job.id, None)
+                over -= 1
 

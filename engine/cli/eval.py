@@ -48,7 +48,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from . import UserError
     from .flags import spec_from_args
 
-    # MetricsError is a ValueError: the dispatcher prints it as one line and exits with status 2.
+    # SpecError and MetricsError are ValueErrors: the dispatcher prints them as one line and exits with status 2.
+    spec = spec_from_args(args)  # before the model loads, so a typo fails at once
     check_eval_args(args.batch_size, args.bpd_images, args.bpd_timesteps, args.copy_percentile, cli=True)
     if args.out and not Path(args.out).parent.is_dir():
         raise UserError(f"--out: folder {Path(args.out).parent} does not exist")
@@ -56,7 +57,7 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--cache-dir: {args.cache_dir} exists and is not a folder")
     device = resolve_device(args.device)
     m = load_model(args.model, device, args.uncond_model)
-    spec = complete(spec_from_args(args), m)  # refuses a field the model cannot serve before anything is drawn
+    spec = complete(spec, m)  # refuses a field the model cannot serve before anything is drawn
     res = evaluate_model(m, spec, args.batch_size, device, args.bpd_images, args.bpd_timesteps or None,
                          data_root=args.data_root, fid_weights=args.fid_weights,
                          copy_percentile=args.copy_percentile, cache_dir=args.cache_dir)

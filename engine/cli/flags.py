@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..options import config_types, literal_choices, out_of_bounds
-from ..sampling.spec import SamplingSpec, SpecError
+from ..sampling.spec import SamplingSpec, SpecError, check_fields
 
 
 def flag_of(name: str, meta: Mapping[str, Any] | None = None) -> str:
@@ -50,8 +50,10 @@ def _parser(kind: Callable[[str], Any], bounds: Mapping[str, Any]) -> Callable[[
 
 
 def add_field_flag(p: argparse.ArgumentParser, dest: str, annotation: Any, meta: Mapping[str, Any],
-                   default: Any = None, help_text: str | None = None) -> None:
-    """One flag for one declared field. A default of None lets the caller tell what the user actually gave."""
+                   default: Any = None, help_text: str | None = None, check_bounds: bool = True) -> None:
+    """One flag for one declared field. A default of None lets the caller tell what the user actually gave.
+
+    ``check_bounds``: argparse refuses a value out of the field's bounds; without it, the caller checks."""
     flag, help_text = flag_of(dest, meta), help_text or meta["help"]
     kind = _value_type(annotation)
     if kind is bool:
@@ -60,24 +62,31 @@ def add_field_flag(p: argparse.ArgumentParser, dest: str, annotation: Any, meta:
     choices = literal_choices(annotation) if meta.get("parse") is None else None
     if default is not None:
         help_text = f"{help_text} (here: {default})"
-    p.add_argument(flag, dest=dest, type=_parser(meta.get("parse") or kind, meta), choices=choices, default=default,
+    parse = _parser(meta.get("parse") or kind, meta if check_bounds else {"parse": meta.get("parse")})
+    p.add_argument(flag, dest=dest, type=parse, choices=choices, default=default,
                    metavar=None if choices else meta.get("metavar") or dest.upper(), help=help_text)
 
 
 # ------------------------------------------------------------------------------ the sampling spec
 def add_spec_flags(p: argparse.ArgumentParser, defaults: Mapping[str, Any] | None = None) -> None:
-    """A flag per :class:`SamplingSpec` field; ``defaults`` are this command's own (``--seed 0``, say)."""
+    """A flag per :class:`SamplingSpec` field; ``defaults`` are this command's own (``--seed 0``, say).
+
+    Bounds are the spec's to check (:func:`spec_from_args`), so that a value out of range is one line that
+    names the flag, as every other sampling error is."""
     hints = config_types(SamplingSpec)
     for f in dataclasses.fields(SamplingSpec):
         if f.metadata.get("flag", True):
-            add_field_flag(p, f.name, hints[f.name], f.metadata, (defaults or {}).get(f.name))
+            add_field_flag(p, f.name, hints[f.name], f.metadata, (defaults or {}).get(f.name), check_bounds=False)
 
 
 def spec_from_args(args: argparse.Namespace) -> SamplingSpec:
-    """The spec the flags ask for; a flag left out leaves the spec's default (filled by ``resolve``)."""
+    """The spec the flags ask for, its fields' bounds checked; a flag left out leaves the spec's default
+    (filled by ``resolve``). Raises :class:`SpecError`."""
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(SamplingSpec)
              if f.metadata.get("flag", True) and getattr(args, f.name, None) is not None}
-    return SamplingSpec(**given)
+    spec = SamplingSpec(**given)
+    check_fields(spec)
+    return spec
 
 
 def spec_flag_error(e: SpecError) -> str:

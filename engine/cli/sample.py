@@ -33,7 +33,7 @@ def run_sample(args: argparse.Namespace) -> int:
 
     if not str(args.out).lower().endswith((".png", ".npz")):
         raise UserError(f"--out must end in .png or .npz, got {args.out!r}")
-    spec = spec_from_args(args)
+    spec = spec_from_args(args)  # before the model loads, so a typo fails at once
     device = resolve_device(args.device)
     m = load_model(args.model, device, args.uncond_model)
     run = resolve(spec, m)
