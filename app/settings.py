@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from typing import Any
 
@@ -10,6 +11,18 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from engine import DEFAULT_SAMPLER, GUIDED_DEFAULT_SAMPLER, SamplerName, SamplingSpec, ServerDefaults
 
 ENV_PREFIX = "DDPM_"
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(spec: str, field: str) -> list[Network]:
+    """``"10.0.0.1, 192.168.0.0/16"`` → networks; a bad entry is a ValueError naming ``field``."""
+    nets = []
+    for item in filter(None, (s.strip() for s in spec.split(","))):
+        try:
+            nets.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{field}: {item!r} is not an IP address or network") from None
+    return nets
 
 
 class Settings(BaseModel):
@@ -29,8 +42,10 @@ class Settings(BaseModel):
     max_upload_pixels: int = Field(4096 * 4096, ge=64)
     frame_every_min: int = Field(1, ge=1, description="floor on a job's frame_every, to cap frames per job")
     event_buffer: int = Field(64, ge=2, description="frames kept per job for slow clients and Last-Event-ID replay")
-    job_ttl_s: float = Field(600.0, gt=0, description="finished jobs are forgotten after this long")
-    max_finished_jobs: int = Field(256, ge=0, description="finished jobs kept for replay; oldest forgotten first")
+    job_ttl_s: float = Field(600.0, gt=0, description="a finished job is forgotten this long after it finished or "
+                                                      "its last event stream hung up, whichever is later")
+    max_finished_jobs: int = Field(256, ge=0, description="finished jobs kept for replay; the oldest one that no "
+                                                          "stream reads is forgotten first")
     max_noise_uploads: int = Field(2, ge=1, description="uploads decoded at once by POST /noise; more get 429")
     sampler: SamplerName | None = Field(None, description="the sampler of a request that names none; default: "
                                         f"{GUIDED_DEFAULT_SAMPLER} for class-conditional models (guided), "
@@ -48,8 +63,6 @@ class Settings(BaseModel):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, v: str) -> str:
-        from .http.security import parse_networks
-
         parse_networks(v, "trusted_proxies")
         return v
 

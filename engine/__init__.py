@@ -25,7 +25,7 @@ from .io.modelfile import (
     read_card,
     save_model_file,
 )
-from .models.base import ConditionalModel, Denoiser, Model, SamplingModel
+from .models.base import ConditionalModel, Model, SamplingModel
 from .models.unet import PRESETS, UNet, UNetConfig, build_model, count_parameters, preset_config
 from .options import config_types, literal_choices
 from .sampling import (
@@ -37,6 +37,7 @@ from .sampling import (
     SAMPLERS,
     SPACINGS,
     Conditioning,
+    Denoiser,
     Lane,
     SampleFrame,
     SamplerName,

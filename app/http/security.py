@@ -25,26 +25,15 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from ..settings import Network, Settings, parse_networks
+
 if TYPE_CHECKING:
     from ..runtime.worker import Job
-    from ..settings import Settings
 
 SESSION_COOKIE = "ddpm_session"
 OPEN_PATHS = ("/healthz", "/readyz")
 OPEN_PREFIXES = ("/static/",)
 CLIENT_RETRY_AFTER_S = 5
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_networks(spec: str, field: str) -> list[Network]:
-    """``"10.0.0.1, 192.168.0.0/16"`` → networks; a bad entry is a ValueError naming ``field``."""
-    nets = []
-    for item in filter(None, (s.strip() for s in spec.split(","))):
-        try:
-            nets.append(ipaddress.ip_network(item, strict=False))
-        except ValueError:
-            raise ValueError(f"{field}: {item!r} is not an IP address or network") from None
-    return nets
 
 
 def parse_origins(spec: str) -> list[str]:

@@ -2,8 +2,8 @@
 
 A network is one of two kinds. ``Model`` predicts from ``(x_t, t)``; ``ConditionalModel`` also takes
 per-sample labels, where the label ``num_classes`` means "no label". The sampling stepper calls neither
-directly: it calls a :data:`Denoiser`, which takes the batch's conditioning (or None) and hides which
-kind of network answers (see :mod:`engine.sampling.guidance`).
+directly: it calls a :data:`~engine.sampling.guidance.Denoiser`, which takes the batch's conditioning
+(or None) and hides which kind of network answers.
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ from torch import Tensor
 
 if TYPE_CHECKING:
     from ..diffusion.gaussian import GaussianDiffusion
-    from ..sampling.guidance import Conditioning
 
 #: A noise predictor: ``model(x_t (B, C, H, W), t (B,)) -> output (B, C, H, W)``.
 Model = Callable[[Tensor, Tensor], Tensor]
 #: A class-conditional predictor: ``model(x_t (B, C, H, W), t (B,), y (B,)) -> output (B, C, H, W)``.
 ConditionalModel = Callable[[Tensor, Tensor, Tensor], Tensor]
-#: What the stepper calls: ``denoiser(x_t (B, C, H, W), t (B,), cond (B rows) or None) -> output (B, C, H, W)``.
-Denoiser = Callable[[Tensor, Tensor, "Conditioning | None"], Tensor]
 
 
 class SamplingModel(Protocol):

@@ -7,7 +7,7 @@ sample, ``step`` applies one update, ``guidance`` wraps a network into what the 
 """
 
 from .defaults import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, GUIDED_DEFAULT_SAMPLER
-from .guidance import Conditioning, LabelSpec, as_denoiser, guided_forward, resolve_labels
+from .guidance import Conditioning, Denoiser, LabelSpec, as_denoiser, guided_forward, resolve_labels
 from .loop import final, run_frames, sample, sample_iter
 from .plan import SamplingPlan, StepCoeffs, steps_limit
 from .solvers import DEFAULT_ETA, SAMPLER_INFO, SAMPLERS, SamplerName, takes_eta
@@ -27,6 +27,7 @@ __all__ = [
     "SAMPLER_INFO",
     "SPACINGS",
     "Conditioning",
+    "Denoiser",
     "History",
     "LabelSpec",
     "Lane",

@@ -51,8 +51,6 @@ def choose(sampler: SamplerName | None = None, steps: int | None = None, spacing
     (else the model kind's default), the rest from that sampler's entry (a class-conditional model's, where
     guidance changes it)."""
     sampler = sampler or default_sampler or (GUIDED_DEFAULT_SAMPLER if conditional else DEFAULT_SAMPLER)
-    if sampler not in PER_SAMPLER:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
     k, sp = PER_SAMPLER[sampler]
     if conditional:
         k = GUIDED_STEPS.get(sampler, k)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, fields
 import torch
 from torch import Tensor
 
-from ..models.base import ConditionalModel, Denoiser, Model
+from ..models.base import ConditionalModel, Model
 
 #: A label request: one class, ``None``/``"none"`` ("no label"), ``"any"`` (uniform, from the job's generator),
 #: ``"each"`` (classes 0, 1, … in turn), or one class or None per sample.
@@ -101,6 +101,10 @@ def guided_forward(model: ConditionalModel, x: Tensor, t: Tensor, cond: Conditio
     s = cond.scale[guided].to(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
     eps_c[guided] = eps_u + s * (eps_c[guided] - eps_u)
     return eps_c
+
+
+#: What the stepper calls: ``denoiser(x_t (B, C, H, W), t (B,), cond (B rows) or None) -> output (B, C, H, W)``.
+Denoiser = Callable[[Tensor, Tensor, "Conditioning | None"], Tensor]
 
 
 def as_denoiser(net: Callable[..., Tensor], conditional: bool) -> Denoiser:

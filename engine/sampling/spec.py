@@ -171,7 +171,7 @@ def complete(spec: SamplingSpec, model: SamplingModel, defaults: ServerDefaults 
     if not conditional:
         return filled
     labels = "any" if spec.labels is None else spec.labels
-    if labels not in ("any", "each"):
+    if labels != "any":  # "any" is drawn from the run's generator, in resolve()
         try:
             resolve_labels(labels, spec.n, model.num_classes, None)
         except ValueError as e:
@@ -190,9 +190,9 @@ def resolve(spec: SamplingSpec, model: SamplingModel, defaults: ServerDefaults =
     Labels are drawn here, from the run's generator, before its x_T (which the stepper draws).
     """
     full = complete(spec, model, defaults, None if start is None else start.t, max_n)
-    assert full.sampler is not None and full.steps is not None and full.seed is not None
+    assert full.sampler is not None and full.steps is not None and full.spacing is not None and full.seed is not None
     plan = SamplingPlan.build(model.diffusion, full.sampler, full.steps, full.eta, None if start is None else start.t,
-                              full.spacing or "linspace")
+                              full.spacing)
     gen = torch.Generator().manual_seed(full.seed)
     cond = None
     if model.num_classes:

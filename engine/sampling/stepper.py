@@ -17,8 +17,8 @@ import torch
 from torch import Tensor
 
 from ..diffusion.gaussian import GaussianDiffusion
-from ..models.base import Denoiser, SamplingModel
-from .guidance import Conditioning, as_denoiser
+from ..models.base import SamplingModel
+from .guidance import Conditioning, Denoiser, as_denoiser
 from .plan import SamplingPlan, StepCoeffs
 from .spec import SamplingRun
 from .step import History, draw_noise, sampling_step
