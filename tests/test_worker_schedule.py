@@ -227,3 +227,34 @@ def test_mixed_samplers_batched_together_give_each_seed_its_images(worker):
         again = _put(worker, n, 10 + i, s, k, eta=e, spacing="logsnr")
         _run_alone(worker, again)
         assert _images(again) == _images(job), s
+
+
+def test_a_finished_job_is_kept_while_a_stream_reads_it_and_for_the_ttl_after_it_leaves(tmp_path, monkeypatch):
+    """A client that hung up to reconnect with Last-Event-ID must find its job, however late in the job's life it
+    hung up and however long the host took to let it reconnect: the TTL restarts when the last reader leaves."""
+    import app.runtime.worker as worker_module
+
+    now = [1000.0]
+    monkeypatch.setattr(worker_module.time, "monotonic", lambda: now[0])
+    m = load_model_file(tiny_model_file(tmp_path / "tiny.safetensors", T=100), torch.device("cpu"))
+    w = SamplingWorker(m, torch.device("cpu"), max_batch=8, max_active_jobs=8, max_queue=100, job_ttl_s=3.0,
+                       max_finished_jobs=2)
+    try:
+        read, other = _queue(w, 0), _queue(w, 1)
+        w.attach(read)
+        w.cancel(read.id)
+        w.cancel(other.id)
+        now[0] += 60  # far past the TTL, while the stream still reads `read`
+        for seed in range(2, 6):  # and past the cap: more finished jobs than max_finished_jobs
+            w.cancel(_queue(w, seed).id)
+        assert read.id in w.jobs and other.id not in w.jobs
+        w.max_finished = 100  # from here on, the TTL alone
+        w.detach(read)  # the client hangs up, to reconnect
+        now[0] += 2.9
+        _queue(w, 99)
+        assert read.id in w.jobs, "forgotten before the TTL counted from its last reader"
+        now[0] += 0.2
+        _queue(w, 100)
+        assert read.id not in w.jobs
+    finally:
+        w.encoder.close()

@@ -37,7 +37,9 @@ class StepCoeffs:
 
     @staticmethod
     def cat(rows: list[StepCoeffs]) -> StepCoeffs:
-        """Stack the rows of several jobs into one batch."""
+        """Stack the rows of several jobs into one batch (one job's rows as they are)."""
+        if len(rows) == 1:
+            return rows[0]
         return StepCoeffs(**{f.name: torch.cat([getattr(r, f.name) for r in rows]) for f in fields(StepCoeffs)})
 
     def __len__(self) -> int:
