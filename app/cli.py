@@ -65,7 +65,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     with_prior = f" ('no label' rows: {prior})" if prior is not None else ""
     print(f"Serving {model}{with_prior} on http://{settings.host}:{settings.port}", flush=True)
     # proxy_headers off: uvicorn would otherwise believe X-Forwarded-For from any loopback peer, and which
-    # proxies to believe is DDPM_TRUSTED_PROXIES' call alone (app.security).
+    # proxies to believe is DDPM_TRUSTED_PROXIES' call alone (app.http.security).
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
                 timeout_graceful_shutdown=5, proxy_headers=False)
     return 0

@@ -45,7 +45,7 @@ from .state import AppState, install
 from .threads import on_a_thread_that_exits
 
 log = logging.getLogger("ddpm")
-PAGE_DEFAULTS = {"n": 16, "frame_every": 1}
+PAGE_DEFAULTS = {"n": SamplingSpec().n, "frame_every": 1}  # the page's form
 
 
 def sampling_defaults(m: LoadedModel, defaults: ServerDefaults) -> dict[str, Any]:
@@ -144,7 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         device = resolve_device(settings.device)
 
-        def load() -> tuple[LoadedModel, list[str]]:  # large torch ops: not on the loop's thread (see app.worker)
+        # Large torch ops: not on the event loop's thread (see app.runtime.worker).
+        def load() -> tuple[LoadedModel, list[str]]:
             m = load_model(settings.model, device, settings.uncond_model)
             return m, _examples(m) if BUNDLED_DATASET.exists() else []
 

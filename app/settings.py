@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from engine import DEFAULT_SAMPLER, GUIDED_DEFAULT_SAMPLER, SamplerName, SamplingSpec, ServerDefaults
+from engine import DEFAULT_SAMPLER, GUIDANCE_RANGE, GUIDED_DEFAULT_SAMPLER, SamplerName, ServerDefaults
 
 ENV_PREFIX = "DDPM_"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -51,8 +51,7 @@ class Settings(BaseModel):
                                         f"{GUIDED_DEFAULT_SAMPLER} for class-conditional models (guided), "
                                         f"{DEFAULT_SAMPLER} for unconditional ones")
     guidance: float | None = Field(
-        None, ge=SamplingSpec.__dataclass_fields__["guidance"].metadata["ge"],
-        le=SamplingSpec.__dataclass_fields__["guidance"].metadata["le"],
+        None, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1],
         description="guidance scale of a request that gives none (class-conditional models); default: the engine's")
     max_jobs_per_client: int = Field(0, ge=0, description="live jobs one client address may hold; 0: no limit")
     trusted_proxies: str = Field("", description="comma-separated proxy addresses/networks whose X-Forwarded-For "

@@ -1,7 +1,7 @@
 """Large torch ops outside the sampling worker, on a thread that exits with them.
 
 On CPU the worker thread must be the only long-lived thread that runs large torch ops (see
-:mod:`app.worker`), so request handlers and the lifespan run theirs through :func:`on_a_thread_that_exits`.
+:mod:`app.runtime.worker`), so request handlers and the lifespan run theirs through :func:`on_a_thread_that_exits`.
 """
 
 from __future__ import annotations

@@ -142,7 +142,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10, help="DDIM steps per job")
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
-    torch.set_num_threads(1)  # the server (tests.server_utils) runs with one thread too
+    torch.set_num_threads(1)  # the server (app.local_server) runs with one thread too
     S, R = args.steps, args.repeats
     rows: list[tuple[str, str, str, str, str]] = []
 

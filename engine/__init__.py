@@ -31,6 +31,7 @@ from .options import config_types, literal_choices
 from .sampling import (
     DEFAULT_GUIDANCE,
     DEFAULT_SAMPLER,
+    GUIDANCE_RANGE,
     GUIDED_DEFAULT_SAMPLER,
     MAX_SEED,
     SAMPLER_INFO,
@@ -70,6 +71,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_PRIOR",
     "DEFAULT_SAMPLER",
+    "GUIDANCE_RANGE",
     "GUIDED_DEFAULT_SAMPLER",
     "MAX_SEED",
     "PRESETS",

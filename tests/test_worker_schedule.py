@@ -258,3 +258,21 @@ def test_a_finished_job_is_kept_while_a_stream_reads_it_and_for_the_ttl_after_it
         assert read.id not in w.jobs
     finally:
         w.encoder.close()
+
+
+def test_a_job_whose_images_cannot_be_encoded_ends_in_error_not_done(worker, monkeypatch):
+    import app.runtime.frames as frames_module
+
+    real_encode = frames_module.encode
+
+    def encode(result, fmt, value_range):
+        if type(result).__name__ == "Done":
+            raise RuntimeError("injected: the PNG encoder failed")
+        return real_encode(result, fmt, value_range)
+
+    monkeypatch.setattr(frames_module, "encode", encode)
+    job = _submit(worker, 1, seed=0)
+    _run_alone(worker, job)
+    assert job.status == "error" and "injected" in (job.error or "")
+    assert job.log.final() is None and job.log.closed
+    assert type(job.log.since(0)[-1].result).__name__ == "Failed"

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
-from engine import NoiseSchedule, SpecError, Start, center_crop_resize, from_uint8, resolve
+from engine import MAX_SEED, NoiseSchedule, SpecError, Start, center_crop_resize, from_uint8, resolve
 
 from ..runtime.frames import FrameFormat, data_url, grid_png
 from ..runtime.worker import Job, QueueFull, SamplingWorker
@@ -84,7 +84,7 @@ def _submit(request: Request, st: State, req: SampleRequest, frame_every: int, f
 def _job_state(worker: SamplingWorker, job: Job) -> JobState:
     return JobState(id=job.id, state=job.status, step=job.step, of=job.plan.K, n=job.n, sampler=job.plan.sampler,
                     spacing=job.plan.spacing, eta=job.plan.eta, seed=job.seed, position=worker.position(job),
-                    labels=job.drawn_labels(), guidance=job.run.spec.guidance, elapsed_ms=job.elapsed_ms,
+                    labels=job.run.drawn_labels, guidance=job.run.spec.guidance, elapsed_ms=job.elapsed_ms,
                     error=job.error)
 
 
@@ -218,7 +218,7 @@ def _decode_upload(data: bytes, max_pixels: int, mode: str, size: int) -> Image.
                            "description": "bad t, or an image that cannot be decoded; `loc` names the field"}})
 async def post_noise(st: State, image: Annotated[UploadFile, File(description="PNG/JPEG image")],
                      t: Annotated[int, Form(ge=0, description="timestep, 0 ≤ t < T")],
-                     seed: Annotated[int, Form(ge=0, le=2**63 - 1)] = 0) -> NoiseResponse:
+                     seed: Annotated[int, Form(ge=0, le=MAX_SEED)] = 0) -> NoiseResponse:
     m = st.model
     if t >= m.diffusion.T:
         raise _invalid("t", f"t must be < {m.diffusion.T}", t)

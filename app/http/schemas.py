@@ -77,7 +77,7 @@ class JobState(BaseModel):
     seed: int
     position: int
     labels: list[int | None] | None = Field(
-        None, description="each image's class once the job has started (null: no label); null before, or for an "
+        None, description="each image's class, drawn when the request was accepted (null: no label); null for an "
                           "unconditional model")
     guidance: float | None = Field(None, description="the guidance scale s; null for an unconditional model")
     elapsed_ms: float | None = None

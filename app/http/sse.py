@@ -2,7 +2,7 @@
 
 Ids are the step index: 0 for ``queued`` and ``started``, the step for a ``frame``, and K + 1 for the
 terminal event (``done``, ``cancelled`` or ``error``), so a client that reconnects with Last-Event-ID
-gets everything it has not seen. The payloads are the models in :mod:`app.schemas`, and
+gets everything it has not seen. The payloads are the models in :mod:`app.http.schemas`, and
 :func:`document_events` lists them in the OpenAPI of the SSE routes.
 """
 

@@ -125,11 +125,11 @@ class EventLog:
     _waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=set)
     closed: bool = False
 
-    def append(self, result: Logged) -> None:
-        """Log ``result``; a terminal result closes the log, and nothing is logged after it."""
+    def append(self, result: Logged) -> bool:
+        """Log ``result``; a terminal result closes the log, and nothing is logged after it (False)."""
         with self._lock:
             if self.closed:  # e.g. a frame the encoder finishes after the job was cancelled: the log is final
-                return
+                return False
             ev = Event(next(self._seq), result)
             if _droppable(result):
                 self._frames.append(ev)
@@ -141,6 +141,7 @@ class EventLog:
             waiters = list(self._waiters)
         for loop, flag in waiters:
             loop.call_soon_threadsafe(flag.set)
+        return True
 
     def since(self, seq: int) -> list[Event]:
         """Events after cursor ``seq``, in order."""
@@ -202,25 +203,32 @@ class JobLog(EventLog):
         self._pending = 0
         self._order = threading.Lock()
 
-    def put(self, result: Result) -> None:
+    def put(self, result: Result, on_logged: Callable[[str | None], None] | None = None) -> None:
+        """Log ``result`` after what was put before it. ``on_logged`` hears, on the encoder thread, None once a
+        :class:`~app.runtime.results.Done` is logged, or why the job's images could not be.
+
+        Each job has one writer (the worker thread), which keeps a job's results in the order it put them."""
         with self._order:
             if not self._pending and not isinstance(result, Frame | Done):
                 self.append(result)
                 return
             self._pending += 1
-        self.encoder.submit(lambda: self._encode(result))
+        self.encoder.submit(lambda: self._encode(result, on_logged))
 
-    def _encode(self, result: Result) -> None:
+    def _encode(self, result: Result, on_logged: Callable[[str | None], None] | None) -> None:
+        failure = None
         try:
-            logged = encode(result, self.format, self.value_range)
+            logged: Logged | None = encode(result, self.format, self.value_range)
         except Exception as e:  # a lost intermediate frame is skipped; losing the result ends the job
             log.exception("encoding a %s failed", type(result).__name__)
-            logged = Failed(f"encoding the result failed: {type(e).__name__}: {e}") \
-                if isinstance(result, Done) or (isinstance(result, Frame) and result.last) else None
+            failure = f"encoding the result failed: {type(e).__name__}: {e}"
+            logged = Failed(failure) if isinstance(result, Done) or (isinstance(result, Frame) and result.last) \
+                else None
         with self._order:
             self._pending -= 1
-            if logged is not None:
-                self.append(logged)
+            ok = logged is not None and self.append(logged)
+        if on_logged is not None:
+            on_logged(None if ok and failure is None else failure or "the job's log closed before its images")
 
     def final(self) -> Images | None:
         """The job's images once it is done, else None."""

@@ -87,10 +87,6 @@ class Job:
             return None
         return ((self.finished or time.monotonic()) - self.started) * 1000.0
 
-    def drawn_labels(self) -> list[int | None] | None:
-        """Each image's class (None: no label); None for an unconditional model."""
-        return self.run.drawn_labels
-
 
 class Metrics:
     """Prometheus series of one server (its own registry, so apps never collide)."""
@@ -244,7 +240,7 @@ class SamplingWorker:
                 self._finish(job, "error", f"could not start: {e}")
                 continue
             job.status, job.started = "running", time.monotonic()
-            labels = job.drawn_labels()
+            labels = job.run.drawn_labels
             job.log.put(Started(job.plan.K, job.n, job.seed, None if labels is None else tuple(labels),
                                 job.run.spec.guidance))
             self._live.append(job)
@@ -299,34 +295,36 @@ class SamplingWorker:
         # memory) is retried job by job with the same noise and every seed still gives its images.
         noise = [lane.draw_noise() for lane in lanes]  # type: ignore[union-attr]
         try:
-            self._report(jobs, self.stepper.advance(lanes, noise))  # type: ignore[arg-type]
-        except Exception:
+            stepped = list(zip(jobs, self.stepper.advance(lanes, noise), strict=True))  # type: ignore[arg-type]
+        except Exception:  # advance raises before any lane has changed, so each job can take this step alone
+            stepped = []
             for job, job_noise in zip(jobs, noise, strict=True):
                 try:
                     frames = self.stepper.advance([job.lane], [job_noise])  # type: ignore[list-item]
+                    stepped.append((job, frames[0]))
                 except Exception as e:
                     log.exception("job %s failed", job.id)
                     self._leave(job)
                     self._finish(job, "error", f"sampling failed: {type(e).__name__}: {e}")
-                    continue
-                self._report([job], frames)
+        self._report(stepped)
         self.metrics.batch_size.observe(sum(j.n for j in jobs))
         self.metrics.step_seconds.observe(time.perf_counter() - t0)
         with self._cv:
             self._update_gauges()
 
-    def _report(self, jobs: list[Job], frames: list[SampleFrame]) -> None:
+    def _report(self, stepped: list[tuple[Job, SampleFrame]]) -> None:
         """Each stepped job's frame when it is due, and its images at its last step."""
-        for job, frame in zip(jobs, frames, strict=True):
+        for job, frame in stepped:
             job.step = frame.step
             last = frame.step == frame.of
             if last:
                 self._leave(job)
             if not (last or frame.step % job.frame_every == 0):
                 continue
-            # Host copies are the only work here; the job's log encodes them on the encoder thread.
-            x_t, x0 = frame.x_t.detach().to("cpu", copy=True), frame.x0.detach().to("cpu", copy=True)
             try:
+                # Host copies are the only work here (on a GPU, where a failed step's error surfaces); the
+                # job's log encodes them on the encoder thread.
+                x_t, x0 = frame.x_t.detach().to("cpu", copy=True), frame.x0.detach().to("cpu", copy=True)
                 self._emit(job, Frame(frame.step, frame.of, frame.t, x_t, x0))
             except Exception as e:  # a lost intermediate frame is skipped; a lost last one ends the job
                 log.exception("job %s: frame %d could not be sent", job.id, frame.step)
@@ -334,7 +332,19 @@ class SamplingWorker:
                     self._finish(job, "error", f"the last frame could not be sent: {type(e).__name__}: {e}")
                 continue
             if last:
-                self._finish(job, "done", images=x_t)
+                self._complete(job, x_t)
+
+    def _complete(self, job: Job, images: Tensor) -> None:
+        """Log the job's images; it is done once they are encoded (or failed, if they cannot be)."""
+        elapsed = round((time.monotonic() - (job.started or time.monotonic())) * 1000.0, 1)
+
+        def logged(failure: str | None) -> None:  # on the encoder thread
+            if failure is None:
+                self._finish(job, "done")
+            else:
+                self._finish(job, "error", failure)
+
+        job.log.put(Done(images, job.seed, elapsed), on_logged=logged)
 
     def _emit(self, job: Job, result: Result) -> None:
         job.log.put(result)
@@ -346,18 +356,16 @@ class SamplingWorker:
                 self._live.remove(job)
         job.lane = None
 
-    def _finish(self, job: Job, status: JobStatus, error: str | None = None, images: Tensor | None = None) -> None:
+    def _finish(self, job: Job, status: JobStatus, error: str | None = None) -> None:
+        """End ``job`` and log its terminal result (a done job's images are in its log already)."""
         with self._cv:  # re-entrant: some callers hold it already
             if job.done:
                 return
             job.status, job.error, job.finished = status, error, time.monotonic()
             self._finished.append(job)
-        if status == "done":
-            assert images is not None
-            job.log.put(Done(images, job.seed, round(job.elapsed_ms or 0.0, 1)))
-        elif status == "cancelled":
+        if status == "cancelled":
             job.log.put(Cancelled(job.step))
-        else:
+        elif status == "error":  # a log that an encoding failure already closed keeps that Failed
             job.log.put(Failed(error or "failed"))
         self.metrics.jobs.labels(outcome=status).inc()
 

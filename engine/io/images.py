@@ -18,7 +18,7 @@ def to_uint8_array(x: Tensor, value_range: tuple[float, float] = (-1.0, 1.0)) ->
 
     NumPy rather than torch on purpose: the server calls this on its frame-encoder thread, and a torch op
     over more than 32k elements there would give that thread an OpenMP team of its own, which slows the
-    sampling worker's team (see :mod:`app.worker`).
+    sampling worker's team (see :mod:`app.runtime.worker`).
     """
     lo, hi = value_range
     y = np.nan_to_num(np.rint((x.detach().float().cpu().numpy() - lo) / (hi - lo) * 255.0), nan=0.0)

@@ -7,12 +7,22 @@ sample, ``step`` applies one update, ``guidance`` wraps a network into what the 
 """
 
 from .defaults import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, GUIDED_DEFAULT_SAMPLER
-from .guidance import Conditioning, Denoiser, LabelSpec, as_denoiser, guided_forward, resolve_labels
+from .guidance import Conditioning, Denoiser, Labels, as_denoiser, guided_forward, resolve_labels
 from .loop import final, run_frames, sample, sample_iter
 from .plan import SamplingPlan, StepCoeffs, steps_limit
 from .solvers import DEFAULT_ETA, SAMPLER_INFO, SAMPLERS, SamplerName, takes_eta
 from .spacing import DEFAULT_SPACING, SPACINGS, Spacing
-from .spec import MAX_SEED, SamplingRun, SamplingSpec, ServerDefaults, SpecError, Start, complete, resolve
+from .spec import (
+    GUIDANCE_RANGE,
+    MAX_SEED,
+    SamplingRun,
+    SamplingSpec,
+    ServerDefaults,
+    SpecError,
+    Start,
+    complete,
+    resolve,
+)
 from .step import History, draw_noise, sampling_step
 from .stepper import Lane, SampleFrame, Stepper
 
@@ -21,6 +31,7 @@ __all__ = [
     "DEFAULT_GUIDANCE",
     "DEFAULT_SAMPLER",
     "DEFAULT_SPACING",
+    "GUIDANCE_RANGE",
     "GUIDED_DEFAULT_SAMPLER",
     "MAX_SEED",
     "SAMPLERS",
@@ -29,7 +40,7 @@ __all__ = [
     "Conditioning",
     "Denoiser",
     "History",
-    "LabelSpec",
+    "Labels",
     "Lane",
     "SampleFrame",
     "SamplerName",

@@ -7,22 +7,23 @@ so it applies to any prediction type (ε, x0 or v) before the step. :func:`guide
 rows of every guided sample into ONE forward pass with the rest of the batch.
 
 Guidance is a model wrapper, after k-diffusion's CFG denoiser: :func:`as_denoiser` turns a network into the
-:data:`~engine.models.base.Denoiser` the stepper calls, so the step sequence never asks which kind it has.
+:data:`Denoiser` the stepper calls, so the step sequence never asks which kind it has.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
+from typing import Literal
 
 import torch
 from torch import Tensor
 
 from ..models.base import ConditionalModel, Model
 
-#: A label request: one class, ``None``/``"none"`` ("no label"), ``"any"`` (uniform, from the job's generator),
-#: ``"each"`` (classes 0, 1, … in turn), or one class or None per sample.
-LabelSpec = int | None | str | Sequence[int | None]
+#: A request's labels: one class, ``"any"`` (uniform, from the job's generator), ``"each"`` (classes 0, 1, … in
+#: turn), ``"none"`` ("no label"), or one class or None per sample (None: the default, which resolve() fills).
+Labels = int | Literal["any", "each", "none"] | list[int | None] | None
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,8 @@ class Conditioning:
         return Conditioning(self.labels.to(device), self.scale.to(device), self.null_label)
 
 
-def resolve_labels(spec: LabelSpec, n: int, num_classes: int, generator: torch.Generator | None) -> Tensor:
+def resolve_labels(spec: Labels | Sequence[int | None], n: int, num_classes: int,
+                   generator: torch.Generator | None) -> Tensor:
     """Labels ``(n,)`` for a request: ``num_classes`` stands for "no label".
 
     ``"any"`` draws uniform classes from ``generator`` (the job's, before its x_T), so a seed fixes them.
@@ -114,7 +116,7 @@ def as_denoiser(net: Callable[..., Tensor], conditional: bool) -> Denoiser:
 
 @dataclass(frozen=True)
 class Unconditioned:
-    """An unconditional network as a :data:`~engine.models.base.Denoiser`: it takes no conditioning."""
+    """An unconditional network as a :data:`Denoiser`: it takes no conditioning."""
 
     net: Model
 
@@ -126,7 +128,7 @@ class Unconditioned:
 
 @dataclass(frozen=True)
 class ClassifierFreeGuidance:
-    """A class-conditional network as a :data:`~engine.models.base.Denoiser`: :func:`guided_forward`."""
+    """A class-conditional network as a :data:`Denoiser`: :func:`guided_forward`."""
 
     net: ConditionalModel
 

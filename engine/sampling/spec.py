@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import secrets
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -20,16 +20,16 @@ from torch import Tensor
 from ..models.base import SamplingModel
 from ..options import config_types, literal_choices, option, out_of_bounds
 from .defaults import DEFAULT_GUIDANCE, choose
-from .guidance import Conditioning, resolve_labels
+from .guidance import Conditioning, Labels, resolve_labels
 from .plan import SamplingPlan, steps_limit
 from .solvers import DEFAULT_ETA, SAMPLER_INFO, SamplerName, takes_eta
 from .spacing import Spacing
 
 MAX_SEED = 2**63 - 1
+#: The guidance scales a request (or a server's default) may ask for.
+GUIDANCE_RANGE = (0.0, 20.0)
 #: Seeds drawn for a request that gives none stay below 2^53, so that JavaScript reads them exactly.
 RANDOM_SEEDS = 2**53
-#: A request's labels: a class, "any", "each", "none", or one class or null per sample (None: the default).
-Labels = int | Literal["any", "each", "none"] | list[int | None] | None
 
 
 def parse_labels(text: str) -> Labels:
@@ -46,7 +46,7 @@ def parse_labels(text: str) -> Labels:
 
 
 def _sampler_help() -> str:
-    return "default: the model's (GET /model's defaults). " + "; ".join(
+    return "default: the model kind's (the server lists its defaults in GET /model). " + "; ".join(
         f"{name}: {info}" for name, info in SAMPLER_INFO.items())
 
 
@@ -68,9 +68,10 @@ class SamplingSpec:
         help="class-conditional models: a class, 'any' (uniform, drawn from the seed), 'each' (classes 0, 1, … in "
              "turn), 'none' (the unconditional model), or one class or null per sample; default: 'any'")
     guidance: float | None = option(
-        None, ge=0.0, le=20.0, help="classifier-free guidance scale s in ε̂ = ε_u + s·(ε_c − ε_u): 1 plain "
-                                    f"conditional, 0 unconditional; default: {DEFAULT_GUIDANCE:g}")
-    seed: int | None = option(None, ge=0, le=MAX_SEED, help="default: a random seed, returned with the result")
+        None, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1],
+        help=f"classifier-free guidance scale s in ε̂ = ε_u + s·(ε_c − ε_u): 1 plain conditional, 0 unconditional; "
+             f"default: {DEFAULT_GUIDANCE:g}")
+    seed: int | None = option(None, ge=0, le=MAX_SEED, help="default: a random seed, reported with the result")
     clip: bool = option(True, help="clip the predicted x̂0 to the data range")
     init: str | None = option(None, flag=False, max_length=64,
                               help="id from POST /noise: start from that x_t instead of pure noise")
