@@ -31,16 +31,19 @@ export function readGenerateForm(T) {
 const takesEta = (sampler) => sampler === "ddim" || sampler === "dpmpp_2m_sde";
 
 /**
- * Labels and guidance from a panel's digit picker and slider (absent for an unconditional model).
- * "one of each" cycles 0–9 over the n images.
+ * Labels, guidance and its interval from a panel's digit picker, slider and t range (absent for an
+ * unconditional model). "one of each" cycles 0–9 over the n images.
  */
 export function readConditioning(prefix, n) {
   const pick = $(`${prefix}-labels`);
   if (!pick) return {};
-  const guidance = Number($(`${prefix}-guidance`).value);
-  if (pick.value === "each") return { labels: Array.from({ length: n || 0 }, (_, i) => i % 10), guidance };
-  if (pick.value === "any" || pick.value === "none") return { labels: pick.value, guidance };
-  return { labels: Number(pick.value), guidance };
+  const guided = {
+    guidance: Number($(`${prefix}-guidance`).value),
+    guidance_interval: [Number($(`${prefix}-gi-lo`).value), Number($(`${prefix}-gi-hi`).value)],
+  };
+  if (pick.value === "each") return { labels: Array.from({ length: n || 0 }, (_, i) => i % 10), ...guided };
+  if (pick.value === "any" || pick.value === "none") return { labels: pick.value, ...guided };
+  return { labels: Number(pick.value), ...guided };
 }
 
 /** Fill steps, spacing and η with the server's defaults for the chosen sampler, and say what it is. */

@@ -83,13 +83,29 @@ def test_guidance_combines_conditional_and_unconditional_rows_in_one_forward():
     t = torch.tensor([10, 20, 30, 40])
     labels = torch.tensor([0, 2, 3, 1])  # the third has no label
     scale = torch.tensor([2.0, 1.0, 5.0, 0.0])
-    out = guided_forward(model, x, t, Conditioning(labels, scale, null_label=3))
+    every = torch.tensor([[0, 1000]]).expand(4, 2)
+    out = guided_forward(model, x, t, Conditioning(labels, scale, every, null_label=3))
     assert model.rows == 5  # one extra row: only sample 0 has a label and s ∉ {0, 1}
     u, c0 = model.bias[3], model.bias[0]
     torch.testing.assert_close(out[0], 0.1 * x[0] + u + 2.0 * (c0 - u))  # ε_u + s(ε_c − ε_u)
     torch.testing.assert_close(out[1], 0.1 * x[1] + model.bias[2])  # s = 1: plain conditional
     torch.testing.assert_close(out[2], 0.1 * x[2] + u)  # no label: unconditional whatever s
     torch.testing.assert_close(out[3], 0.1 * x[3] + u)  # s = 0: unconditional
+
+
+def test_outside_its_guidance_interval_a_sample_is_conditional_and_costs_one_row():
+    """Kynkäänniemi et al. 2024: guidance only for t in [t_lo, t_hi]; elsewhere s = 1, so no unconditional row."""
+    model = _Affine()
+    x, labels = torch.randn(4, 1, 2, 2), torch.tensor([0, 1, 2, 0])
+    t = torch.tensor([10, 20, 30, 40])
+    cond = Conditioning(labels, torch.full((4,), 3.0), torch.tensor([[15, 35]]).expand(4, 2), null_label=3)
+    out = guided_forward(model, x, t, cond)
+    assert model.rows == 4 + 2  # only the samples at t = 20 and t = 30 get an unconditional row
+    u = model.bias[3]
+    for i, inside in enumerate([False, True, True, False]):
+        c = model.bias[labels[i]]
+        want = 0.1 * x[i] + (u + 3.0 * (c - u) if inside else c)
+        torch.testing.assert_close(out[i], want)
 
 
 def test_guided_batch_equals_each_job_alone():

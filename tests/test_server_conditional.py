@@ -116,3 +116,28 @@ def test_an_unconditional_prior_answers_no_label_rows_in_the_server_and_the_cli(
                         str(uncond), "--n", "1", "--out", str(tmp_path / "x.png")], cwd=ROOT, capture_output=True,
                        text=True)
     assert r.returncode == 2 and "a prior only serves a class-conditional model" in r.stderr, r.stderr
+
+
+def test_a_guidance_interval_over_every_step_changes_nothing_and_an_empty_one_is_plain_conditional(server, model_file,
+                                                                                                     tmp_path):
+    base = dict(n=3, steps=6, sampler="dpmpp_2m", seed=11, labels=4, guidance=3.0)
+    guided, plain = _images(server, **base), _images(server, **{**base, "guidance": 1.0})
+    assert not np.array_equal(guided, plain)
+    assert np.array_equal(_images(server, **base, guidance_interval=[0, 49]), guided)
+    # dpmpp_2m's 6 steps never visit t = 0, so [0, 0] guides none of them
+    assert np.array_equal(_images(server, **base, guidance_interval=[0, 0]), plain)
+    partial = _images(server, **base, guidance_interval=[25, 49])
+    assert not np.array_equal(partial, guided) and not np.array_equal(partial, plain)
+    # the stream takes it as two query values, and the CLI as T_LO,T_HI: the same images
+    params = {**base, "guidance_interval": [25, 49]}
+    with httpx.stream("GET", server.url + API + "/stream", params=params, timeout=60) as r:
+        done = next(ev for ev in sse_events(r) if ev.event == "done")
+    assert np.array_equal(np.stack([decode_png(p) for p in done.data["images"]]), partial)
+    subprocess.run([sys.executable, "-m", "engine", "sample", "--model", str(model_file), "--n", "3", "--steps", "6",
+                    "--sampler", "dpmpp_2m", "--seed", "11", "--label", "4", "--guidance", "3",
+                    "--guidance-interval", "25,49", "--out", str(tmp_path / "gi.npz")], cwd=ROOT, check=True,
+                   capture_output=True)
+    assert np.array_equal(np.load(tmp_path / "gi.npz")["images"][..., 0], partial)
+    for bad in ([30, 10], [0, 50], [1]):
+        r = httpx.post(server.url + API + "/samples", json={**base, "guidance_interval": bad}, timeout=30)
+        assert r.status_code == 422 and "guidance_interval" in r.json()["detail"][0]["loc"], (bad, r.text)

@@ -68,6 +68,7 @@ def test_resolve_fills_defaults_from_the_model_and_the_server():
     run = resolve(SamplingSpec(n=2, seed=5), cond)
     assert (run.spec.sampler, run.spec.steps, run.spec.labels, run.spec.guidance) == ("dpmpp_2m", 8, "any",
                                                                                       DEFAULT_GUIDANCE)
+    assert run.spec.guidance_interval == (0, 49)  # every step
     run = resolve(SamplingSpec(n=3, seed=5, labels="each"), cond, ServerDefaults(sampler="ddim", guidance=3.0))
     assert (run.spec.sampler, run.spec.guidance, run.drawn_labels) == ("ddim", 3.0, [0, 1, 2])
     assert resolve(SamplingSpec(sampler="ddim"), uncond).spec.eta == 0.0
@@ -91,6 +92,9 @@ def test_resolve_fills_defaults_from_the_model_and_the_server():
     (SamplingSpec(n=2, labels=[1, 2, 3]), _model(10), "labels", "one entry per sample (2)"),
     (SamplingSpec(guidance=21.0), _model(10), "guidance", "guidance must be ≤ 20"),
     (SamplingSpec(init="x" * 65), _model(), "init", "init must be at most 64 characters"),
+    (SamplingSpec(guidance_interval=(0, 10)), _model(), "guidance_interval", "this model is unconditional"),
+    (SamplingSpec(guidance_interval=(30, 10)), _model(10), "guidance_interval", "t_lo ≤ t_hi in [0, 49]"),
+    (SamplingSpec(guidance_interval=(0, 50)), _model(10), "guidance_interval", "t_lo ≤ t_hi in [0, 49]"),
 ])
 def test_resolve_refuses_with_the_field_as_data(spec, model, field, needle):
     with pytest.raises(SpecError) as e:

@@ -84,7 +84,8 @@ def _submit(request: Request, st: State, req: SampleRequest, frame_every: int, f
 def _job_state(worker: SamplingWorker, job: Job) -> JobState:
     return JobState(id=job.id, state=job.status, step=job.step, of=job.plan.K, n=job.n, sampler=job.plan.sampler,
                     spacing=job.plan.spacing, eta=job.plan.eta, seed=job.seed, position=worker.position(job),
-                    labels=job.run.drawn_labels, guidance=job.run.spec.guidance, elapsed_ms=job.elapsed_ms,
+                    labels=job.run.drawn_labels, guidance=job.run.spec.guidance,
+                    guidance_interval=job.run.spec.guidance_interval, elapsed_ms=job.elapsed_ms,
                     error=job.error)
 
 

@@ -80,6 +80,8 @@ class JobState(BaseModel):
         None, description="each image's class, drawn when the request was accepted (null: no label); null for an "
                           "unconditional model")
     guidance: float | None = Field(None, description="the guidance scale s; null for an unconditional model")
+    guidance_interval: tuple[int, int] | None = Field(
+        None, description="the timesteps [t_lo, t_hi] at which guidance applies; null for an unconditional model")
     elapsed_ms: float | None = None
     error: str | None = None
 

@@ -292,7 +292,7 @@ def generate(loaded: LoadedModel, spec: SamplingSpec, batch_size: int, device: t
     spec = complete(spec.replace(seed=0 if spec.seed is None else spec.seed), loaded)
     runs = batch_runs(loaded, spec, batch_size)
     plan = runs[0].plan
-    tag = _cache_tag(spec, plan.K)
+    tag = _cache_tag(spec, plan.K, loaded.diffusion.T)
     if loaded.prior_path is not None:
         tag += f"-prior{file_digest(loaded.prior_path, 8)}"
     bar = None
@@ -328,7 +328,7 @@ def requested_labels(loaded: LoadedModel, spec: SamplingSpec, batch_size: int) -
     return torch.cat([run.cond.labels for run in batch_runs(loaded, spec, batch_size) if run.cond is not None])
 
 
-def _cache_tag(spec: SamplingSpec, steps: int) -> str:
+def _cache_tag(spec: SamplingSpec, steps: int, T: int) -> str:
     """What a cached batch was drawn with, besides the model, seed and size."""
     eta = spec.eta if spec.eta is not None else 1.0
     tag = f"{spec.sampler}{steps}-eta{eta:g}"
@@ -337,6 +337,9 @@ def _cache_tag(spec: SamplingSpec, steps: int) -> str:
     if spec.guidance is not None:
         labels = spec.labels
         tag += f"-labels{labels if isinstance(labels, int | str) else hash(tuple(labels or ()))}-g{spec.guidance:g}"
+    lo, hi = spec.guidance_interval or (0, T - 1)
+    if (lo, hi) != (0, T - 1):
+        tag += f"-gi{lo}-{hi}"
     return tag
 
 
@@ -401,7 +404,7 @@ def evaluate_model(
     images = generate(loaded, spec, batch_size, device, progress, cache)
     out = _run_facts(loaded, spec, batch_size, t0, cache)
     if loaded.num_classes:
-        out.update(labels=spec.labels, guidance=spec.guidance)
+        out.update(labels=spec.labels, guidance=spec.guidance, guidance_interval=spec.guidance_interval)
         asked = requested_labels(loaded, spec, batch_size)
         if _is_digit_model(loaded) and bool((asked < loaded.num_classes).any()):
             out["class_accuracy"] = class_accuracy(images, asked, loaded.num_classes, device)

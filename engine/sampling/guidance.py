@@ -26,12 +26,19 @@ from ..models.base import ConditionalModel, Model
 Labels = int | Literal["any", "each", "none"] | list[int | None] | None
 
 
+#: A guidance interval that holds every timestep: guidance at every step.
+EVERY_STEP = (0, 2**31 - 1)
+
+
 @dataclass(frozen=True)
 class Conditioning:
-    """Per-sample labels ``(B,)`` (``null_label`` = no label) and guidance scales ``(B,)``."""
+    """Per-sample labels ``(B,)`` (``null_label`` = no label), guidance scales ``(B,)`` and guidance intervals
+    ``(B, 2)``: a sample is guided at model timesteps t with ``interval[0] ≤ t ≤ interval[1]`` and purely
+    conditional (s = 1) at the others (Kynkäänniemi et al. 2024)."""
 
     labels: Tensor
     scale: Tensor
+    interval: Tensor
     null_label: int
 
     @staticmethod
@@ -44,15 +51,23 @@ class Conditioning:
         nulls = {r.null_label for r in rows}
         if len(nulls) != 1:
             raise ValueError("jobs of one batch must share the model's 'no label' row")
-        return Conditioning(*(torch.cat([getattr(r, f.name) for r in rows]) for f in fields(Conditioning)[:2]),
+        return Conditioning(*(torch.cat([getattr(r, f.name) for r in rows]) for f in fields(Conditioning)[:3]),
                             null_label=nulls.pop())
 
     @staticmethod
-    def of(labels: Tensor, scale: float, null_label: int) -> Conditioning:
-        return Conditioning(labels, torch.full(labels.shape, float(scale), device=labels.device), null_label)
+    def of(labels: Tensor, scale: float, null_label: int, interval: tuple[int, int] = EVERY_STEP) -> Conditioning:
+        """One scale and one interval for every sample of ``labels``."""
+        n, dev = labels.shape[0], labels.device
+        return Conditioning(labels, torch.full((n,), float(scale), device=dev),
+                            torch.tensor([interval], dtype=torch.long, device=dev).expand(n, 2), null_label)
 
     def to(self, device: torch.device | str) -> Conditioning:
-        return Conditioning(self.labels.to(device), self.scale.to(device), self.null_label)
+        return Conditioning(self.labels.to(device), self.scale.to(device), self.interval.to(device), self.null_label)
+
+    def scale_at(self, t: Tensor) -> Tensor:
+        """Each sample's scale at its timestep ``t`` ``(B,)``: its own inside its interval, 1 outside."""
+        inside = (t >= self.interval[:, 0]) & (t <= self.interval[:, 1])
+        return torch.where(inside, self.scale, torch.ones_like(self.scale))
 
 
 def resolve_labels(spec: Labels | Sequence[int | None], n: int, num_classes: int,
@@ -88,19 +103,20 @@ def resolve_labels(spec: Labels | Sequence[int | None], n: int, num_classes: int
 def guided_forward(model: ConditionalModel, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
     """Model outputs ``(B, C, H, W)`` with guidance applied, from one forward over B + G rows.
 
-    G counts the samples that need an unconditional row as well: those with a label and s ≠ 1
-    (s = 0 with a label is simply the unconditional row).
+    G counts the samples that need an unconditional row as well: those with a label and s ≠ 1 at this step
+    (s = 0 with a label is simply the unconditional row; outside its guidance interval a sample has s = 1).
     """
     null = cond.null_label
-    labels = torch.where(cond.scale == 0, torch.full_like(cond.labels, null), cond.labels)
-    guided = ((labels != null) & (cond.scale != 1)).nonzero().squeeze(1)
+    scale = cond.scale_at(t)
+    labels = torch.where(scale == 0, torch.full_like(cond.labels, null), cond.labels)
+    guided = ((labels != null) & (scale != 1)).nonzero().squeeze(1)
     if guided.numel() == 0:
         return model(x, t, labels)
     out = model(torch.cat([x, x[guided]]), torch.cat([t, t[guided]]),
                 torch.cat([labels, torch.full_like(guided, null)]))
     b = x.shape[0]
     eps_c, eps_u = out[:b], out[b:]
-    s = cond.scale[guided].to(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
+    s = scale[guided].to(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
     eps_c[guided] = eps_u + s * (eps_c[guided] - eps_u)
     return eps_c
 
