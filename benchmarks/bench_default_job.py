@@ -1,16 +1,18 @@
 """A few-step job and the server's default job against respaced DDPM 100, through one real server.
 
     .venv/bin/python benchmarks/bench_default_job.py [--repeats 3] [--fast dpmpp_2m:20] [--model FILE]
+        [--job NAME='{"guidance_interval": [0, 550]}' ...]
 
 Every job as the page sends it (16 images, seed 0, a frame every step as raw pixels) over ``/stream``
 from one ``ddpm serve`` of the bundled model at torch's default threads (as ``make demo``). The default
-job names no sampler, steps or spacing, so it gets the server's defaults. Runs alternate; medians are
-reported with every run.
+job names no sampler, steps or spacing, so it gets the server's defaults; each ``--job`` is the default job
+with the fields its JSON gives. Runs alternate; medians are reported with every run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
@@ -36,6 +38,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL)
     ap.add_argument("--fast", default="dpmpp_2m:20", help="a few-step job as sampler:steps")
+    ap.add_argument("--job", action="append", default=[], metavar="NAME=JSON",
+                    help="another job: the default job with these request fields")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = start_server(args.model, Path(tmp) / "server.log", threads=None)
@@ -45,6 +49,9 @@ def main() -> None:
             jobs = {"ddpm 100": {**BASE, "sampler": "ddpm", "steps": 100, "spacing": "linspace"},
                     f"{sampler} {steps}": {**BASE, "sampler": sampler, "steps": int(steps), "spacing": "linspace"},
                     "default": dict(BASE)}
+            for spec in args.job:
+                name, _, fields = spec.partition("=")
+                jobs[name] = {**BASE, **json.loads(fields)}
             if defaults.get("labels") is not None:  # a conditional model: the baseline is unguided
                 jobs["ddpm 100"].update(labels="none")
             times: dict[str, list[float]] = {k: [] for k in jobs}
@@ -54,7 +61,7 @@ def main() -> None:
                     times[name].append(job_seconds(server.url, params))
         finally:
             server.stop()
-    d = {k: defaults[k] for k in ("sampler", "steps", "spacing", "eta", "labels", "guidance")}
+    d = {k: defaults.get(k) for k in ("sampler", "steps", "spacing", "eta", "labels", "guidance", "guidance_interval")}
     print(f"\nserver defaults: {d}; 16 images, raw frames every step, median of {args.repeats}\n")
     print("| job | seconds (median) | runs | vs DDPM 100 |")
     print("|---|---|---|---|")

@@ -502,8 +502,8 @@ def test_digit_picker_and_guidance_slider_drive_a_conditional_model(browser, tmp
         with pg.expect_request(lambda r: r.url.endswith("/api/v1/jobs") and r.method == "POST") as req:
             pg.click("#gen-go")
         assert (req.value.post_data_json["labels"], req.value.post_data_json["guidance"]) == (7, 3.5)
-        # the guidance interval's two ends start at every step (t = T − 1 down to 0)
-        assert req.value.post_data_json["guidance_interval"] == [0, 49]
+        # the guidance interval's two ends start at the server's default: the lower 55 % of t
+        assert req.value.post_data_json["guidance_interval"] == [0, 27]
         pg.wait_for_selector("#gen-viewer[data-state=done]")
         assert pg.locator("#gen-cell-labels span").all_inner_texts() == ["7", "7"]
         pg.fill("#gen-gi-hi", "30")

@@ -28,6 +28,7 @@ from .server_utils import decode_png, sse_events, start_server
 GOLDEN = Path(__file__).resolve().parent / "golden" / "sampling.npz"
 API = "/api/v1"
 N, STEPS, SEED = 2, 5, 7
+T = 1000  # the bundled models' diffusion steps
 LABELS = ("none", "3", "any")
 GUIDANCE = ("0", "1", "2")
 
@@ -53,8 +54,8 @@ def via_cli(case, tmp: Path) -> np.ndarray:
     out = tmp / f"{key(case)}.npz"
     argv = ["sample", "--model", str(_model(which)), "--n", str(N), "--steps", str(STEPS), "--sampler", sampler,
             "--seed", str(SEED), "--out", str(out)]
-    if labels is not None:
-        argv += ["--label", labels, "--guidance", guidance]
+    if labels is not None:  # guidance at every step, as recorded, whatever the default interval
+        argv += ["--label", labels, "--guidance", guidance, "--guidance-interval", f"0,{T - 1}"]
     assert main(argv) == 0
     return np.load(out)["images"]
 
@@ -63,7 +64,8 @@ def _body(case) -> dict:
     _, sampler, labels, guidance = case
     body = {"n": N, "steps": STEPS, "sampler": sampler, "seed": SEED}
     if labels is not None:
-        body.update(labels=int(labels) if labels.isdigit() else labels, guidance=float(guidance))
+        body.update(labels=int(labels) if labels.isdigit() else labels, guidance=float(guidance),
+                    guidance_interval=[0, T - 1])
     return body
 
 

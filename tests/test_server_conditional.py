@@ -36,7 +36,8 @@ def _images(server, **body) -> np.ndarray:
 def test_model_lists_classes_and_conditional_defaults(server):
     info = httpx.get(server.url + API + "/model").json()
     assert info["classes"] == list(range(10))
-    assert info["defaults"]["labels"] == "any" and info["defaults"]["guidance"] == 2.0
+    assert info["defaults"]["labels"] == "any" and info["defaults"]["guidance"] == 3.0
+    assert info["defaults"]["guidance_interval"] == [0, 27]  # the lower 55 % of T = 50's timesteps
 
 
 def test_labels_and_guidance_match_the_cli(server, model_file, tmp_path):
@@ -104,7 +105,7 @@ def test_an_unconditional_prior_answers_no_label_rows_in_the_server_and_the_cli(
         assert httpx.get(s.url + API + "/model").json()["unconditional_prior"] == "u.safetensors"
         # "none" against the unconditional file alone; 7 against the CLI with the same pair
         for label, cli in (("none", ["--model", str(uncond)]),
-                           (7, ["--model", str(model_file), "--uncond-model", str(uncond), "--label", "7"])):
+                           (7, ["--model", str(model_file), "--uncond-model", str(uncond), "--label", "7", "--guidance", "2"])):
             via_api = _images(s, n=2, steps=5, sampler="ddim", seed=3, labels=label, guidance=2.0)
             subprocess.run([sys.executable, "-m", "engine", "sample", *cli, "--n", "2", "--steps", "5", "--sampler",
                             "ddim", "--seed", "3", "--out", str(tmp_path / "s.npz")], cwd=ROOT, check=True,
@@ -118,12 +119,12 @@ def test_an_unconditional_prior_answers_no_label_rows_in_the_server_and_the_cli(
     assert r.returncode == 2 and "a prior only serves a class-conditional model" in r.stderr, r.stderr
 
 
-def test_a_guidance_interval_over_every_step_changes_nothing_and_an_empty_one_is_plain_conditional(server, model_file,
-                                                                                                     tmp_path):
+def test_a_guidance_interval_guides_only_its_steps_and_an_empty_one_is_plain_conditional(server, model_file, tmp_path):
     base = dict(n=3, steps=6, sampler="dpmpp_2m", seed=11, labels=4, guidance=3.0)
-    guided, plain = _images(server, **base), _images(server, **{**base, "guidance": 1.0})
+    guided = _images(server, **base, guidance_interval=[0, 49])  # every step (tests/test_golden.py: today's pixels)
+    plain = _images(server, **{**base, "guidance": 1.0})
     assert not np.array_equal(guided, plain)
-    assert np.array_equal(_images(server, **base, guidance_interval=[0, 49]), guided)
+    assert np.array_equal(_images(server, **base), _images(server, **base, guidance_interval=[0, 27]))  # the default
     # dpmpp_2m's 6 steps never visit t = 0, so [0, 0] guides none of them
     assert np.array_equal(_images(server, **base, guidance_interval=[0, 0]), plain)
     partial = _images(server, **base, guidance_interval=[25, 49])

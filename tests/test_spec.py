@@ -68,7 +68,7 @@ def test_resolve_fills_defaults_from_the_model_and_the_server():
     run = resolve(SamplingSpec(n=2, seed=5), cond)
     assert (run.spec.sampler, run.spec.steps, run.spec.labels, run.spec.guidance) == ("dpmpp_2m", 8, "any",
                                                                                       DEFAULT_GUIDANCE)
-    assert run.spec.guidance_interval == (0, 49)  # every step
+    assert run.spec.guidance_interval == (0, 27)  # the lower 55 % of t
     run = resolve(SamplingSpec(n=3, seed=5, labels="each"), cond, ServerDefaults(sampler="ddim", guidance=3.0))
     assert (run.spec.sampler, run.spec.guidance, run.drawn_labels) == ("ddim", 3.0, [0, 1, 2])
     assert resolve(SamplingSpec(sampler="ddim"), uncond).spec.eta == 0.0

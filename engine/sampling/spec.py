@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..models.base import SamplingModel
 from ..options import config_types, literal_choices, option, out_of_bounds
-from .defaults import DEFAULT_GUIDANCE, choose
+from .defaults import DEFAULT_GUIDANCE, choose, default_guidance_interval
 from .guidance import Conditioning, Labels, resolve_labels
 from .plan import SamplingPlan, steps_limit
 from .solvers import DEFAULT_ETA, SAMPLER_INFO, SamplerName, takes_eta
@@ -83,7 +83,7 @@ class SamplingSpec:
         None, metavar="T_LO,T_HI", parse=parse_interval,
         help="class-conditional models: guide only at model timesteps t with t_lo ≤ t ≤ t_hi (t in [0, T − 1], high "
              "t is noisy); the other steps are purely conditional and evaluate one row instead of two "
-             "(Kynkäänniemi et al. 2024); default: every step")
+             "(Kynkäänniemi et al. 2024); default: the lower 55 % of t, [0, 549] when T = 1000")
     seed: int | None = option(None, ge=0, le=MAX_SEED, help="default: a random seed, reported with the result")
     clip: bool = option(True, help="clip the predicted x̂0 to the data range")
     init: str | None = option(None, flag=False, max_length=64,
@@ -196,7 +196,7 @@ def complete(spec: SamplingSpec, model: SamplingModel, defaults: ServerDefaults 
     if guidance is None:
         guidance = DEFAULT_GUIDANCE if defaults.guidance is None else defaults.guidance
     T = model.diffusion.T
-    interval = (0, T - 1) if spec.guidance_interval is None else tuple(spec.guidance_interval)
+    interval = default_guidance_interval(T) if spec.guidance_interval is None else tuple(spec.guidance_interval)
     if len(interval) != 2 or not 0 <= interval[0] <= interval[1] <= T - 1:
         raise SpecError("guidance_interval", f"guidance_interval must be two timesteps t_lo ≤ t_hi in [0, {T - 1}], "
                                              f"got {spec.guidance_interval!r}", spec.guidance_interval)
