@@ -105,7 +105,8 @@ def test_an_unconditional_prior_answers_no_label_rows_in_the_server_and_the_cli(
         assert httpx.get(s.url + API + "/model").json()["unconditional_prior"] == "u.safetensors"
         # "none" against the unconditional file alone; 7 against the CLI with the same pair
         for label, cli in (("none", ["--model", str(uncond)]),
-                           (7, ["--model", str(model_file), "--uncond-model", str(uncond), "--label", "7", "--guidance", "2"])):
+                           (7, ["--model", str(model_file), "--uncond-model", str(uncond), "--label", "7",
+                                "--guidance", "2"])):
             via_api = _images(s, n=2, steps=5, sampler="ddim", seed=3, labels=label, guidance=2.0)
             subprocess.run([sys.executable, "-m", "engine", "sample", *cli, "--n", "2", "--steps", "5", "--sampler",
                             "ddim", "--seed", "3", "--out", str(tmp_path / "s.npz")], cwd=ROOT, check=True,
