@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from types import SimpleNamespace
 
 from engine import UserError, build_parser, dispatch
 
@@ -35,7 +36,7 @@ def _run_serve(args: argparse.Namespace) -> int:
     import uvicorn
     from pydantic import ValidationError
 
-    from engine import DEFAULT_MODEL, prior_for, read_card, resolve_device
+    from engine import DEFAULT_MODEL, SamplingSpec, SpecError, complete, prior_for, read_card, resolve_device
 
     from .main import create_app
     from .settings import Settings
@@ -58,7 +59,14 @@ def _run_serve(args: argparse.Namespace) -> int:
     resolve_device(settings.device)  # fail fast on a bad --device, as on a bad model file below
     model = Path(settings.model) if settings.model else DEFAULT_MODEL
     if not model.is_dir():
-        read_card(model)  # fail fast with a one-line message, before uvicorn starts
+        card = read_card(model)  # fail fast with a one-line message, before uvicorn starts
+        # The operator's sampling defaults against this model, as every request will be (complete() reads only T
+        # and the classes).
+        facts = SimpleNamespace(diffusion=SimpleNamespace(T=card.diffusion.T), num_classes=card.model.num_classes)
+        try:
+            complete(SamplingSpec(seed=0), facts, settings.sampling_defaults)  # type: ignore[arg-type]
+        except SpecError as e:
+            raise UserError(f"DDPM_{e.field.upper()}: {e.message}") from None
     prior = prior_for(settings.model, settings.uncond_model)
     if prior is not None and not Path(prior).is_dir():
         read_card(prior)

@@ -53,11 +53,20 @@ class Settings(BaseModel):
     guidance: float | None = Field(
         None, ge=GUIDANCE_RANGE[0], le=GUIDANCE_RANGE[1],
         description="guidance scale of a request that gives none (class-conditional models); default: the engine's")
+    guidance_interval: tuple[int, int] | None = Field(
+        None, description="timesteps T_LO,T_HI where a request that gives no interval is guided (class-conditional "
+                          "models); default: the engine's, the lower 55 % of t")
     max_jobs_per_client: int = Field(0, ge=0, description="live jobs one client address may hold; 0: no limit")
     trusted_proxies: str = Field("", description="comma-separated proxy addresses/networks whose X-Forwarded-For "
                                                  "names the client")
     api_token: SecretStr | None = Field(None, description="the API needs Authorization: Bearer <it>")
     cors_origins: str = Field("", description="comma-separated origins allowed to call the API; * for any")
+
+    @field_validator("guidance_interval", mode="before")
+    @classmethod
+    def _two_timesteps(cls, v: Any) -> Any:
+        """``DDPM_GUIDANCE_INTERVAL=0,549`` arrives as one string."""
+        return v.split(",") if isinstance(v, str) else v
 
     @field_validator("trusted_proxies")
     @classmethod
@@ -76,7 +85,7 @@ class Settings(BaseModel):
     @property
     def sampling_defaults(self) -> ServerDefaults:
         """What a request that leaves the sampler or the guidance out gets, over the model kind's defaults."""
-        return ServerDefaults(sampler=self.sampler, guidance=self.guidance)
+        return ServerDefaults(sampler=self.sampler, guidance=self.guidance, guidance_interval=self.guidance_interval)
 
     @classmethod
     def load(cls, **overrides: Any) -> Settings:

@@ -143,3 +143,20 @@ def test_a_guidance_interval_guides_only_its_steps_and_an_empty_one_is_plain_con
     for bad in ([30, 10], [0, 50], [1]):
         r = httpx.post(server.url + API + "/samples", json={**base, "guidance_interval": bad}, timeout=30)
         assert r.status_code == 422 and "guidance_interval" in r.json()["detail"][0]["loc"], (bad, r.text)
+
+
+def test_an_operator_sets_the_default_guidance_interval(model_file, tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_GUIDANCE_INTERVAL", "10,30")
+    s = start_server(model_file, tmp_path / "server.log")
+    try:
+        assert httpx.get(s.url + API + "/model").json()["defaults"]["guidance_interval"] == [10, 30]
+        base = dict(n=2, steps=6, sampler="dpmpp_2m", seed=4, labels=2, guidance=3.0)
+        assert np.array_equal(_images(s, **base), _images(s, **base, guidance_interval=[10, 30]))
+    finally:
+        s.stop()
+    monkeypatch.setenv("DDPM_GUIDANCE_INTERVAL", "10,60")  # beyond this model's T = 50
+    r = subprocess.run([sys.executable, "-m", "app.cli", "serve", "--model", str(model_file), "--port", "1"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "ddpm serve: error: DDPM_GUIDANCE_INTERVAL: guidance_interval must be two timesteps t_lo ≤ t_hi in [0, 49], "
+        "got [10, 60]"], r.stderr

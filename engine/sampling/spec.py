@@ -117,6 +117,7 @@ class ServerDefaults:
 
     sampler: SamplerName | None = None
     guidance: float | None = None
+    guidance_interval: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -196,10 +197,11 @@ def complete(spec: SamplingSpec, model: SamplingModel, defaults: ServerDefaults 
     if guidance is None:
         guidance = DEFAULT_GUIDANCE if defaults.guidance is None else defaults.guidance
     T = model.diffusion.T
-    interval = default_guidance_interval(T) if spec.guidance_interval is None else tuple(spec.guidance_interval)
+    interval = spec.guidance_interval or defaults.guidance_interval or default_guidance_interval(T)
+    interval = tuple(interval)
     if len(interval) != 2 or not 0 <= interval[0] <= interval[1] <= T - 1:
         raise SpecError("guidance_interval", f"guidance_interval must be two timesteps t_lo ≤ t_hi in [0, {T - 1}], "
-                                             f"got {spec.guidance_interval!r}", spec.guidance_interval)
+                                             f"got {list(interval)}", interval)
     return filled.replace(labels=labels, guidance=guidance, guidance_interval=interval)
 
 
