@@ -31,7 +31,7 @@ def run_config(m, metrics: DigitMetrics, spec: SamplingSpec) -> dict:
     row = {"model": str(m.path), "prior": str(m.prior_path) if m.prior_path else None, "sampler": spec.sampler,
            "spacing": spec.spacing, "steps": spec.steps, "eta": spec.eta, "n": spec.n, "seconds": round(seconds, 1)}
     if m.num_classes:
-        row.update(labels=spec.labels, guidance=spec.guidance)
+        row.update(labels=spec.labels, guidance=spec.guidance, guidance_interval=spec.guidance_interval)
         asked = requested_labels(m, spec, BATCH)
         if bool((asked < m.num_classes).any()):
             row["class_accuracy"] = class_accuracy(images, asked, m.num_classes)
@@ -41,7 +41,7 @@ def run_config(m, metrics: DigitMetrics, spec: SamplingSpec) -> dict:
 def _key(r: dict) -> tuple:
     """What a row measured (rows of an unconditional model have no labels or guidance)."""
     return (r.get("model"), r.get("prior"), r["sampler"], r["spacing"], r["steps"], r["n"], r.get("labels"),
-            r.get("guidance"))
+            r.get("guidance"), tuple(r["guidance_interval"]) if r.get("guidance_interval") else None)
 
 
 def main() -> None:
@@ -58,6 +58,8 @@ def main() -> None:
                     help="class-conditional models: 100 of each class per 1000 ('each'), drawn, or no label")
     ap.add_argument("--guidance", nargs="+", type=float, default=[DEFAULT_GUIDANCE],
                     help="class-conditional models: the guidance scales s")
+    ap.add_argument("--guidance-interval", nargs=2, type=int, default=None, metavar=("T_LO", "T_HI"),
+                    help="class-conditional models: the timesteps guidance applies at (default: the engine's)")
     ap.add_argument("--out", default="runs/sweep.jsonl")
     args = ap.parse_args()
     out = Path(args.out)
@@ -68,17 +70,20 @@ def main() -> None:
     prior = str(m.prior_path) if m.prior_path else None
     labels = args.labels if m.num_classes else None
     scales = args.guidance if m.num_classes else [None]
+    interval = tuple(args.guidance_interval) if args.guidance_interval else None
     metrics = DigitMetrics()
     for sampler in args.samplers:
         for spacing in args.spacings:
             for steps in args.steps:
                 for s in scales:
                     eta = args.eta if sampler in ("ddim", "dpmpp_2m_sde") else None
-                    key = (str(m.path), prior, sampler, spacing, steps, args.n, labels if s is not None else None, s)
+                    key = (str(m.path), prior, sampler, spacing, steps, args.n, labels if s is not None else None, s,
+                           interval if s is not None else None)
                     if key in seen:
                         continue
                     row = run_config(m, metrics, SamplingSpec(n=args.n, sampler=sampler, steps=steps, spacing=spacing,
-                                                              eta=eta, labels=labels, guidance=s, seed=0))
+                                                              eta=eta, labels=labels, guidance=s, seed=0,
+                                                              guidance_interval=interval if s is not None else None))
                     with out.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     done.append(row)
