@@ -8,7 +8,14 @@ from typing import Any
 
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
-from engine import DEFAULT_SAMPLER, GUIDANCE_RANGE, GUIDED_DEFAULT_SAMPLER, SamplerName, ServerDefaults
+from engine import (
+    DEFAULT_SAMPLER,
+    GUIDANCE_RANGE,
+    GUIDED_DEFAULT_SAMPLER,
+    SamplerName,
+    ServerDefaults,
+    parse_interval,
+)
 
 ENV_PREFIX = "DDPM_"
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -66,7 +73,7 @@ class Settings(BaseModel):
     @classmethod
     def _two_timesteps(cls, v: Any) -> Any:
         """``DDPM_GUIDANCE_INTERVAL=0,549`` arrives as one string."""
-        return v.split(",") if isinstance(v, str) else v
+        return parse_interval(v) if isinstance(v, str) else v
 
     @field_validator("trusted_proxies")
     @classmethod

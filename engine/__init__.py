@@ -27,7 +27,7 @@ from .io.modelfile import (
 )
 from .models.base import ConditionalModel, Model, SamplingModel
 from .models.unet import PRESETS, UNet, UNetConfig, build_model, count_parameters, preset_config
-from .options import config_types, literal_choices
+from .options import config_types
 from .sampling import (
     DEFAULT_GUIDANCE,
     DEFAULT_SAMPLER,
@@ -56,6 +56,7 @@ from .sampling import (
     draw_noise,
     final,
     guided_forward,
+    parse_interval,
     resolve,
     resolve_labels,
     run_frames,
@@ -122,13 +123,13 @@ __all__ = [
     "final",
     "from_uint8",
     "guided_forward",
-    "literal_choices",
     "load_dataset",
     "load_model",
     "load_model_file",
     "loss_weights",
     "make_grid",
     "normal_kl",
+    "parse_interval",
     "png_bytes",
     "preset_config",
     "prior_for",

@@ -30,7 +30,6 @@ from .results import TERMINAL, Done, Failed, Frame, Result
 
 log = logging.getLogger(__name__)
 FrameFormat = Literal["png", "raw"]
-FRAME_FORMATS: tuple[FrameFormat, ...] = ("png", "raw")
 
 
 def data_url(png: bytes) -> str:

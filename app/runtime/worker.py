@@ -336,7 +336,7 @@ class SamplingWorker:
 
     def _complete(self, job: Job, images: Tensor) -> None:
         """Log the job's images; it is done once they are encoded (or failed, if they cannot be)."""
-        elapsed = round((time.monotonic() - (job.started or time.monotonic())) * 1000.0, 1)
+        elapsed = round(job.elapsed_ms or 0.0, 1)
 
         def logged(failure: str | None) -> None:  # on the encoder thread
             if failure is None:

@@ -44,7 +44,6 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..evaluation.metrics import check_eval_args, evaluate_model
     from ..io.loader import load_model
-    from ..sampling import complete
     from . import UserError
     from .flags import spec_from_args
 
@@ -57,7 +56,6 @@ def run_eval(args: argparse.Namespace) -> int:
         raise UserError(f"--cache-dir: {args.cache_dir} exists and is not a folder")
     device = resolve_device(args.device)
     m = load_model(args.model, device, args.uncond_model)
-    spec = complete(spec, m)  # refuses a field the model cannot serve before anything is drawn
     res = evaluate_model(m, spec, args.batch_size, device, args.bpd_images, args.bpd_timesteps or None,
                          data_root=args.data_root, fid_weights=args.fid_weights,
                          copy_percentile=args.copy_percentile, cache_dir=args.cache_dir)

@@ -59,7 +59,7 @@ def add_field_flag(p: argparse.ArgumentParser, dest: str, annotation: Any, meta:
     if kind is bool:
         p.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         return
-    choices = literal_choices(annotation) if meta.get("parse") is None else None
+    choices = literal_choices(annotation)
     if default is not None:
         help_text = f"{help_text} (here: {default})"
     parse = _parser(meta.get("parse") or kind, meta if check_bounds else {"parse": meta.get("parse")})

@@ -21,6 +21,7 @@ from .spec import (
     SpecError,
     Start,
     complete,
+    parse_interval,
     resolve,
 )
 from .step import History, draw_noise, sampling_step
@@ -58,6 +59,7 @@ __all__ = [
     "draw_noise",
     "final",
     "guided_forward",
+    "parse_interval",
     "resolve",
     "resolve_labels",
     "run_frames",

@@ -46,11 +46,12 @@ def parse_labels(text: str) -> Labels:
 
 
 def parse_interval(text: str) -> tuple[int, int]:
-    """``guidance_interval`` as the command line writes it: ``T_LO,T_HI``."""
-    words = text.split(",")
-    if len(words) != 2:
-        raise ValueError(f"must be two timesteps T_LO,T_HI, got {text!r}")
-    return int(words[0]), int(words[1])
+    """``guidance_interval`` as the command line and ``DDPM_GUIDANCE_INTERVAL`` write it: ``T_LO,T_HI``."""
+    try:
+        lo, hi = (int(w) for w in text.split(","))
+    except ValueError:  # not two words, or not integers
+        raise ValueError(f"must be two timesteps T_LO,T_HI, got {text!r}") from None
+    return lo, hi
 
 
 def _sampler_help() -> str:
@@ -148,7 +149,7 @@ def check_fields(spec: SamplingSpec) -> None:
     for f in dataclasses.fields(spec):
         value = getattr(spec, f.name)
         choices = literal_choices(hints[f.name])
-        if f.name != "labels" and value is not None and choices is not None and value not in choices:
+        if value is not None and choices is not None and value not in choices:
             raise SpecError(f.name, f"{f.name} must be one of {choices}, got {value!r}", value)
         if value is None or isinstance(value, bool | list | tuple):
             continue
