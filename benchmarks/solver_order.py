@@ -33,7 +33,7 @@ def ours(d, oracle, sampler, steps, x_T):
     x, hist = x_T.clone(), (torch.zeros_like(x_T), torch.zeros_like(x_T))
     for i in range(steps // 2):
         c = plan.coeffs(i, x.shape[0], "cpu", clip=False, dtype=torch.float64)
-        x, x0 = sampling_step("eps", oracle(x, c.t), x, c, torch.zeros_like(x), history=hist)
+        x, x0, _ = sampling_step("eps", oracle(x, c.t), x, c, torch.zeros_like(x), history=hist)
         hist = (x0, hist[0])
     return plan, x
 

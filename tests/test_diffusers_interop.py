@@ -66,7 +66,7 @@ def test_ddim_matches_diffusers_loop_with_given_noise(pipeline_dir, eta):
     with torch.inference_mode():
         for step, z in enumerate(noises):
             c = plan.coeffs(step, 2, "cpu", clip=True)
-            ours, _ = sampling_step(m.diffusion.prediction, m.net(ours, c.t), ours, c, z, m.diffusion.clip_range)
+            ours, _, _ = sampling_step(m.diffusion.prediction, m.net(ours, c.t), ours, c, z, m.diffusion.clip_range)
     torch.testing.assert_close(ours, x, atol=1e-4, rtol=0)
 
 

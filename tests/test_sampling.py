@@ -83,7 +83,7 @@ def test_one_batch_mixes_steps_of_different_plans():
     alone = [sampling_step("v", model(x, c.t), x, c, n) for x, c, n in ((x1, c1, n1), (x2, c2, n2))]
     c = StepCoeffs.cat([c1, c2])
     x = torch.cat([x1, x2])
-    xp, x0 = sampling_step("v", model(x, c.t), x, c, torch.cat([n1, n2]))
+    xp, x0, _ = sampling_step("v", model(x, c.t), x, c, torch.cat([n1, n2]))
     torch.testing.assert_close(xp, torch.cat([alone[0][0], alone[1][0]]))
     torch.testing.assert_close(x0, torch.cat([alone[0][1], alone[1][1]]))
     assert x0[:3].abs().max() <= 1.0  # clip applies per sample

@@ -60,7 +60,7 @@ def test_plan_refuses_what_it_cannot_honour(kwargs):
 def test_sde_with_eta_0_is_the_ode_solver():
     d = GaussianDiffusion(NoiseSchedule.linear(1000))
     a, b = SamplingPlan.build(d, "dpmpp_2m_sde", 12, eta=0.0), SamplingPlan.build(d, "dpmpp_2m", 12)
-    for name in ("timesteps", "coef_xt", "coef_x0", "coef_x0_prev", "sigma"):
+    for name in ("timesteps", "coef_xt", "coef_x0", "coef_hist", "sigma"):
         torch.testing.assert_close(getattr(a, name), getattr(b, name))
 
 
@@ -68,11 +68,12 @@ def test_sde_with_eta_0_is_the_ode_solver():
 def test_multistep_warms_up_and_ends_on_x0(sampler):
     d = GaussianDiffusion(NoiseSchedule.linear(1000))
     p = SamplingPlan.build(d, sampler, 20)
-    assert p.coef_x0_prev[0] == 0 and p.coef_x0_prev2[:2].eq(0).all()  # no history yet
-    assert p.coef_x0_prev[1] != 0
-    assert (p.coef_x0_prev2[2:-1] != 0).all() == (sampler == "dpmpp_3m")
+    b1, b2 = p.coef_hist[:, 0], p.coef_hist[:, 1]
+    assert b1[0] == 0 and b2[:2].eq(0).all()  # no history yet
+    assert b1[1] != 0
+    assert (b2[2:-1] != 0).all() == (sampler == "dpmpp_3m")
     # the last step jumps to σ = 0: x_prev = x̂0 exactly
-    assert (p.coef_xt[-1], p.coef_x0[-1], p.coef_x0_prev[-1], p.sigma[-1]) == (0, 1, 0, 0)
+    assert (p.coef_xt[-1], p.coef_x0[-1], b1[-1], p.sigma[-1]) == (0, 1, 0, 0)
     frames = list(sample_iter(GaussianOracle(d, 0.1, 0.4), d, p, (3, 1, 2, 2), torch.Generator().manual_seed(0)))
     assert torch.equal(frames[-1].x_t, frames[-1].x0)
 
@@ -105,7 +106,7 @@ def test_one_batch_mixes_multistep_and_single_step_jobs():
     alone = [sampling_step("v", model(x, c.t), x, c, z, history=h) for x, c, z, h in zip(xs, cs, zs, hs, strict=True)]
     c, x = StepCoeffs.cat(cs), torch.cat(xs)
     h = (torch.cat([h[0] for h in hs]), torch.cat([h[1] for h in hs]))
-    xp, x0 = sampling_step("v", model(x, c.t), x, c, torch.cat(zs), history=h)
+    xp, x0, _ = sampling_step("v", model(x, c.t), x, c, torch.cat(zs), history=h)
     torch.testing.assert_close(xp, torch.cat([a[0] for a in alone]))
     torch.testing.assert_close(x0, torch.cat([a[1] for a in alone]))
 
@@ -133,7 +134,7 @@ def _ode_error_at_midpoint(d: GaussianDiffusion, sampler: str, steps: int, mu: f
     x, hist = x_T.clone(), (torch.zeros_like(x_T), torch.zeros_like(x_T))
     for i in range(steps // 2):
         c = plan.coeffs(i, x.shape[0], "cpu", clip=False, dtype=torch.float64)
-        x, x0 = sampling_step("eps", oracle(x, c.t), x, c, torch.zeros_like(x), history=hist)
+        x, x0, _ = sampling_step("eps", oracle(x, c.t), x, c, torch.zeros_like(x), history=hist)
         hist = (x0, hist[0])
     t0, t_mid = int(plan.timesteps[0]), int(plan.timesteps[steps // 2])
     z = (x_T - ab[t0].sqrt() * mu) / (ab[t0] * std**2 + 1 - ab[t0]).sqrt()

@@ -1,6 +1,6 @@
 """The ``eval`` subcommand: sample from a model file and print its quality metrics as one JSON object.
 
-    python -m engine eval --model FILE --n 1000 --sampler ddim --steps 50 [--out metrics.json]
+    python -m engine eval --model FILE --n 1000 --sampler ddim --steps 50 [--bpd ode] [--out metrics.json]
 
 Its sampling flags are generated from :class:`~engine.sampling.spec.SamplingSpec`, as ``sample``'s are.
 Progress bars go to stderr, so stdout is exactly the JSON (pipe it to ``jq``).
@@ -14,6 +14,7 @@ from pathlib import Path
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..evaluation.metrics import BPD_METHODS
     from . import add_model_args
     from .flags import add_spec_flags
 
@@ -27,6 +28,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bpd-images", type=int, default=100, help="held-out images for bits/dim (default 100; 0 skips)")
     p.add_argument("--bpd-timesteps", type=int, default=20,
                    help="t drawn per image for the unbiased bits/dim estimate (default 20; 0 = exact T-term sum)")
+    p.add_argument("--bpd", default=BPD_METHODS[0], metavar="|".join(BPD_METHODS),
+                   help="bits/dim by the variational bound only (bound, the default), or also the exact likelihood "
+                        "through the probability-flow ODE on the same images (ode: bpd_ode, bpd_ode_stderr, "
+                        "bpd_ode_nfev)")
     p.add_argument("--copy-percentile", type=float, default=0.0,
                    help="near-copy threshold: this percentile of held-out→train NN distances "
                         "(default 0 = closer than any held-out image)")
@@ -49,7 +54,8 @@ def run_eval(args: argparse.Namespace) -> int:
 
     # SpecError and MetricsError are ValueErrors: the dispatcher prints them as one line and exits with status 2.
     spec = spec_from_args(args)  # before the model loads, so a typo fails at once
-    check_eval_args(args.batch_size, args.bpd_images, args.bpd_timesteps, args.copy_percentile, cli=True)
+    check_eval_args(args.batch_size, args.bpd_images, args.bpd_timesteps, args.copy_percentile, bpd=args.bpd,
+                    cli=True)
     if args.out and not Path(args.out).parent.is_dir():
         raise UserError(f"--out: folder {Path(args.out).parent} does not exist")
     if args.cache_dir and Path(args.cache_dir).exists() and not Path(args.cache_dir).is_dir():
@@ -58,7 +64,7 @@ def run_eval(args: argparse.Namespace) -> int:
     m = load_model(args.model, device, args.uncond_model)
     res = evaluate_model(m, spec, args.batch_size, device, args.bpd_images, args.bpd_timesteps or None,
                          data_root=args.data_root, fid_weights=args.fid_weights,
-                         copy_percentile=args.copy_percentile, cache_dir=args.cache_dir)
+                         copy_percentile=args.copy_percentile, cache_dir=args.cache_dir, bpd=args.bpd)
     text = json.dumps(res, indent=2)
     print(text)
     if args.out:

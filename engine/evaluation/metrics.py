@@ -26,13 +26,15 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from ..data.datasets import ImageData, load_dataset
 from ..diffusion.likelihood import bits_per_dim
+from ..diffusion.likelihood_ode import eps_fn_of, ode_bits_per_dim
+from ..diffusion.sde import VPSDE
 from ..io.images import from_uint8, to_uint8
 from ..io.modelfile import LoadedModel
 from ..sampling import DEFAULT_SPACING, SamplingRun, SamplingSpec, complete, resolve, run_frames
@@ -42,6 +44,9 @@ from .sample_cache import SampleCache, file_digest
 CONFIDENCE = 0.9
 COPY_PERCENTILE = 0.0  # the minimum; see the module docstring
 DIGIT_DATASETS = ("mnist5k", "mnist")
+BpdMethod = Literal["bound", "ode"]
+#: How bits/dim is measured: the variational bound alone, or also the exact likelihood by the probability-flow ODE.
+BPD_METHODS: tuple[BpdMethod, ...] = ("bound", "ode")
 
 
 class MetricsError(ValueError):
@@ -374,6 +379,7 @@ def evaluate_model(
     copy_percentile: float = COPY_PERCENTILE,
     progress: bool = True,
     cache_dir: str | Path | None = None,
+    bpd: BpdMethod = "bound",
 ) -> dict[str, Any]:
     """Sample ``spec.n`` images as ``spec`` asks (see :func:`batch_runs`) and compute every metric that applies
     to the model's data.
@@ -382,7 +388,9 @@ def evaluate_model(
       real-data reference figures (``real_*``).
     - Any model whose dataset loads (mnist5k always; others with ``data_root``): memorization,
       and bits/dim on ``bpd_images`` held-out images (``bpd_timesteps=None``: the exact T-term sum;
-      an int: the unbiased estimate with that many t per image; ``bpd_images=0`` skips it).
+      an int: the unbiased estimate with that many t per image; ``bpd_images=0`` skips it). ``bpd="ode"`` adds
+      the exact likelihood through the probability-flow ODE on the same images (``bpd_ode``, its standard error
+      and ``bpd_ode_nfev``, the mean network evaluations per batch; see :mod:`engine.diffusion.likelihood_ode`).
     - FID when ``fid_weights`` is a local InceptionV3 weights file.
 
     For a class-conditional model, when classes were asked for, ``class_accuracy`` is the share of digits the
@@ -393,8 +401,9 @@ def evaluate_model(
 
     Returns a flat JSON-able dict; ``skipped`` lists metrics that did not apply, with the reason.
     """
-    check_eval_args(batch_size, bpd_images, bpd_timesteps, copy_percentile)
+    check_eval_args(batch_size, bpd_images, bpd_timesteps, copy_percentile, bpd=bpd)
     spec = complete(spec.replace(seed=0 if spec.seed is None else spec.seed), loaded)
+    sde = _ode_sde(loaded) if bpd == "ode" and bpd_images else None  # before sampling, so a bad schedule shows at once
     if fid_weights is not None and not Path(fid_weights).is_file():
         raise MetricsError(f"--fid-weights: no such file {fid_weights} (a local InceptionV3 weights file; "
                            "nothing is downloaded)")
@@ -415,7 +424,7 @@ def evaluate_model(
     for metrics, why in (
         _quality_metrics(loaded, images, train, test, device, copy_percentile),
         _fid_metrics(loaded, images, test, fid_weights, device),
-        _bpd_metrics(loaded, test, bpd_images, bpd_timesteps, batch_size, spec.seed or 0, device),
+        _bpd_metrics(loaded, test, bpd_images, bpd_timesteps, batch_size, spec.seed or 0, device, sde),
     ):
         out.update(metrics)
         skipped += why
@@ -483,9 +492,22 @@ def _fid_metrics(loaded: LoadedModel, images: Tensor, test: ImageData, fid_weigh
     return {"fid": fid, "fid_real_images": len(test)}, []
 
 
+def _ode_sde(loaded: LoadedModel) -> VPSDE:
+    """The VP-SDE whose probability-flow ODE gives the model's exact likelihood, or MetricsError."""
+    try:
+        return VPSDE.of(loaded.diffusion.schedule)
+    except ValueError as e:
+        raise MetricsError(f"bits/dim by the ODE (--bpd ode): {e}") from None
+
+
 def _bpd_metrics(loaded: LoadedModel, test: ImageData, bpd_images: int, bpd_timesteps: int | None,
-                 batch_size: int, seed: int, device: torch.device | str) -> Metrics:
-    """Bits/dim on ``bpd_images`` held-out images; batch i's t are drawn with seed + i."""
+                 batch_size: int, seed: int, device: torch.device | str, sde: VPSDE | None) -> Metrics:
+    """Bits/dim on ``bpd_images`` held-out images; batch i's t are drawn with seed + i. With ``sde``, also by
+    the probability-flow ODE, one solve per batch, its dequantisation and probes drawn with seed + i.
+
+    For a class-conditional model both are the unconditional likelihood: ``loaded.net`` called without
+    labels answers as "no label" (through the paired unconditional model, when there is one).
+    """
     if not bpd_images:
         return {}, ["bits_per_dim: --bpd-images 0"]
     # evenly spaced, not the first k: held-out files may be sorted by class (MNIST-5k is)
@@ -500,11 +522,25 @@ def _bpd_metrics(loaded: LoadedModel, test: ImageData, bpd_images: int, bpd_time
         "bits_per_dim_stderr": float(bpd.std() / math.sqrt(bpd.numel())) if bpd.numel() > 1 else None,
         "bits_per_dim_images": int(x.shape[0]),
         "bits_per_dim_timesteps": bpd_timesteps if bpd_timesteps is not None else "all",
+        **(_ode_bpd_metrics(loaded, sde, x, batch_size, seed) if sde is not None else {}),
     }, []
 
 
+def _ode_bpd_metrics(loaded: LoadedModel, sde: VPSDE, x: Tensor, batch_size: int, seed: int) -> dict[str, Any]:
+    """``bpd_ode`` of images ``x (N, C, H, W)``, its standard error over images, and the mean evaluations per batch."""
+    eps_fn = eps_fn_of(loaded.net, loaded.diffusion.prediction, sde)
+    runs = [ode_bits_per_dim(eps_fn, sde, x[i : i + batch_size], torch.Generator().manual_seed(seed + i))
+            for i in range(0, x.shape[0], batch_size)]
+    bpd = torch.cat([b for b, _ in runs])
+    return {
+        "bpd_ode": float(bpd.mean()),
+        "bpd_ode_stderr": float(bpd.std() / math.sqrt(bpd.numel())) if bpd.numel() > 1 else None,
+        "bpd_ode_nfev": sum(n for _, n in runs) / len(runs),
+    }
+
+
 def check_eval_args(batch_size: int, bpd_images: int, bpd_timesteps: int | None,
-                    copy_percentile: float = COPY_PERCENTILE, *, cli: bool = False) -> None:
+                    copy_percentile: float = COPY_PERCENTILE, *, bpd: str = "bound", cli: bool = False) -> None:
     """Raise :class:`MetricsError` naming the first evaluation argument out of range and its limit (the
     sampling fields are the spec's, checked by :func:`engine.sampling.spec.resolve`).
 
@@ -521,6 +557,7 @@ def check_eval_args(batch_size: int, bpd_images: int, bpd_timesteps: int | None,
         (bpd_timesteps is None or bpd_timesteps >= lo,
          f"{name('bpd_timesteps')} must be ≥ {lo}{' (0 = exact sum)' if cli else ''}, got {bpd_timesteps}"),
         (0.0 <= copy_percentile <= 100.0, f"{name('copy_percentile')} must lie in [0, 100], got {copy_percentile}"),
+        (bpd in BPD_METHODS, f"{name('bpd')} must be one of {', '.join(BPD_METHODS)}, got {bpd!r}"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .solvers import SAMPLERS, SamplerName
+from .solvers import ADAPTIVE, SAMPLERS, SamplerName
 from .spacing import Spacing
 
 
@@ -22,8 +22,8 @@ class SamplingChoice:
     """A sampler with its step count and spacing."""
 
     sampler: SamplerName
-    steps: int
-    spacing: Spacing
+    steps: int | None  # None for the adaptive sampler, which picks its own
+    spacing: Spacing | None
 
 
 #: The default sampler of an unconditional model.
@@ -49,8 +49,13 @@ PER_SAMPLER: dict[SamplerName, tuple[int, Spacing]] = {
     "dpmpp_2m": (20, "linspace"),
     "dpmpp_3m": (20, "linspace"),
     "dpmpp_2m_sde": (20, "linspace"),
+    "plms": (20, "linspace"),
+    "pndm": (20, "linspace"),
+    # Euler–Maruyama is first order in a stochastic equation: it needs many levels (score_sde runs 1000).
+    "sde_em": (250, "linspace"),
+    "pc": (100, "linspace"),
 }
-assert set(PER_SAMPLER) == set(SAMPLERS)
+assert set(PER_SAMPLER) == set(SAMPLERS) - {ADAPTIVE}
 #: Where guidance lets a sampler take fewer steps for the same quality (class-conditional models).
 GUIDED_STEPS: dict[SamplerName, int] = {"dpmpp_2m": 8}
 
@@ -61,6 +66,8 @@ def choose(sampler: SamplerName | None = None, steps: int | None = None, spacing
     (else the model kind's default), the rest from that sampler's entry (a class-conditional model's, where
     guidance changes it)."""
     sampler = sampler or default_sampler or (GUIDED_DEFAULT_SAMPLER if conditional else DEFAULT_SAMPLER)
+    if sampler == ADAPTIVE:
+        return SamplingChoice(sampler, None, None)
     k, sp = PER_SAMPLER[sampler]
     if conditional:
         k = GUIDED_STEPS.get(sampler, k)

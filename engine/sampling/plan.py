@@ -1,5 +1,5 @@
-"""A sampler reduced to numbers: :class:`SamplingPlan` holds, per step, the model's timestep and the
-coefficients of the one update (see :mod:`engine.sampling.solvers`); :class:`StepCoeffs` holds those
+"""A sampler reduced to numbers: :class:`SamplingPlan` holds, per model evaluation (a row), the model's timestep
+and the coefficients of the one update (see :mod:`engine.sampling.solvers`); :class:`StepCoeffs` holds those
 rows for every sample of a batch, so one batch can mix samples at different steps of different plans.
 """
 
@@ -13,8 +13,9 @@ from torch import Tensor
 
 from ..diffusion.gaussian import GaussianDiffusion
 from ..diffusion.respace import select_timesteps
-from .solvers import DEFAULT_ETA, SAMPLERS, SamplerName, ends_at_zero, step_table, takes_eta
+from .solvers import ADAPTIVE, DEFAULT_ETA, SAMPLERS, SamplerName, ends_at_zero, step_table, takes_eta
 from .spacing import DEFAULT_SPACING, SPACINGS, Spacing, max_steps, select
+from .table import HistoryKind
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,10 @@ class StepCoeffs:
     """Per-sample coefficients of one reverse step; every field has shape ``(B,)``.
 
     ``t`` is the model's (original-schedule) timestep, ``clip`` a bool mask for x̂0 clipping; the update is
-    ``x_prev = coef_xt·x_t + coef_x0·x̂0 + coef_x0_prev·x̂0(i−1) + coef_x0_prev2·x̂0(i−2) + sigma·z``.
+    ``x_prev = coef_xt·x_t + coef_x0·x̂0 + coef_eps·ε̂ + Σ_k coef_hist[:, k]·H_k + sigma·z``, plus a Langevin move
+    on rows with ``langevin`` > 0 (:func:`~engine.sampling.step.sampling_step`). ``coef_hist`` is ``(B, S)``.
+    ``uses_eps`` and ``uses_langevin`` say whether any row needs those terms (known on the host, so the step
+    never asks the device).
     """
 
     t: Tensor
@@ -30,24 +34,32 @@ class StepCoeffs:
     sqrt_one_minus_alpha_bar: Tensor
     coef_xt: Tensor
     coef_x0: Tensor
-    coef_x0_prev: Tensor
-    coef_x0_prev2: Tensor
+    coef_eps: Tensor
+    coef_hist: Tensor
     sigma: Tensor
+    langevin: Tensor
     clip: Tensor
+    uses_eps: bool = False
+    uses_langevin: bool = False
 
     @staticmethod
     def cat(rows: list[StepCoeffs]) -> StepCoeffs:
-        """Stack the rows of several jobs into one batch (one job's rows as they are)."""
+        """Stack the rows of several jobs into one batch (one job's rows as they are); history weights are
+        padded with zeros to the most slots any job has."""
         if len(rows) == 1:
             return rows[0]
-        return StepCoeffs(**{f.name: torch.cat([getattr(r, f.name) for r in rows]) for f in fields(StepCoeffs)})
+        S = max(r.coef_hist.shape[1] for r in rows)
+        out = {f.name: torch.cat([getattr(r, f.name) for r in rows]) for f in fields(StepCoeffs)[:-2]
+               if f.name != "coef_hist"}
+        hist = torch.cat([torch.nn.functional.pad(r.coef_hist, (0, S - r.coef_hist.shape[1])) for r in rows])
+        return StepCoeffs(**out, coef_hist=hist, uses_eps=any(r.uses_eps for r in rows),
+                          uses_langevin=any(r.uses_langevin for r in rows))
 
     def __len__(self) -> int:
         return int(self.t.shape[0])
 
 
-_ROW_FIELDS = ("sqrt_alpha_bar", "sqrt_one_minus_alpha_bar", "coef_xt", "coef_x0", "coef_x0_prev",
-               "coef_x0_prev2", "sigma")
+_ROW_FIELDS = ("sqrt_alpha_bar", "sqrt_one_minus_alpha_bar", "coef_xt", "coef_x0", "coef_eps", "sigma", "langevin")
 
 
 def steps_limit(diffusion: GaussianDiffusion, sampler: SamplerName, start_t: int | None = None) -> int:
@@ -58,10 +70,11 @@ def steps_limit(diffusion: GaussianDiffusion, sampler: SamplerName, start_t: int
 
 @dataclass(frozen=True)
 class SamplingPlan:
-    """The K reverse steps of one sampler, in execution order (t descending).
+    """The K rows (model evaluations) of one sampler, in execution order (t descending; a timestep may repeat).
 
-    Tensors are float64 ``(K,)`` on the CPU except ``timesteps`` (LongTensor ``(K,)``).
-    Build with :meth:`build`; read per-sample rows with :meth:`coeffs`.
+    Tensors are float64 ``(K,)`` on the CPU except ``timesteps`` (LongTensor ``(K,)``) and ``coef_hist``
+    ``(K, S)``; ``writes`` and ``history`` say which prediction each row stores in which history slot
+    (:class:`~engine.sampling.table.StepTable`). Build with :meth:`build`; read per-sample rows with :meth:`coeffs`.
     """
 
     sampler: SamplerName
@@ -72,18 +85,21 @@ class SamplingPlan:
     sqrt_one_minus_alpha_bar: Tensor
     coef_xt: Tensor
     coef_x0: Tensor
-    coef_x0_prev: Tensor
-    coef_x0_prev2: Tensor
+    coef_eps: Tensor
+    coef_hist: Tensor
     sigma: Tensor
+    langevin: Tensor
+    writes: tuple[int, ...]
+    history: HistoryKind | None
 
     @property
     def K(self) -> int:
         return int(self.timesteps.numel())
 
     @property
-    def order(self) -> int:
-        """How many past data predictions the update reads (0 for DDPM/DDIM)."""
-        return 2 if bool(self.coef_x0_prev2.ne(0).any()) else int(bool(self.coef_x0_prev.ne(0).any()))
+    def slots(self) -> int:
+        """How many history slots a run of this plan keeps (0 when no row reads or writes one)."""
+        return int(self.coef_hist.shape[1]) if self.history is not None else 0
 
     @classmethod
     def build(
@@ -94,6 +110,8 @@ class SamplingPlan:
         eta: float | None = None,
         start_t: int | None = None,
         spacing: Spacing = DEFAULT_SPACING,
+        snr: float = 0.0,
+        corrector_steps: int = 0,
     ) -> SamplingPlan:
         """Plan ``steps`` reverse steps (default: every step) from ``start_t`` (default T−1) to the clean image.
 
@@ -101,10 +119,10 @@ class SamplingPlan:
         explicit timestep list / ``"ddimK"`` spec (:func:`engine.select_timesteps`) for DDPM and DDIM.
         ``eta`` applies to ``ddim`` (default 0) and ``dpmpp_2m_sde`` (default 1, 0 being the ODE solver);
         giving it to another sampler is an error rather than ignored. ``start_t`` lets a run begin from
-        a given x_t ("denoise from here").
+        a given x_t ("denoise from here"). ``snr`` and ``corrector_steps`` are ``pc``'s Langevin corrector's.
         """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+        if sampler not in SAMPLERS or sampler == ADAPTIVE:
+            raise ValueError(f"sampler must be one of {tuple(s for s in SAMPLERS if s != ADAPTIVE)}, got {sampler!r}")
         if spacing not in SPACINGS:
             raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
         if eta is not None and not takes_eta(sampler):
@@ -118,12 +136,14 @@ class SamplingPlan:
         if not 0 <= t_max < T:
             raise ValueError(f"start t must lie in [0, {T - 1}], got {t_max}")
         timesteps = cls._timesteps(diffusion, sampler, steps, spacing, t_max)
-        table = step_table(diffusion.schedule, sampler, timesteps, eta or 0.0, diffusion.variance)
-        ts = torch.tensor(timesteps, dtype=torch.long)
+        table = step_table(diffusion.schedule, sampler, timesteps, eta or 0.0, diffusion.variance, snr,
+                           corrector_steps)
+        ts = torch.tensor(table.t, dtype=torch.long)
         ab = diffusion.schedule.alpha_bars[ts]
         return cls(sampler=sampler, spacing=spacing, eta=eta, timesteps=ts, sqrt_alpha_bar=ab.sqrt(),
-                   sqrt_one_minus_alpha_bar=(1.0 - ab).sqrt(), coef_xt=table.a, coef_x0=table.b0,
-                   coef_x0_prev=table.b1, coef_x0_prev2=table.b2, sigma=table.sigma)
+                   sqrt_one_minus_alpha_bar=(1.0 - ab).sqrt(), coef_xt=table.a, coef_x0=table.b0, coef_eps=table.e0,
+                   coef_hist=table.hist, sigma=table.sigma, langevin=table.langevin, writes=table.writes,
+                   history=table.history)
 
     @staticmethod
     def _timesteps(diffusion: GaussianDiffusion, sampler: SamplerName, steps: int | str | Sequence[int] | None,
@@ -132,7 +152,7 @@ class SamplingPlan:
             steps = steps_limit(diffusion, sampler, t_max)
         if isinstance(steps, int) or (isinstance(steps, str) and steps.strip().isdigit()):
             return select(diffusion.schedule, int(steps), spacing, t_max, ends_at_zero(sampler))
-        if not ends_at_zero(sampler):
+        if sampler not in ("ddpm", "ddim"):
             raise ValueError(f"explicit timesteps are for ddpm and ddim; {sampler!r} takes a step count")
         if spacing != DEFAULT_SPACING:
             raise ValueError(f"spacing {spacing!r} applies to a step count, not to explicit timesteps {steps!r}")
@@ -148,4 +168,6 @@ class SamplingPlan:
             return v[step].to(row_dtype).expand(n).to(device)
 
         return StepCoeffs(t=row(self.timesteps, torch.long), clip=torch.full((n,), bool(clip), device=device),
+                          coef_hist=self.coef_hist[step].to(dtype).expand(n, -1).to(device),
+                          uses_eps=bool(self.coef_eps[step] != 0), uses_langevin=bool(self.langevin[step] != 0),
                           **{name: row(getattr(self, name), dtype) for name in _ROW_FIELDS})

@@ -1,33 +1,47 @@
-"""Per-step coefficients of every sampler, in the one linear multistep form
+"""Per-step coefficients of every fixed-step sampler, in the one linear multistep form
 
-    x_{i+1} = a_i·x_i + b0_i·x̂0(i) + b1_i·x̂0(i−1) + b2_i·x̂0(i−2) + σ_i·z
+    x_next = a·x + b0·x̂0 + e0·ε̂ + Σ_k h_k·H_k + σ·z   (+ a Langevin move on corrector rows)
 
-where x̂0(i) is the data prediction at step i. DDPM and DDIM have b1 = b2 = 0; the DPM-Solver++
-family (Lu et al. 2022) reuses the previous predictions. Every table is float64 ``(K,)`` in
-execution order (t descending), computed once per plan so that a step is only the update above.
+where x̂0 and ε̂ are the data and noise predictions of this model evaluation and H_k the sample's history
+slots. DDPM and DDIM use neither ε̂ nor history; the DPM-Solver++ family (Lu et al. 2022) keeps its previous
+data predictions; PLMS/PNDM (Liu et al. 2022, :mod:`.pndm`) its previous noise predictions; the score-SDE
+samplers (:mod:`.score_sde`) step in ε̂. One row is one model evaluation; every table is float64 in execution
+order (t descending), computed once per plan so that a step is only the update above.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from torch import Tensor
 
 from ..diffusion.gaussian import Variance
 from ..diffusion.respace import respace
 from ..diffusion.schedule import NoiseSchedule
+from .pndm import pndm_table
+from .score_sde import pc_table, sde_em_table
+from .table import PUSH, StepTable
 
-SamplerName = Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde"]
-SAMPLERS: tuple[SamplerName, ...] = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde")
+SamplerName = Literal["ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "plms", "pndm", "sde_em", "pc",
+                      "ode_rk45"]
+SAMPLERS: tuple[SamplerName, ...] = ("ddpm", "ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "plms", "pndm",
+                                     "sde_em", "pc", "ode_rk45")
 SAMPLER_INFO: dict[SamplerName, str] = {
     "ddpm": "Ancestral DDPM (Ho et al. 2020, Algorithm 2), respaced to the chosen steps; stochastic.",
     "ddim": "DDIM (Song et al. 2021, eq. (12)); eta 0 is deterministic, eta 1 matches DDPM's noise.",
     "dpmpp_2m": "DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second-order multistep ODE solver.",
     "dpmpp_3m": "DPM-Solver++(3M) (Lu et al. 2022): third-order multistep ODE solver.",
     "dpmpp_2m_sde": "SDE-DPM-Solver++(2M) (Lu et al. 2022): second-order multistep SDE solver; eta 0 is 2M.",
+    "plms": "PLMS (Liu et al. 2022): fourth-order linear multistep on ε̂ with a Heun warm-up, as diffusers' "
+            "PNDMScheduler(skip_prk_steps=True); steps + 1 evaluations.",
+    "pndm": "PNDM (Liu et al. 2022): PLMS after three pseudo Runge–Kutta steps of 4 evaluations; steps + 9 "
+            "evaluations.",
+    "sde_em": "Euler–Maruyama on the reverse-time VP-SDE (Song et al. 2021, eq. (6)); stochastic.",
+    "pc": "Predictor–corrector (Song et al. 2021, Algorithm 1): reverse-diffusion predictor plus Langevin "
+          "corrector (snr, corrector_steps); steps × (1 + corrector_steps) evaluations.",
+    "ode_rk45": "Probability-flow ODE (Song et al. 2021, eq. (13)) by adaptive Dormand–Prince RK4(5) (rtol, atol); "
+                "it picks its own steps and reports its evaluations.",
 }
 #: η when a request gives none: DDIM is deterministic by default, the SDE solver stochastic.
 DEFAULT_ETA: dict[SamplerName, float] = {"ddim": 0.0, "dpmpp_2m_sde": 1.0}
@@ -35,6 +49,8 @@ SOLVER_ORDER: dict[SamplerName, int] = {"dpmpp_2m": 2, "dpmpp_3m": 3, "dpmpp_2m_
 #: Below this many steps the second-to-last multistep update also drops to order ≤ 2, as diffusers'
 #: ``lower_order_final`` does: high orders are unstable on the last, widest λ-intervals of short plans.
 LOWER_ORDER_BELOW = 15
+#: The sampler that integrates with its own adaptive steps instead of a plan of rows.
+ADAPTIVE: SamplerName = "ode_rk45"
 
 
 def takes_eta(sampler: SamplerName) -> bool:
@@ -43,25 +59,23 @@ def takes_eta(sampler: SamplerName) -> bool:
 
 def ends_at_zero(sampler: SamplerName) -> bool:
     """Whether the sampler's last model evaluation is at t = 0 (see :mod:`engine.sampling.spacing`)."""
-    return sampler in ("ddpm", "ddim")
-
-
-@dataclass(frozen=True)
-class StepTable:
-    """The update coefficients of all K steps, each float64 ``(K,)``."""
-
-    a: Tensor
-    b0: Tensor
-    b1: Tensor
-    b2: Tensor
-    sigma: Tensor
+    return sampler not in SOLVER_ORDER
 
 
 def step_table(schedule: NoiseSchedule, sampler: SamplerName, timesteps: list[int], eta: float,
-               variance: Variance) -> StepTable:
-    """Coefficients for visiting ``timesteps`` (descending) with ``sampler``; the last step lands on x0."""
+               variance: Variance, snr: float = 0.0, corrector_steps: int = 0) -> StepTable:
+    """The rows for visiting the levels ``timesteps`` (descending) with ``sampler``; the last row lands on the
+    sample it returns."""
     if sampler in ("ddpm", "ddim"):
         return _ancestral(schedule, sampler, timesteps, eta, variance)
+    if sampler in ("plms", "pndm"):
+        return pndm_table(schedule, timesteps, warmup="prk" if sampler == "pndm" else "heun")
+    if sampler == "sde_em":
+        return sde_em_table(schedule, timesteps)
+    if sampler == "pc":
+        return pc_table(schedule, timesteps, snr, corrector_steps)
+    if sampler == ADAPTIVE:
+        raise ValueError(f"{ADAPTIVE} chooses its own steps; it has no plan of rows")
     return _dpm_solver_pp(schedule, timesteps, SOLVER_ORDER[sampler], eta)
 
 
@@ -81,8 +95,7 @@ def _ancestral(schedule: NoiseSchedule, sampler: SamplerName, timesteps: list[in
         coef_x0 = ab_prev.sqrt() - coef_xt * ab.sqrt()
     var[0] = 0.0  # the last step returns the mean: no noise is added to the final image
     order = torch.arange(r.K - 1, -1, -1)
-    zero = torch.zeros(r.K, dtype=torch.float64)
-    return StepTable(coef_xt[order], coef_x0[order], zero, zero.clone(), var.sqrt()[order])
+    return StepTable(timesteps, coef_xt[order], coef_x0[order], var.sqrt()[order])
 
 
 def _dpm_solver_pp(schedule: NoiseSchedule, timesteps: list[int], order: int, eta: float) -> StepTable:
@@ -118,7 +131,9 @@ def _dpm_solver_pp(schedule: NoiseSchedule, timesteps: list[int], order: int, et
         else:
             b = _third_order(alpha[i + 1], h, (lam[i] - lam[i - 1]) / h, (lam[i - 1] - lam[i - 2]) / h)
         table["b0"][i], table["b1"][i], table["b2"][i] = b
-    return StepTable(**{k: torch.tensor(v, dtype=torch.float64) for k, v in table.items()})
+    t = {k: torch.tensor(v, dtype=torch.float64) for k, v in table.items()}
+    return StepTable(timesteps, t["a"], t["b0"], t["sigma"], hist=torch.stack([t["b1"], t["b2"]], dim=1),
+                     writes=(PUSH,) * K, history="x0")
 
 
 def _third_order(alpha_next: float, h: float, r0: float, r1: float) -> tuple[float, float, float]:

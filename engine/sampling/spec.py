@@ -21,8 +21,11 @@ from ..models.base import SamplingModel
 from ..options import config_types, literal_choices, option, out_of_bounds
 from .defaults import DEFAULT_GUIDANCE, choose, default_guidance_interval
 from .guidance import Conditioning, Labels, resolve_labels
+from .ode import DEFAULT_ATOL, DEFAULT_RTOL, OdePlan
 from .plan import SamplingPlan, steps_limit
-from .solvers import DEFAULT_ETA, SAMPLER_INFO, SamplerName, takes_eta
+from .pndm import PNDM_MIN_LEVELS
+from .score_sde import DEFAULT_CORRECTOR_STEPS, DEFAULT_SNR
+from .solvers import ADAPTIVE, DEFAULT_ETA, SAMPLER_INFO, SamplerName
 from .spacing import Spacing
 
 MAX_SEED = 2**63 - 1
@@ -30,6 +33,17 @@ MAX_SEED = 2**63 - 1
 GUIDANCE_RANGE = (0.0, 20.0)
 #: Seeds drawn for a request that gives none stay below 2^53, so that JavaScript reads them exactly.
 RANDOM_SEEDS = 2**53
+#: Fields that belong to some samplers only, with each one's default; a request that gives one to another
+#: sampler is refused rather than ignored.
+SAMPLER_FIELDS: dict[str, dict[SamplerName, float | int]] = {
+    "eta": dict(DEFAULT_ETA),
+    "snr": {"pc": DEFAULT_SNR},
+    "corrector_steps": {"pc": DEFAULT_CORRECTOR_STEPS},
+    "rtol": {ADAPTIVE: DEFAULT_RTOL},
+    "atol": {ADAPTIVE: DEFAULT_ATOL},
+}
+#: The fewest steps a sampler takes, where more than one.
+MIN_STEPS: dict[SamplerName, int] = {"pndm": PNDM_MIN_LEVELS}
 
 
 def parse_labels(text: str) -> Labels:
@@ -65,13 +79,23 @@ class SamplingSpec:
 
     n: int = option(16, ge=1, le=100_000, help="images to generate")
     sampler: SamplerName | None = option(None, help=_sampler_help())
-    steps: int | None = option(None, ge=1, help="reverse steps = model evaluations; at most the model's T (one "
-                                                "fewer for the DPM-Solver++ family); default: the sampler's")
+    steps: int | None = option(None, ge=1, help="reverse steps (levels visited); at most the model's T (one fewer for "
+                                                "the DPM-Solver++ family); model evaluations = steps except plms "
+                                                "(+1), pndm (+9) and pc (× (1 + corrector_steps)); ode_rk45 takes "
+                                                "none; default: the sampler's")
     spacing: Spacing | None = option(
         None, help="timesteps: linspace (even in t), leading, trailing (diffusers' names), logsnr (even in log α/σ), "
                    "karras (ρ = 7); default: the sampler's")
     eta: float | None = option(None, ge=0.0, le=1.0, help="ddim and dpmpp_2m_sde only: 0 deterministic, 1 fully "
                                                           "stochastic; default: ddim 0, dpmpp_2m_sde 1")
+    snr: float | None = option(None, gt=0.0, le=1.0, help=f"pc only: the Langevin corrector's signal-to-noise "
+                                                          f"ratio; default: {DEFAULT_SNR}")
+    corrector_steps: int | None = option(None, ge=0, le=10, help=f"pc only: Langevin moves per level; default: "
+                                                                 f"{DEFAULT_CORRECTOR_STEPS}")
+    rtol: float | None = option(None, ge=1e-6, le=0.5, help=f"ode_rk45 only: relative tolerance of the adaptive "
+                                                            f"solver; default: {DEFAULT_RTOL:g}")
+    atol: float | None = option(None, ge=1e-6, le=0.5, help=f"ode_rk45 only: absolute tolerance (data in [-1, 1]); "
+                                                            f"default: {DEFAULT_ATOL:g}")
     labels: Labels = option(
         None, flag_name="label", metavar="C|any|each|none", parse=parse_labels,
         help="class-conditional models: a class, 'any' (uniform, drawn from the seed), 'each' (classes 0, 1, … in "
@@ -128,7 +152,7 @@ class SamplingRun:
     draws x_T and every step's noise next (labels come first, so a seed fixes them too)."""
 
     spec: SamplingSpec
-    plan: SamplingPlan
+    plan: SamplingPlan | OdePlan
     shape: tuple[int, ...]
     generator: torch.Generator
     cond: Conditioning | None = None
@@ -172,20 +196,22 @@ def complete(spec: SamplingSpec, model: SamplingModel, defaults: ServerDefaults 
         for name in ("labels", "guidance", "guidance_interval"):
             if getattr(spec, name) is not None:
                 raise SpecError(name, f"{name}: this model is unconditional", getattr(spec, name))
-    choice = choose(spec.sampler, spec.steps, spec.spacing, defaults.sampler, conditional)
-    if spec.eta is not None and not takes_eta(choice.sampler):
-        raise SpecError("eta", f"eta applies only to {tuple(DEFAULT_ETA)}, not to {choice.sampler!r}", spec.eta)
-    hi = steps_limit(model.diffusion, choice.sampler, start_t)
-    steps = min(choice.steps, hi) if spec.steps is None else spec.steps
-    if steps > hi:
-        T = model.diffusion.T
-        limit = f"T = {T} of this model" if start_t is None else f"the init image's t = {start_t}, plus 1"
-        if hi == (T if start_t is None else start_t + 1) - 1:  # the DPM-Solver++ family visits no t = 0
-            limit = f"{limit.removesuffix(', plus 1')}: {choice.sampler} takes no step at t = 0"
-        raise SpecError("steps", f"steps must be ≤ {hi} ({limit})", steps)
-    filled = spec.replace(sampler=choice.sampler, steps=steps, spacing=choice.spacing,
-                          eta=spec.eta if spec.eta is not None else DEFAULT_ETA.get(choice.sampler),
+    sampler = choose(spec.sampler, None, None, defaults.sampler, conditional).sampler
+    own = {}
+    for name, per in SAMPLER_FIELDS.items():
+        value = getattr(spec, name)
+        if value is not None and sampler not in per:
+            raise SpecError(name, f"{name} applies only to {tuple(per)}, not to {sampler!r}", value)
+        own[name] = per.get(sampler) if value is None else value
+    filled = spec.replace(sampler=sampler, **own,
                           seed=secrets.randbelow(RANDOM_SEEDS) if spec.seed is None else spec.seed)
+    if sampler == ADAPTIVE:
+        for name in ("steps", "spacing"):
+            if getattr(spec, name) is not None:
+                raise SpecError(name, f"{name}: {ADAPTIVE} chooses its own steps (set rtol and atol instead)",
+                                getattr(spec, name))
+    else:
+        filled = filled.replace(**_steps(spec, sampler, model, defaults, conditional, start_t))
     if not conditional:
         return filled
     labels = "any" if spec.labels is None else spec.labels
@@ -206,6 +232,25 @@ def complete(spec: SamplingSpec, model: SamplingModel, defaults: ServerDefaults 
     return filled.replace(labels=labels, guidance=guidance, guidance_interval=interval)
 
 
+def _steps(spec: SamplingSpec, sampler: SamplerName, model: SamplingModel, defaults: ServerDefaults,
+           conditional: bool, start_t: int | None) -> dict[str, Any]:
+    """``steps`` and ``spacing`` of a fixed-step sampler, the default steps capped at what the run allows."""
+    choice = choose(sampler, spec.steps, spec.spacing, defaults.sampler, conditional)
+    assert choice.steps is not None
+    hi = steps_limit(model.diffusion, sampler, start_t)
+    steps = min(choice.steps, hi) if spec.steps is None else spec.steps
+    if steps > hi:
+        T = model.diffusion.T
+        limit = f"T = {T} of this model" if start_t is None else f"the init image's t = {start_t}, plus 1"
+        if hi == (T if start_t is None else start_t + 1) - 1:  # the DPM-Solver++ family visits no t = 0
+            limit = f"{limit.removesuffix(', plus 1')}: {sampler} takes no step at t = 0"
+        raise SpecError("steps", f"steps must be ≤ {hi} ({limit})", steps)
+    lo = MIN_STEPS.get(sampler, 1)
+    if steps < lo:
+        raise SpecError("steps", f"steps must be ≥ {lo} for {sampler}", steps)
+    return {"steps": steps, "spacing": choice.spacing}
+
+
 def resolve(spec: SamplingSpec, model: SamplingModel, defaults: ServerDefaults = ServerDefaults(),
             start: Start | None = None, max_n: int | None = None) -> SamplingRun:
     """What ``spec`` asks of ``model``: the complete spec, the plan, the labels and the seeded generator.
@@ -214,9 +259,19 @@ def resolve(spec: SamplingSpec, model: SamplingModel, defaults: ServerDefaults =
     Labels are drawn here, from the run's generator, before its x_T (which the stepper draws).
     """
     full = complete(spec, model, defaults, None if start is None else start.t, max_n)
-    assert full.sampler is not None and full.steps is not None and full.spacing is not None and full.seed is not None
-    plan = SamplingPlan.build(model.diffusion, full.sampler, full.steps, full.eta, None if start is None else start.t,
-                              full.spacing)
+    assert full.sampler is not None and full.seed is not None
+    start_t = None if start is None else start.t
+    plan: SamplingPlan | OdePlan
+    try:
+        if full.sampler == ADAPTIVE:
+            assert full.rtol is not None and full.atol is not None
+            plan = OdePlan.build(model.diffusion, full.rtol, full.atol, start_t)
+        else:
+            assert full.steps is not None and full.spacing is not None
+            plan = SamplingPlan.build(model.diffusion, full.sampler, full.steps, full.eta, start_t, full.spacing,
+                                      full.snr or 0.0, full.corrector_steps or 0)
+    except ValueError as e:  # a schedule the sampler cannot read (the score-SDE view needs linear or cosine)
+        raise SpecError("sampler", f"sampler {full.sampler!r}: {e}", full.sampler) from None
     gen = torch.Generator().manual_seed(full.seed)
     cond = None
     if model.num_classes:

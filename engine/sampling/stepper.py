@@ -19,22 +19,28 @@ from torch import Tensor
 from ..diffusion.gaussian import GaussianDiffusion
 from ..models.base import SamplingModel
 from .guidance import Conditioning, Denoiser, as_denoiser
+from .ode import OdeLane, OdePlan
 from .plan import SamplingPlan, StepCoeffs
 from .spec import SamplingRun
 from .step import History, draw_noise, sampling_step
+from .table import KEEP, PUSH
 
 
 @dataclass(frozen=True)
 class SampleFrame:
-    """State after reverse step ``step`` (1-based) of ``of``: ``x_t`` is the new state and ``x0``
-    the prediction made at model timestep ``t``. Both ``(N, C, H, W)``; at ``step == of``
-    ``x_t`` is the final sample."""
+    """State after model evaluation ``step`` (1-based) of ``of``: ``x_t`` is the new state and ``x0``
+    the prediction made at model timestep ``t``. Both ``(N, C, H, W)``; at the last step ``x_t`` is the final
+    sample. An adaptive run's ``of`` is its expected total, exact at the end; its ``t`` is where it stands."""
 
     step: int
     of: int
     t: int
     x_t: Tensor
     x0: Tensor
+
+    @property
+    def last(self) -> bool:
+        return self.step == self.of
 
 
 class Lane:
@@ -44,7 +50,7 @@ class Lane:
                  cond: Conditioning | None) -> None:
         self.plan, self.x, self.generator, self.clip, self.cond = plan, x, generator, clip, cond
         self.n = int(x.shape[0])
-        self.history: History | None = (torch.zeros_like(x), torch.zeros_like(x)) if plan.order else None
+        self.history: list[Tensor] | None = [torch.zeros_like(x) for _ in range(plan.slots)] if plan.slots else None
         self.step = 0
 
     @property
@@ -68,52 +74,97 @@ class Stepper:
     def for_model(cls, model: SamplingModel, device: torch.device | str) -> Stepper:
         return cls(as_denoiser(model.net, model.num_classes > 0), model.diffusion, device)
 
-    def start(self, plan: SamplingPlan, shape: tuple[int, ...], generator: torch.Generator | None,
-              x_start: Tensor | None = None, clip: bool = True, cond: Conditioning | None = None) -> Lane:
+    def start(self, plan: SamplingPlan | OdePlan, shape: tuple[int, ...], generator: torch.Generator | None,
+              x_start: Tensor | None = None, clip: bool = True, cond: Conditioning | None = None) -> AnyLane:
         """A lane at step 0: x_T drawn from ``generator``, or ``x_start`` ``(1 or N, C, H, W)`` repeated to N."""
         if x_start is None:
             x = draw_noise(shape, generator, self.device)
         else:
             x = x_start.to(self.device, torch.float32).expand(shape).clone()
-        return Lane(plan, x, generator, clip, None if cond is None else cond.to(self.device))
+        kind = OdeLane if isinstance(plan, OdePlan) else Lane
+        return kind(plan, x, generator, clip, None if cond is None else cond.to(self.device))  # type: ignore[arg-type]
 
-    def start_run(self, run: SamplingRun) -> Lane:
+    def start_run(self, run: SamplingRun) -> AnyLane:
         return self.start(run.plan, run.shape, run.generator, None if run.start is None else run.start.x,
                           run.spec.clip, run.cond)
 
-    def advance(self, lanes: Sequence[Lane], noise: Sequence[Tensor] | None = None) -> list[SampleFrame]:
-        """One step for every lane in ``lanes``: ONE denoiser call over all their rows, ONE update.
+    def advance(self, lanes: Sequence[AnyLane], noise: Sequence[Tensor | None] | None = None) -> list[SampleFrame]:
+        """One step for every lane in ``lanes``: ONE denoiser call over all their rows, ONE update of the
+        fixed-step lanes' rows, and one stage of each adaptive lane.
 
         ``noise`` holds each lane's draw for this step (:meth:`Lane.draw_noise`); drawn here when None.
         Returns each lane's frame (views into the batch's output). Raises only before any lane has changed.
         """
         noise = [lane.draw_noise() for lane in lanes] if noise is None else noise
-        coeffs = StepCoeffs.cat([lane.plan.coeffs(lane.step, lane.n, self.device, lane.clip) for lane in lanes])
-        x = _cat([lane.x for lane in lanes])
-        out = self.denoiser(x, coeffs.t, Conditioning.cat([lane.cond for lane in lanes]))
-        history = None
-        if any(lane.history is not None for lane in lanes):
-            # single-step lanes' rows have zero weight on the history: zeros keep the batch one tensor
-            rows = [lane.history or (torch.zeros_like(lane.x),) * 2 for lane in lanes]
-            history = (_cat([r[0] for r in rows]), _cat([r[1] for r in rows]))
-        x_prev, x0 = sampling_step(self.diffusion.prediction, out, x, coeffs, _cat(list(noise)).to(self.device),
-                                   self.diffusion.clip_range, history)
-        frames, a = [], 0
-        for lane in lanes:
+        fixed = [(lane, z) for lane, z in zip(lanes, noise, strict=True) if isinstance(lane, Lane)]
+        ode = [lane for lane in lanes if isinstance(lane, OdeLane)]
+        points = [lane.point() for lane in ode]
+        coeffs = StepCoeffs.cat([lane.plan.coeffs(lane.step, lane.n, self.device, lane.clip) for lane, _ in fixed]) \
+            if fixed else None
+        xs = [lane.x for lane, _ in fixed] + [p[0] for p in points]
+        ts = ([coeffs.t] if coeffs is not None else []) + [p[1] for p in points]
+        t = _cat(ts) if not points else torch.cat([v.to(torch.float32) for v in ts])
+        cond = Conditioning.cat([lane.cond for lane, _ in fixed] + [lane.cond for lane in ode])
+        out = self.denoiser(_cat(xs), t, cond)
+        frames: dict[int, SampleFrame] = {}
+        a = 0
+        if coeffs is not None:
+            b = len(coeffs)
+            x = _cat([lane.x for lane, _ in fixed])
+            x_prev, x0, eps = sampling_step(self.diffusion.prediction, out[:b], x, coeffs,
+                                            _cat([z for _, z in fixed]).to(self.device), self.diffusion.clip_range,
+                                            _batch_history([lane for lane, _ in fixed]))
+            for lane, _ in fixed:
+                b = a + lane.n
+                lane.x = x_prev[a:b]
+                if lane.history is not None:
+                    _write_history(lane, (x0 if lane.plan.history == "x0" else eps)[a:b])
+                lane.step += 1
+                frames[id(lane)] = SampleFrame(lane.step, lane.plan.K, int(lane.plan.timesteps[lane.step - 1]),
+                                               x_prev[a:b], x0[a:b])
+                a = b
+        for lane, (x, _) in zip(ode, points, strict=True):
             b = a + lane.n
-            lane.x = x_prev[a:b]
-            if lane.history is not None:
-                lane.history = (x0[a:b], lane.history[0])
-            lane.step += 1
-            frames.append(SampleFrame(lane.step, lane.plan.K, int(lane.plan.timesteps[lane.step - 1]),
-                                      x_prev[a:b], x0[a:b]))
+            lane.feed(self.diffusion, x, out[a:b])
+            frames[id(lane)] = SampleFrame(lane.step, lane.expected_evaluations(), lane.model_timestep(), lane.x,
+                                           lane.x0)
             a = b
-        return frames
+        return [frames[id(lane)] for lane in lanes]
 
-    def iterate(self, lane: Lane) -> Iterator[SampleFrame]:
+    def iterate(self, lane: AnyLane) -> Iterator[SampleFrame]:
         """Drive one lane to the end, a frame per step."""
         while not lane.done:
             yield self.advance([lane])[0]
+
+
+#: A run's state in a batch: a fixed-step plan's, or an adaptive ODE solve's.
+AnyLane = Lane | OdeLane
+
+
+def _batch_history(lanes: Sequence[Lane]) -> History | None:
+    """Every lane's history slots as one tensor per slot; lanes with fewer slots (or none) get zeros there, which
+    their rows weigh by zero."""
+    S = max((len(lane.history) for lane in lanes if lane.history is not None), default=0)
+    if not S:
+        return None
+    zeros: dict[int, Tensor] = {}
+
+    def slot(lane: Lane, k: int) -> Tensor:
+        if lane.history is not None and k < len(lane.history):
+            return lane.history[k]
+        return zeros.setdefault(lane.n, torch.zeros_like(lane.x))
+
+    return [_cat([slot(lane, k) for lane in lanes]) for k in range(S)]
+
+
+def _write_history(lane: Lane, value: Tensor) -> None:
+    """Store the step's prediction where the lane's plan says (:class:`~engine.sampling.table.StepTable`)."""
+    assert lane.history is not None
+    where = lane.plan.writes[lane.step]
+    if where == PUSH:
+        lane.history = [value, *lane.history[:-1]]
+    elif where != KEEP:
+        lane.history[where] = value
 
 
 def _cat(parts: list[Tensor]) -> Tensor:
