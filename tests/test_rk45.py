@@ -92,7 +92,7 @@ def test_interleaved_machines_equal_separate_solves():
         live = [m for m in (fwd, back) if not m.done]
         points = [m.point() for m in live]
         batch = torch.stack([_torch(_forced)(t, y) for t, y in points])  # stands in for one network call
-        for m, f in zip(live, batch):
+        for m, f in zip(live, batch, strict=True):
             m.feed(f)
     for m, (t0, t1) in ((fwd, (0.0, 2.0)), (back, (5.0, 1.0))):
         y, nfev = solve(_torch(_forced), y0, t0, t1, 1e-6, 1e-8)

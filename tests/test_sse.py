@@ -62,7 +62,7 @@ def test_each_result_maps_to_its_event_id_and_payload(encoder):
     assert {k: data[k] for k in ("step", "of", "t", "format", "width", "height", "channels")} == {
         "step": 2, "of": K, "t": 6, "format": "png", "width": grid.shape[1], "height": grid.shape[0], "channels": 1}
     assert np.array_equal(decode_png(data["xt"]), grid[..., 0])
-    name, eid, data = _wire(Done(frame.x_t, 9, 12.5), job)
+    name, eid, data = _wire(Done(frame.x_t, 9, 12.5, 3), job)
     assert (name, eid, data["seed"], data["elapsed_ms"]) == ("done", str(K + 1), 9, 12.5)
     u8 = to_uint8_array(frame.x_t, VR)
     assert np.array_equal(np.stack([decode_png(p) for p in data["images"]]), u8[..., 0])
@@ -84,7 +84,7 @@ def test_raw_frames_carry_the_grids_bytes_row_major(encoder, channels):
 
 def test_the_log_keeps_the_workers_order_and_last_event_id_replays_exactly_the_later_events(encoder):
     job = _job(encoder)
-    for r in (Queued(1), Started(K, 2, 9), *(_frame(s) for s in range(1, K + 1)), Done(_frame(K).x_t, 9, 1.0)):
+    for r in (Queued(1), Started(K, 2, 9), *(_frame(s) for s in range(1, K + 1)), Done(_frame(K).x_t, 9, 1.0, K)):
         job.log.put(r)
     deadline = time.monotonic() + 10
     while not job.log.closed and time.monotonic() < deadline:  # frames and images are encoded on its thread

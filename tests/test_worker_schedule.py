@@ -201,32 +201,49 @@ def test_a_job_whose_last_frame_cannot_be_sent_ends_in_error_not_running(worker,
     assert job.status == "error" and job not in worker._live
 
 
-def test_mixed_samplers_batched_together_give_each_seed_its_images(worker):
-    """Jobs of four samplers (multistep ones keep an x̂0 history) share every forward, yet each gives the
-    images it gives alone and the images engine.sample gives offline for its seed."""
-    from engine import SamplingPlan, png_bytes, sample, to_uint8
+def test_mixed_samplers_batched_together_give_each_seed_its_images(tmp_path):
+    """Jobs of nine samplers (multistep ones keep an x̂0 or ε̂ history, pc's Langevin rows take per-sample norms,
+    ode_rk45 keeps its own step size) share every forward, yet each gives the images it gives alone and the
+    images engine.sample gives offline for its seed."""
+    from engine import OdePlan, SamplingPlan, png_bytes, sample, to_uint8
 
-    specs = [("ddpm", 20, None, 2), ("dpmpp_3m", 12, None, 1), ("dpmpp_2m_sde", 10, None, 2), ("ddim", 15, 0.5, 1)]
+    m = load_model_file(tiny_model_file(tmp_path / "tiny.safetensors", T=100), torch.device("cpu"))
+    worker = SamplingWorker(m, torch.device("cpu"), max_batch=16, max_active_jobs=9, max_queue=9)
+
+    specs = [("ddpm", 20, None, 2), ("dpmpp_3m", 12, None, 1), ("dpmpp_2m_sde", 10, None, 2), ("ddim", 15, 0.5, 1),
+             ("plms", 9, None, 1), ("pndm", 6, None, 2), ("sde_em", 12, None, 1), ("pc", 6, None, 2),
+             ("ode_rk45", None, None, 1)]
+
+    def fields(sampler, steps, eta):
+        return dict(rtol=1e-2, atol=1e-2) if steps is None else dict(steps=steps, eta=eta, spacing="logsnr")
 
     def plan(sampler, steps, eta):
-        return SamplingPlan.build(worker.model.diffusion, sampler, steps, eta, spacing="logsnr")
+        if steps is None:
+            return OdePlan.build(worker.model.diffusion, 1e-2, 1e-2)
+        corrector = dict(snr=0.16, corrector_steps=1) if sampler == "pc" else {}
+        return SamplingPlan.build(worker.model.diffusion, sampler, steps, eta, spacing="logsnr", **corrector)
 
-    jobs = [_put(worker, n, 10 + i, s, k, eta=e, spacing="logsnr") for i, (s, k, e, n) in enumerate(specs)]
+    def put(i, s, k, e, n):
+        run = resolve(SamplingSpec(n=n, seed=10 + i, sampler=s, **fields(s, k, e)), worker.model)
+        return worker.submit(run, frame_every=100, log=JobLog("png", 8, worker.encoder, worker.model.card.value_range))
+
+    jobs = [put(i, s, k, e, n) for i, (s, k, e, n) in enumerate(specs)]
     with worker._cv:
         worker._admit()
     sizes = []
     while any(not j.done for j in jobs):
         sizes.append(sum(j.n for j in _tick(worker)))
     worker.encoder.drain()
-    assert max(sizes) == 6, "the four jobs never shared a forward"
+    assert max(sizes) == 13, "the nine jobs never shared a forward"
     m = worker.model
     for i, ((s, k, e, n), job) in enumerate(zip(specs, jobs, strict=True)):
         offline = sample(m.net, m.diffusion, plan(s, k, e), (n, *m.sample_shape), torch.Generator().manual_seed(10 + i))
         u8 = to_uint8(offline, m.card.value_range).numpy()
         assert _images(job) == [png_bytes(u8[j]) for j in range(n)], s
-        again = _put(worker, n, 10 + i, s, k, eta=e, spacing="logsnr")
+        again = put(i, s, k, e, n)
         _run_alone(worker, again)
         assert _images(again) == _images(job), s
+    worker.encoder.close()
 
 
 def test_a_finished_job_is_kept_while_a_stream_reads_it_and_for_the_ttl_after_it_leaves(tmp_path, monkeypatch):

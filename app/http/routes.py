@@ -82,7 +82,8 @@ def _submit(request: Request, st: State, req: SampleRequest, frame_every: int, f
 
 
 def _job_state(worker: SamplingWorker, job: Job) -> JobState:
-    return JobState(id=job.id, state=job.status, step=job.step, of=job.plan.K, n=job.n, sampler=job.plan.sampler,
+    return JobState(id=job.id, state=job.status, step=job.step, of=job.of or job.plan.K, n=job.n,
+                    sampler=job.plan.sampler,
                     spacing=job.plan.spacing, eta=job.plan.eta, seed=job.seed, position=worker.position(job),
                     labels=job.run.drawn_labels, guidance=job.run.spec.guidance,
                     guidance_interval=job.run.spec.guidance_interval, elapsed_ms=job.elapsed_ms,
@@ -132,7 +133,7 @@ async def post_samples(request: Request, st: State, req: SampleRequest) -> Any:
         return Response(images.grid, media_type="image/png", headers={"X-Seed": str(images.seed)})
     b64 = lambda b: base64.b64encode(b).decode("ascii")  # noqa: E731
     return SamplesResponse(images=[b64(p) for p in images.pngs], grid=b64(images.grid), seed=images.seed,
-                           elapsed_ms=images.elapsed_ms)
+                           elapsed_ms=images.elapsed_ms, evaluations=images.evaluations)
 
 
 @api.post("/jobs", status_code=202, response_model=JobCreated, summary="start a job; stream it from /events",

@@ -72,7 +72,7 @@ class JobState(BaseModel):
     of: int
     n: int
     sampler: SamplerName
-    spacing: Spacing
+    spacing: Spacing | None = Field(description="null for ode_rk45, which picks its own steps")
     eta: float | None
     seed: int
     position: int
@@ -91,6 +91,7 @@ class SamplesResponse(BaseModel):
     grid: str = Field(description="base64-encoded PNG of all images tiled")
     seed: int
     elapsed_ms: float
+    evaluations: int = Field(description="model evaluations the sampler made (ode_rk45 picks its own number)")
 
 
 class NoiseResponse(BaseModel):
@@ -162,6 +163,7 @@ class DoneEvent(BaseModel):
     images: list[str] = Field(description="one PNG data URL per image")
     seed: int
     elapsed_ms: float
+    evaluations: int = Field(description="model evaluations the sampler made (ode_rk45 picks its own number)")
 
 
 class CancelledEvent(BaseModel):

@@ -53,8 +53,9 @@ def payload(result: Logged, job: Job) -> BaseModel:
                                 labels=None if labels is None else list(labels), guidance=guidance)
         case FramePixels(step, of, t, (h, w, c), fmt, xt, x0):
             return FrameEvent(step=step, of=of, t=t, format=fmt, width=w, height=h, channels=c, xt=xt, x0=x0)
-        case Images(pngs, _, seed, elapsed_ms):
-            return DoneEvent(images=[data_url(p) for p in pngs], seed=seed, elapsed_ms=elapsed_ms)
+        case Images(pngs, _, seed, elapsed_ms, evaluations):
+            return DoneEvent(images=[data_url(p) for p in pngs], seed=seed, elapsed_ms=elapsed_ms,
+                             evaluations=evaluations)
         case Cancelled(step):
             return CancelledEvent(step=step)
         case Failed(message):

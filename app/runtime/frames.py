@@ -78,6 +78,7 @@ class Images:
     grid: bytes
     seed: int
     elapsed_ms: float
+    evaluations: int
 
 
 #: What a log holds: the worker's results, with frames and final images in their wire form.
@@ -93,7 +94,7 @@ def encode(result: Result, fmt: FrameFormat, value_range: tuple[float, float]) -
     if isinstance(result, Done):
         u8 = to_uint8_array(result.images, value_range)
         return Images([png_bytes(u8[i]) for i in range(u8.shape[0])], png_bytes(make_grid(u8)), result.seed,
-                      result.elapsed_ms)
+                      result.elapsed_ms, result.evaluations)
     return result
 
 

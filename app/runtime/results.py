@@ -57,6 +57,7 @@ class Done:
     images: Tensor
     seed: int
     elapsed_ms: float
+    evaluations: int
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from torch import Tensor
 
-from engine import Lane, LoadedModel, SampleFrame, SamplingPlan, SamplingRun, Stepper
+from engine import AnyLane, LoadedModel, OdePlan, SampleFrame, SamplingPlan, SamplingRun, Stepper
 
 from .frames import FrameEncoder, JobLog
 from .results import Cancelled, Done, Failed, Frame, Queued, Result, Started
@@ -55,7 +55,8 @@ class Job:
     status: JobStatus = "queued"
     position_sent: int | None = None  # the queue position in the last ``queued`` event
     step: int = 0
-    lane: Lane | None = None  # the run's state in the stepper while it is live (the worker thread's)
+    of: int | None = None  # the evaluations the last frame expected (an adaptive run's changes as it goes)
+    lane: AnyLane | None = None  # the run's state in the stepper while it is live (the worker thread's)
     created: float = field(default_factory=time.monotonic)
     started: float | None = None
     finished: float | None = None
@@ -69,7 +70,7 @@ class Job:
         return self.run.spec.n
 
     @property
-    def plan(self) -> SamplingPlan:
+    def plan(self) -> SamplingPlan | OdePlan:
         return self.run.plan
 
     @property
@@ -315,8 +316,8 @@ class SamplingWorker:
     def _report(self, stepped: list[tuple[Job, SampleFrame]]) -> None:
         """Each stepped job's frame when it is due, and its images at its last step."""
         for job, frame in stepped:
-            job.step = frame.step
-            last = frame.step == frame.of
+            job.step, job.of = frame.step, frame.of
+            last = frame.last
             if last:
                 self._leave(job)
             if not (last or frame.step % job.frame_every == 0):
@@ -344,7 +345,7 @@ class SamplingWorker:
             else:
                 self._finish(job, "error", failure)
 
-        job.log.put(Done(images, job.seed, elapsed), on_logged=logged)
+        job.log.put(Done(images, job.seed, elapsed, job.step), on_logged=logged)
 
     def _emit(self, job: Job, result: Result) -> None:
         job.log.put(result)

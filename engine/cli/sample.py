@@ -27,7 +27,8 @@ def run_sample(args: argparse.Namespace) -> int:
     from ..devices import resolve_device
     from ..io.images import save_samples, to_uint8
     from ..io.loader import load_model
-    from ..sampling import final, resolve, run_frames
+    from ..sampling import last_frame, resolve, run_frames
+    from ..sampling.solvers import ADAPTIVE
     from . import UserError
     from .flags import spec_from_args
 
@@ -38,8 +39,10 @@ def run_sample(args: argparse.Namespace) -> int:
     m = load_model(args.model, device, args.uncond_model)
     run = resolve(spec, m)
     t0 = time.perf_counter()
-    x = final(run_frames(run, m, device), f"{run.plan.sampler} {run.plan.K} steps", run.plan.K)
-    out = save_samples(args.out, to_uint8(x, m.card.value_range))
-    plan = run.plan
-    print(f"wrote {spec.n} samples to {out} in {time.perf_counter() - t0:.1f}s ({plan.sampler}, {plan.K} steps)")
+    adaptive = run.plan.sampler == ADAPTIVE
+    bar = f"{run.plan.sampler}, at most {run.plan.K} evaluations" if adaptive else f"{run.plan.sampler} {run.plan.K} steps"
+    last = last_frame(run_frames(run, m, device), bar, None if adaptive else run.plan.K)
+    out = save_samples(args.out, to_uint8(last.x_t, m.card.value_range))
+    print(f"wrote {spec.n} samples to {out} in {time.perf_counter() - t0:.1f}s ({run.plan.sampler}, "
+          f"{last.step} model evaluations)")
     return 0

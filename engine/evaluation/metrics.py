@@ -33,7 +33,7 @@ from torch import Tensor
 
 from ..data.datasets import ImageData, load_dataset
 from ..diffusion.likelihood import bits_per_dim
-from ..diffusion.likelihood_ode import eps_fn_of, ode_bits_per_dim
+from ..diffusion.likelihood_ode import eps_fn_of, likelihood_sde, ode_bits_per_dim
 from ..diffusion.sde import VPSDE
 from ..io.images import from_uint8, to_uint8
 from ..io.modelfile import LoadedModel
@@ -495,7 +495,7 @@ def _fid_metrics(loaded: LoadedModel, images: Tensor, test: ImageData, fid_weigh
 def _ode_sde(loaded: LoadedModel) -> VPSDE:
     """The VP-SDE whose probability-flow ODE gives the model's exact likelihood, or MetricsError."""
     try:
-        return VPSDE.of(loaded.diffusion.schedule)
+        return likelihood_sde(loaded.diffusion.schedule)
     except ValueError as e:
         raise MetricsError(f"bits/dim by the ODE (--bpd ode): {e}") from None
 

@@ -8,7 +8,8 @@ sample, ``step`` applies one update, ``guidance`` wraps a network into what the 
 
 from .defaults import DEFAULT_GUIDANCE, DEFAULT_SAMPLER, GUIDED_DEFAULT_SAMPLER
 from .guidance import Conditioning, Denoiser, Labels, as_denoiser, guided_forward, resolve_labels
-from .loop import final, run_frames, sample, sample_iter
+from .loop import last_frame, run_frames, sample, sample_iter
+from .ode import OdePlan
 from .plan import SamplingPlan, StepCoeffs, steps_limit
 from .solvers import DEFAULT_ETA, SAMPLER_INFO, SAMPLERS, SamplerName, takes_eta
 from .spacing import DEFAULT_SPACING, SPACINGS, Spacing
@@ -25,7 +26,7 @@ from .spec import (
     resolve,
 )
 from .step import History, draw_noise, sampling_step
-from .stepper import Lane, SampleFrame, Stepper
+from .stepper import AnyLane, Lane, SampleFrame, Stepper
 
 __all__ = [
     "DEFAULT_ETA",
@@ -38,11 +39,13 @@ __all__ = [
     "SAMPLERS",
     "SAMPLER_INFO",
     "SPACINGS",
+    "AnyLane",
     "Conditioning",
     "Denoiser",
     "History",
     "Labels",
     "Lane",
+    "OdePlan",
     "SampleFrame",
     "SamplerName",
     "SamplingPlan",
@@ -57,8 +60,8 @@ __all__ = [
     "as_denoiser",
     "complete",
     "draw_noise",
-    "final",
     "guided_forward",
+    "last_frame",
     "parse_interval",
     "resolve",
     "resolve_labels",

@@ -45,8 +45,9 @@ def run_frames(run: SamplingRun, model: SamplingModel, device: torch.device | st
     yield from stepper.iterate(stepper.start_run(run))
 
 
-def final(frames: Iterable[SampleFrame], progress: str | None = None, total: int | None = None) -> Tensor:
-    """The last frame's ``x_t`` ``(N, C, H, W)``; ``progress`` names a tqdm bar (with its ETA) over the steps."""
+def last_frame(frames: Iterable[SampleFrame], progress: str | None = None, total: int | None = None) -> SampleFrame:
+    """The last frame (its ``x_t`` ``(N, C, H, W)`` the samples, its ``step`` the evaluations made); ``progress``
+    names a tqdm bar (with its ETA) over the steps."""
     if progress is not None:
         from tqdm.auto import tqdm
 
@@ -55,7 +56,7 @@ def final(frames: Iterable[SampleFrame], progress: str | None = None, total: int
     for last in frames:  # noqa: B007 - only the final frame is kept
         pass
     assert last is not None
-    return last.x_t
+    return last
 
 
 def sample(
@@ -72,4 +73,4 @@ def sample(
 ) -> Tensor:
     """Run ``plan`` to the end and return the final samples ``(N, C, H, W)``."""
     frames = sample_iter(model, diffusion, plan, shape, generator, device, x_start, clip, cond)
-    return final(frames, f"{plan.sampler} {plan.K} steps" if progress else None, plan.K)
+    return last_frame(frames, f"{plan.sampler} {plan.K} steps" if progress else None, plan.K).x_t

@@ -50,7 +50,7 @@ def _rms(x: Tensor) -> float:
 def _combine(y: Tensor, h: float, weights: tuple[float, ...], K: list[Tensor]) -> Tensor:
     """y + h·Σ_j w_j·K_j, skipping zero weights."""
     out = y.clone()
-    for w, k in zip(weights, K):
+    for w, k in zip(weights, K, strict=True):
         if w:
             out.add_(k, alpha=h * w)
     return out
