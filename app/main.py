@@ -51,7 +51,8 @@ PAGE_DEFAULTS = {"n": SamplingSpec().n, "frame_every": 1}  # the page's form
 def sampling_defaults(m: LoadedModel, defaults: ServerDefaults) -> dict[str, Any]:
     """What a request that leaves the sampling fields out gets, and what each sampler gets when only it is
     named: :func:`engine.complete` of those requests, so that this page can never disagree with a job."""
-    keys = ("sampler", "steps", "spacing", "eta", "labels", "guidance", "guidance_interval")
+    keys = ("sampler", "steps", "spacing", "eta", "snr", "corrector_steps", "rtol", "atol", "labels", "guidance",
+            "guidance_interval")
 
     def filled(spec: SamplingSpec) -> dict[str, Any]:
         full = complete(spec.replace(seed=0), m, defaults)

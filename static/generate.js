@@ -20,7 +20,9 @@ export function readGenerateForm(T) {
     spacing: $("gen-spacing").value,
     frame_every: num("gen-stride"),
   };
-  if (takesEta(body.sampler)) body.eta = num("gen-eta");
+  // a sampler's own fields, and steps and spacing, go only where the sampler has them (the server refuses the rest)
+  for (const f of OWN_FIELDS) if (!$(`gen-${f}`).disabled) body[f] = num(`gen-${f}`);
+  for (const f of ["steps", "spacing"]) if ($(`gen-${f}`).disabled && sampler !== "ddpm-full") delete body[f];
   Object.assign(body, readConditioning("gen", body.n));
   // seeds go up to 2^63-1, beyond what a JS number holds exactly; the server parses numeric strings
   if ($("gen-seed-fixed").checked) body.seed = $("gen-seed").value.trim();
@@ -28,7 +30,8 @@ export function readGenerateForm(T) {
   return body;
 }
 
-const takesEta = (sampler) => sampler === "ddim" || sampler === "dpmpp_2m_sde";
+/** Fields that only some samplers take: /model's per-sampler defaults give each sampler's value, null where it has none. */
+const OWN_FIELDS = ["eta", "snr", "corrector_steps", "rtol", "atol"];
 
 /**
  * Labels, guidance and its interval from a panel's digit picker, slider and t range (absent for an
@@ -46,19 +49,22 @@ export function readConditioning(prefix, n) {
   return { labels: Number(pick.value), ...guided };
 }
 
-/** Fill steps, spacing and η with the server's defaults for the chosen sampler, and say what it is. */
+/** Fill steps, spacing and the sampler's own fields with the server's defaults for it, and say what it is. */
 function applySamplerDefaults(boot) {
   const T = boot.model.T;
   const sampler = $("gen-sampler").value;
   const steps = $("gen-steps");
   const name = sampler === "ddpm-full" ? "ddpm" : sampler;
   const d = boot.model.defaults.samplers[name];
-  steps.disabled = sampler === "ddpm-full";
-  steps.value = sampler === "ddpm-full" ? T : d.steps;
-  $("gen-spacing").value = d.spacing;
-  $("gen-spacing").disabled = sampler === "ddpm-full";
-  $("gen-eta").disabled = !takesEta(name);
-  if (d.eta !== null) $("gen-eta").value = d.eta;
+  const adaptive = d.steps === null; // ode_rk45 picks its own steps
+  steps.disabled = sampler === "ddpm-full" || adaptive;
+  steps.value = sampler === "ddpm-full" ? T : adaptive ? "" : d.steps;
+  if (d.spacing !== null) $("gen-spacing").value = d.spacing;
+  $("gen-spacing").disabled = sampler === "ddpm-full" || adaptive;
+  for (const f of OWN_FIELDS) {
+    $(`gen-${f}`).disabled = d[f] === null;
+    if (d[f] !== null) $(`gen-${f}`).value = d[f];
+  }
   $("gen-about").textContent = sampler === "ddpm-full" ? `${d.about} All ${T} steps: the original DDPM.` : d.about;
 }
 

@@ -26,8 +26,13 @@ export class RacePanel {
     for (const s of SIDES) {
       const select = $(`race-${s}-sampler`);
       select.value = picks[s];
-      $(`race-${s}-steps`).value = samplers[picks[s]].steps;
-      select.addEventListener("change", () => { $(`race-${s}-steps`).value = samplers[select.value].steps; });
+      const fill = () => {
+        const steps = $(`race-${s}-steps`);
+        steps.value = samplers[select.value].steps ?? "";
+        steps.disabled = samplers[select.value].steps === null; // ode_rk45 picks its own steps
+      };
+      fill();
+      select.addEventListener("change", fill);
     }
     $("race-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
@@ -50,8 +55,8 @@ export class RacePanel {
     const d = this.boot.model.defaults.samplers[sampler];
     const n = Number($("race-n").value);
     // both lanes get the same labels and guidance as the Generate panel, so a guided race compares samplers only
-    return { n, sampler, steps: Number($(`race-${side}-steps`).value), spacing: d.spacing, seed, frame_every: 1,
-      ...readConditioning("gen", n) };
+    const steps = d.steps === null ? {} : { steps: Number($(`race-${side}-steps`).value), spacing: d.spacing };
+    return { n, sampler, ...steps, seed, frame_every: 1, ...readConditioning("gen", n) };
   }
 
   async race() {
@@ -64,8 +69,8 @@ export class RacePanel {
       return new Job(this.body(s, seed), this.viewers[s], {
         onDone: (d) => {
           const secs = d.elapsed_ms / 1000;
-          const steps = this.viewers[s].steps;
-          stats.textContent = `NFE ${steps} · ${(steps / secs).toFixed(1)} steps/s · ${secs.toFixed(1)} s`;
+          stats.textContent = `NFE ${d.evaluations} · ${(d.evaluations / secs).toFixed(1)} evaluations/s · `
+            + `${secs.toFixed(1)} s`;
         },
         onEnd: () => this.sync(),
         onError: (msg) => showError($("race-error"), msg),

@@ -470,12 +470,38 @@ def test_sampler_race_runs_both_lanes_on_one_seed(page, server):
 def test_sampler_menu_offers_every_sampler_with_its_defaults(page, server):
     page, _ = page
     d = httpx.get(server.url + API + "/model").json()["defaults"]["samplers"]
+    assert {"plms", "pndm", "sde_em", "pc", "ode_rk45"} <= set(d)
     for name, facts in d.items():
         page.select_option("#gen-sampler", name)
-        assert page.input_value("#gen-steps") == str(facts["steps"])
-        assert page.input_value("#gen-spacing") == facts["spacing"]
+        adaptive = facts["steps"] is None
+        assert page.is_disabled("#gen-steps") == adaptive and page.is_disabled("#gen-spacing") == adaptive
+        if not adaptive:
+            assert page.input_value("#gen-steps") == str(facts["steps"])
+            assert page.input_value("#gen-spacing") == facts["spacing"]
         assert page.inner_text("#gen-about") == facts["about"]
-        assert page.is_disabled("#gen-eta") == (facts["eta"] is None)
+        for field in ("eta", "snr", "corrector_steps", "rtol", "atol"):  # each sampler's own fields only
+            assert page.is_disabled(f"#gen-{field}") == (facts[field] is None), (name, field)
+            if facts[field] is not None:
+                assert float(page.input_value(f"#gen-{field}")) == facts[field]
+
+
+def test_the_adaptive_ode_streams_with_a_bar_that_follows_t(page, server):
+    """ode_rk45 from the page: no steps sent, its own tolerance; frames carry t and the bar ends full at the
+    evaluations the done event reports."""
+    page, console = page
+    page.select_option("#gen-sampler", "ode_rk45")
+    page.fill("#gen-rtol", "0.05")
+    page.fill("#gen-atol", "0.05")
+    page.fill("#gen-n", "2")
+    page.fill("#gen-stride", "1")
+    page.click("#gen-go")
+    page.wait_for_selector("#gen-viewer[data-state=done]", timeout=TIMEOUT_MS)
+    job = httpx.get(f"{server.url}{API}/jobs/{page.get_attribute('#gen-viewer', 'data-job-id')}").json()
+    assert job["sampler"] == "ode_rk45" and job["spacing"] is None and job["state"] == "done"
+    assert job["step"] == job["of"] > 1
+    bar = page.locator("#gen-viewer .bar")
+    assert bar.get_attribute("max") == str(job["of"]) and bar.get_attribute("value") == str(job["of"])
+    assert console.errors == []
 
 
 def test_digit_picker_and_guidance_slider_drive_a_conditional_model(browser, tmp_path):
