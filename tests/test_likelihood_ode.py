@@ -16,8 +16,8 @@ from torch import Tensor
 
 from engine import NoiseSchedule
 from engine.diffusion.likelihood_ode import eps_fn_of, hutchinson_divergence, ode_bits_per_dim, ode_log_likelihood
+from engine.diffusion.rk45 import solve
 from engine.diffusion.sde import VPSDE
-from engine.sampling.rk45 import solve
 
 F64 = torch.float64
 LINEAR = VPSDE.of(NoiseSchedule.linear(1000))

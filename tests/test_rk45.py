@@ -10,7 +10,7 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from engine.sampling.rk45 import DormandPrince, solve
+from engine.diffusion.rk45 import DormandPrince, solve
 
 F64 = torch.float64
 # a damped rotation: y' = A·y, y(t) = exp(A(t − t0))·y0

@@ -145,7 +145,7 @@ def test_langevin_corrector_improves_a_coarse_predictor():
 
     def spread(corrector_steps: int) -> float:
         plan = SamplingPlan.build(d, "pc", 10, snr=0.16, corrector_steps=corrector_steps)
-        assert plan.K == 10 * (1 + corrector_steps)
+        assert 10 * (1 + corrector_steps) == plan.K
         x = sample(GaussianOracle(d, MU, STD), d, plan, (32, 1, 16, 16), torch.Generator().manual_seed(0), clip=False)
         return abs(_moments(x)[1] - STD)
 

@@ -40,7 +40,8 @@ def run_sample(args: argparse.Namespace) -> int:
     run = resolve(spec, m)
     t0 = time.perf_counter()
     adaptive = run.plan.sampler == ADAPTIVE
-    bar = f"{run.plan.sampler}, at most {run.plan.K} evaluations" if adaptive else f"{run.plan.sampler} {run.plan.K} steps"
+    plan = run.plan
+    bar = f"{plan.sampler}, at most {plan.K} evaluations" if adaptive else f"{plan.sampler} {plan.K} steps"
     last = last_frame(run_frames(run, m, device), bar, None if adaptive else run.plan.K)
     out = save_samples(args.out, to_uint8(last.x_t, m.card.value_range))
     print(f"wrote {spec.n} samples to {out} in {time.perf_counter() - t0:.1f}s ({run.plan.sampler}, "

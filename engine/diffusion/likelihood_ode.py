@@ -8,7 +8,7 @@ d log p_t(x(t))/dt = −∇·f(x(t), t). Integrating from x(t_min) = x up to t_m
     log p_{t_min}(x) = log N(x(t_max); 0, I) + ∫_{t_min}^{t_max} ∇·f(x(t), t) dt,
 
 with the prior N(0, I) standing in for p_{t_max} (α(t_max) < 0.01). x and the integral are solved together as
-one augmented state [x.flatten(); ∫∇·f] by adaptive Dormand–Prince RK4(5) (:mod:`engine.sampling.rk45`).
+one augmented state [x.flatten(); ∫∇·f] by adaptive Dormand–Prince RK4(5) (:mod:`engine.diffusion.rk45`).
 
 ∇·f = tr(∂f/∂x) would cost D backward passes; the Hutchinson–Skilling estimator (Hutchinson 1989; Skilling
 1989; used for CNFs by Grathwohl et al. 2019, FFJORD) costs one vector–Jacobian product per probe:
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from ..sampling.rk45 import solve
 from .gaussian import Prediction, split_prediction
+from .rk45 import solve
 from .schedule import NoiseSchedule
 from .sde import VPSDE
 

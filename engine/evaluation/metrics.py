@@ -37,7 +37,7 @@ from ..diffusion.likelihood_ode import eps_fn_of, likelihood_sde, ode_bits_per_d
 from ..diffusion.sde import VPSDE
 from ..io.images import from_uint8, to_uint8
 from ..io.modelfile import LoadedModel
-from ..sampling import DEFAULT_SPACING, SamplingRun, SamplingSpec, complete, resolve, run_frames
+from ..sampling import DEFAULT_SPACING, OdePlan, SamplingRun, SamplingSpec, complete, resolve, run_frames
 from .classifier import DigitClassifier, load_classifier
 from .sample_cache import SampleCache, file_digest
 
@@ -301,11 +301,14 @@ def generate(loaded: LoadedModel, spec: SamplingSpec, batch_size: int, device: t
     if loaded.prior_path is not None:
         tag += f"-prior{file_digest(loaded.prior_path, 8)}"
     bar = None
+    adaptive = isinstance(plan, OdePlan)  # its evaluations are known only at the end: the bar counts batches
+    per_batch = 1 if adaptive else plan.K
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(runs) * plan.K, desc=f"eval: {spec.n} samples, {plan.sampler} {plan.K} steps",
-                   unit="step")
+        what = plan.sampler if adaptive else f"{plan.sampler} {plan.K} steps"
+        bar = tqdm(total=len(runs) * per_batch, desc=f"eval: {spec.n} samples, {what}",
+                   unit="batch" if adaptive else "step")
     chunks = []
     for run in runs:
         seed = run.spec.seed
@@ -314,14 +317,16 @@ def generate(loaded: LoadedModel, spec: SamplingSpec, batch_size: int, device: t
         if u is None:
             last = None
             for last in run_frames(run, loaded, device):  # noqa: B007
-                if bar is not None:
+                if bar is not None and not adaptive:
                     bar.update(1)
+            if bar is not None and adaptive:
+                bar.update(1)
             assert last is not None
             u = to_uint8(last.x_t, loaded.card.value_range).permute(0, 3, 1, 2).contiguous()
             if cache is not None:
                 cache.store(tag, seed, u)
         elif bar is not None:
-            bar.update(plan.K)
+            bar.update(per_batch)
         chunks.append(from_uint8(u.permute(0, 2, 3, 1), loaded.card.value_range))  # the cache holds NCHW
     if bar is not None:
         bar.close()
@@ -337,8 +342,11 @@ def _cache_tag(spec: SamplingSpec, steps: int, T: int) -> str:
     """What a cached batch was drawn with, besides the model, seed and size."""
     eta = spec.eta if spec.eta is not None else 1.0
     tag = f"{spec.sampler}{steps}-eta{eta:g}"
-    if spec.spacing != DEFAULT_SPACING:
+    if spec.spacing not in (DEFAULT_SPACING, None):
         tag += f"-{spec.spacing}"
+    for name in ("snr", "corrector_steps", "rtol", "atol"):  # set for the samplers that take them only
+        if getattr(spec, name) is not None:
+            tag += f"-{name}{getattr(spec, name):g}"
     if spec.guidance is not None:
         labels = spec.labels
         tag += f"-labels{labels if isinstance(labels, int | str) else hash(tuple(labels or ()))}-g{spec.guidance:g}"

@@ -1,10 +1,9 @@
-"""``ode_rk45``: the probability-flow ODE dx/dt = −½β(t)·(x − ε̂/σ(t)) (Song et al. 2021, eq. (13)) from the start
-time down to t_min = 1/N, by adaptive Dormand–Prince (:mod:`.rk45`). Each run keeps its own step size and
-stages (an :class:`OdeLane`), so the stepper can put one stage of it into the same network call as rows of
-fixed-step runs. The final image is x̂0 at t_min, from the last stage's evaluation, which Dormand–Prince
+"""``ode_rk45``: the probability-flow ODE dx/dt = −½β(t)·(x − ε̂/σ(t)) (Song et al. 2021, eq. (13)) from the
+start time down to t_min = 1/N, by adaptive Dormand–Prince (:mod:`engine.diffusion.rk45`). Each run keeps its own
+step size and stages (an :class:`OdeLane`), so the stepper can put one stage of it into the same network call as
+rows of fixed-step runs. The final image is x̂0 at t_min, from the last stage's evaluation, which Dormand–Prince
 makes at the end point anyway (first same as last): score_sde's ``denoise`` step without its extra call.
 """
-
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -13,9 +12,9 @@ import torch
 from torch import Tensor
 
 from ..diffusion.gaussian import GaussianDiffusion, split_prediction
+from ..diffusion.rk45 import DormandPrince
 from ..diffusion.sde import VPSDE
 from .guidance import Conditioning
-from .rk45 import DormandPrince
 from .solvers import ADAPTIVE, SamplerName
 
 #: Tolerances for 28×28 digits in [−1, 1]: one 8-bit level is 2/255 ≈ 7.8e-3, and a local error of 1e-3

@@ -15,6 +15,8 @@ The arithmetic is scipy's ``RK45`` (``scipy.integrate._ivp.rk``), so the two agr
 - first step by Hairer, Nørsett & Wanner, "Solving ODEs I", §II.4 (scipy's ``select_initial_step``), whose
   trial evaluation goes through point()/feed() like any other;
 - the last step is clipped to land on t1 exactly.
+Departures: f that is not finite raises at once (scipy shrinks h until it is too small); no max_step, no dense
+output, no events.
 
 Everything runs in the dtype and on the device of y0; t is a Python float.
 """
@@ -150,7 +152,7 @@ class DormandPrince:
             self._h_abs = max(self._h_abs, min_step)
         elif self._h_abs < min_step:
             raise RuntimeError(f"step size fell below {min_step:.3g} at t = {self.t:.6g}: the ODE is too stiff "
-                               "for these tolerances, or f is not finite")
+                               "for these tolerances")
         t_new = self.t + self._h_abs * self.direction
         if self.direction * (t_new - self.t1) > 0:
             t_new = self.t1
