@@ -164,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             schedule_info=schedule_info(m.diffusion.schedule, info["schedule"]),
             defaults={**PAGE_DEFAULTS, **info["defaults"], "n": min(PAGE_DEFAULTS["n"], settings.max_batch)},
             examples=examples, noise_slots=threading.BoundedSemaphore(settings.max_noise_uploads),
+            likelihood_slots=threading.BoundedSemaphore(settings.max_likelihood_jobs),
             clients=ClientJobs(settings.max_jobs_per_client, settings.trusted_proxies),
             sse_clients=Gauge("ddpm_sse_clients", "open server-sent event streams", registry=worker.metrics.registry),
         ))

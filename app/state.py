@@ -32,6 +32,7 @@ class AppState:
     defaults: dict[str, Any]  # the page's form
     examples: list[str]  # PNG data URLs of dataset samples, for the page
     noise_slots: threading.BoundedSemaphore  # uploads being decoded at once
+    likelihood_slots: threading.BoundedSemaphore  # likelihoods being computed at once
     clients: ClientJobs  # live jobs per client address, for the per-client limit
     sse_clients: Gauge  # open event streams
     noised: OrderedDict[str, tuple[torch.Tensor, int]] = field(default_factory=OrderedDict)  # id → (x_t, t)

@@ -58,12 +58,44 @@ export class NoisePanel {
     if (Number(this.stepsIn.value) > t + 1) this.stepsIn.value = t + 1;
   }
 
-  /** Start noising ``blob``. */
+  /** Start noising ``blob``, and measure its likelihood. */
   use(blob) {
     this.source = blob;
     this.tIn.disabled = false;
     $("noise-reseed").disabled = false;
     this.refresh();
+    this.measure(blob);
+  }
+
+  /**
+   * POST /likelihood: the image's bits/dim by the ODE and by the bound (noise costs several times a digit's bits;
+   * a scribble on black about as few as a digit). One request at a time: an image chosen meanwhile is measured
+   * next, and only the newest image's answer is shown.
+   */
+  async measure(blob) {
+    const out = $("noise-bpd");
+    out.textContent = "bits/dim: measuring…";
+    if (this.measuring) {
+      this.nextMeasure = blob;
+      return;
+    }
+    this.measuring = true;
+    const form = new FormData();
+    form.append("image", blob, blob.name || "image.png");
+    try {
+      const r = await request("/likelihood", { method: "POST", body: form });
+      if (this.source === blob) {
+        out.textContent = `bits/dim: ${r.bpd_ode.toFixed(3)} by the ODE (${r.ode_evaluations} evaluations), `
+          + `${r.bpd_bound.toFixed(3)} by the bound`;
+      }
+    } catch (e) {
+      if (this.source === blob) out.textContent = `bits/dim: ${e.message}`;
+    } finally {
+      this.measuring = false;
+    }
+    const next = this.nextMeasure;
+    this.nextMeasure = null;
+    if (next) this.measure(next);
   }
 
   /** POST /noise at the slider's t. One request at a time; moves meanwhile mark it stale and the newest t wins. */

@@ -56,9 +56,13 @@ def model_file(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(model_file, tmp_path_factory) -> Iterator[Server]:
-    # two jobs stepped at once and one waiting: small enough that a test can fill the queue and see a 429
-    s = start_server(model_file, tmp_path_factory.mktemp("log") / "server.log", "--max-batch", str(MAX_BATCH),
-                     "--max-active-jobs", "2", "--max-queue", "1")
+    # two jobs stepped at once and one waiting: small enough that a test can fill the queue and see a 429; and
+    # room for the likelihoods that pages of earlier tests left running (each image the noise panel shows asks
+    # for one, and this untrained model's ODE is stiff), so that none of them answers 429 to a later test's page
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DDPM_MAX_LIKELIHOOD_JOBS", "8")
+        s = start_server(model_file, tmp_path_factory.mktemp("log") / "server.log", "--max-batch", str(MAX_BATCH),
+                         "--max-active-jobs", "2", "--max-queue", "1")
     yield s
     s.stop()
 
@@ -312,6 +316,11 @@ def test_noise_panel_noises_and_denoises_back(page, server):
     pg.wait_for_selector("#noise-xt[data-t='300']")
     x0 = img(pg, "#noise-x0")
     assert x0.std() > 10  # a digit, not a blank
+    # its bits/dim by both routes, measured once per image (POST /likelihood)
+    pg.wait_for_function("document.getElementById('noise-bpd').textContent.includes('by the bound')",
+                         timeout=TIMEOUT_MS)
+    assert re.search(r"bits/dim: \d+\.\d{3} by the ODE \(\d+ evaluations\), \d+\.\d{3} by the bound",
+                     pg.inner_text("#noise-bpd"))
 
     def noise_at(t: int) -> np.ndarray:
         before = pg.get_attribute("#noise-xt", "src")

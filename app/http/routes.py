@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import secrets
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,11 +19,21 @@ from PIL import Image, UnidentifiedImageError
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
-from engine import MAX_SEED, NoiseSchedule, SpecError, Start, center_crop_resize, from_uint8, resolve
+from engine import (
+    MAX_SEED,
+    ImageLikelihood,
+    NoiseSchedule,
+    SpecError,
+    Start,
+    center_crop_resize,
+    from_uint8,
+    image_likelihood,
+    resolve,
+)
 
 from ..runtime.frames import FrameFormat, data_url, grid_png
 from ..runtime.worker import Job, QueueFull, SamplingWorker
-from ..state import State, current
+from ..state import AppState, State, current
 from ..threads import on_a_thread_that_exits
 from . import sse
 from .schemas import (
@@ -30,6 +41,7 @@ from .schemas import (
     JobCreated,
     JobRequest,
     JobState,
+    LikelihoodResponse,
     NoiseResponse,
     SampleRequest,
     SamplesResponse,
@@ -224,16 +236,11 @@ async def post_noise(st: State, image: Annotated[UploadFile, File(description="P
     m = st.model
     if t >= m.diffusion.T:
         raise _invalid("t", f"t must be < {m.diffusion.T}", t)
-    data = await image.read(st.settings.max_upload_bytes + 1)
-    if len(data) > st.settings.max_upload_bytes:
-        raise HTTPException(413, f"image: more than {st.settings.max_upload_bytes} bytes")
-    c, size, _ = m.sample_shape
+    data = await _read_upload(st, image)
 
     def noise_it() -> tuple[torch.Tensor, str, str]:
         try:
-            img = _decode_upload(data, st.settings.max_upload_pixels, "L" if c == 1 else "RGB", size)
-            arr = np.asarray(img)
-            x0 = from_uint8(arr[None, ..., None] if arr.ndim == 2 else arr[None], m.card.value_range)
+            x0 = _upload_as_x0(st, data)
             noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
             x_t = m.diffusion.q_sample(x0, torch.tensor([t]), noise)
             vr = m.card.value_range
@@ -251,6 +258,60 @@ async def post_noise(st: State, image: Annotated[UploadFile, File(description="P
     s_ = m.diffusion.schedule
     return NoiseResponse(id=handle, t=t, alpha_bar=float(s_.alpha_bars[t]), snr=float(s_.snr[t]),
                          x0=x0_url, xt=xt_url)
+
+
+@api.post("/likelihood", response_model=LikelihoodResponse, summary="bits/dim of an uploaded image, by the "
+          "probability-flow ODE and by the variational bound",
+          responses={400: BODY_ERRORS[400],
+                     413: {"model": ErrorResponse, "description": "too many bytes or pixels"},
+                     415: {"model": ErrorResponse, "description": "not an image"},
+                     429: {"model": ErrorResponse, "description": "a likelihood is being computed already; retry "
+                                                                  "after Retry-After"},
+                     422: {"model": ValidationErrorResponse,
+                           "description": "an image that cannot be decoded, or a model without a score-SDE view"}})
+async def post_likelihood(st: State, image: Annotated[UploadFile, File(description="PNG/JPEG image")],
+                          seed: Annotated[int, Form(ge=0, le=MAX_SEED, description="draws the dequantisation "
+                                                                                  "and the trace probes")] = 0
+                          ) -> LikelihoodResponse:
+    m = st.model
+    data = await _read_upload(st, image)
+
+    def measure() -> tuple[ImageLikelihood | str, str]:
+        try:
+            x0 = _upload_as_x0(st, data)
+            try:
+                return image_likelihood(m, x0.to(st.device), seed), data_url(grid_png(x0, m.card.value_range))
+            except ValueError as e:  # a schedule without a score-SDE view
+                return str(e), ""
+        finally:  # here, not in the handler: a cancelled handler must not free the slot while this still runs
+            st.likelihood_slots.release()
+
+    if not st.likelihood_slots.acquire(blocking=False):
+        raise HTTPException(429, f"image: {st.settings.max_likelihood_jobs} likelihood(s) being computed already "
+                                 "(max_likelihood_jobs)", headers={"Retry-After": "5"})
+    t0 = time.perf_counter()
+    result, x0_url = await on_a_thread_that_exits(measure)
+    if isinstance(result, str):
+        raise _invalid("image", f"this model has no likelihood by the ODE: {result}", None)
+    return LikelihoodResponse(bpd_ode=result.bpd_ode[0], bpd_bound=result.bpd_bound[0],
+                              ode_evaluations=result.ode_evaluations, tolerance=result.tolerance, x0=x0_url,
+                              elapsed_ms=round((time.perf_counter() - t0) * 1000.0, 1))
+
+
+async def _read_upload(st: AppState, image: UploadFile) -> bytes:
+    """The upload's bytes, refused with 413 beyond the server's byte limit (read no further than it)."""
+    data = await image.read(st.settings.max_upload_bytes + 1)
+    if len(data) > st.settings.max_upload_bytes:
+        raise HTTPException(413, f"image: more than {st.settings.max_upload_bytes} bytes")
+    return data
+
+
+def _upload_as_x0(st: AppState, data: bytes) -> torch.Tensor:
+    """An upload decoded, centre-cropped and resized to the model's size, ``(1, C, H, W)`` in its value range."""
+    m = st.model
+    c, size, _ = m.sample_shape
+    arr = np.asarray(_decode_upload(data, st.settings.max_upload_pixels, "L" if c == 1 else "RGB", size))
+    return from_uint8(arr[None, ..., None] if arr.ndim == 2 else arr[None], m.card.value_range)
 
 
 @api.get("/examples", summary="a few images from the model's dataset, as PNG data URLs")

@@ -94,6 +94,16 @@ class SamplesResponse(BaseModel):
     evaluations: int = Field(description="model evaluations the sampler made (ode_rk45 picks its own number)")
 
 
+class LikelihoodResponse(BaseModel):
+    bpd_ode: float = Field(description="bits/dim by the probability-flow ODE (Hutchinson–Skilling trace, uniform "
+                                       "dequantisation)")
+    bpd_bound: float = Field(description="bits/dim by the variational bound, all T terms")
+    ode_evaluations: int = Field(description="network evaluations of the ODE solve (each with one backward pass)")
+    tolerance: float = Field(description="the ODE solver's rtol = atol")
+    x0: str = Field(description="the uploaded image as the model sees it (PNG data URL)")
+    elapsed_ms: float
+
+
 class NoiseResponse(BaseModel):
     id: str = Field(description="pass as `init` to /jobs, /samples or /stream to denoise from this x_t")
     t: int
