@@ -49,8 +49,8 @@ class StepCoeffs:
         if len(rows) == 1:
             return rows[0]
         S = max(r.coef_hist.shape[1] for r in rows)
-        out = {f.name: torch.cat([getattr(r, f.name) for r in rows]) for f in fields(StepCoeffs)[:-2]
-               if f.name != "coef_hist"}
+        out = {f.name: torch.cat([getattr(r, f.name) for r in rows]) for f in fields(StepCoeffs)
+               if f.name not in ("coef_hist", "uses_eps", "uses_langevin")}
         hist = torch.cat([torch.nn.functional.pad(r.coef_hist, (0, S - r.coef_hist.shape[1])) for r in rows])
         return StepCoeffs(**out, coef_hist=hist, uses_eps=any(r.uses_eps for r in rows),
                           uses_langevin=any(r.uses_langevin for r in rows))

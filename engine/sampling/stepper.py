@@ -105,13 +105,13 @@ class Stepper:
         ts = ([coeffs.t] if coeffs is not None else []) + [p[1] for p in points]
         t = _cat(ts) if not points else torch.cat([v.to(torch.float32) for v in ts])
         cond = Conditioning.cat([lane.cond for lane, _ in fixed] + [lane.cond for lane in ode])
-        out = self.denoiser(_cat(xs), t, cond)
+        x_all = _cat(xs)
+        out = self.denoiser(x_all, t, cond)
         frames: dict[int, SampleFrame] = {}
         a = 0
         if coeffs is not None:
             b = len(coeffs)
-            x = _cat([lane.x for lane, _ in fixed])
-            x_prev, x0, eps = sampling_step(self.diffusion.prediction, out[:b], x, coeffs,
+            x_prev, x0, eps = sampling_step(self.diffusion.prediction, out[:b], x_all[:b], coeffs,
                                             _cat([z for _, z in fixed]).to(self.device), self.diffusion.clip_range,
                                             _batch_history([lane for lane, _ in fixed]))
             for lane, _ in fixed:
