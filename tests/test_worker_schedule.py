@@ -293,3 +293,22 @@ def test_a_job_whose_images_cannot_be_encoded_ends_in_error_not_done(worker, mon
     assert job.status == "error" and "injected" in (job.error or "")
     assert job.log.final() is None and job.log.closed
     assert type(job.log.since(0)[-1].result).__name__ == "Failed"
+
+
+def test_an_adaptive_run_past_its_evaluation_budget_fails_naming_its_tolerance(worker):
+    """ode_rk45 stops at its budget with the field to change (the route answers 422 with it), and the jobs
+    batched beside it go on."""
+    import dataclasses
+
+    run = resolve(SamplingSpec(n=1, seed=1, sampler="ode_rk45"), worker.model)
+    run = dataclasses.replace(run, plan=dataclasses.replace(run.plan, K=3))
+    ode = worker.submit(run, frame_every=100, log=JobLog("png", 8, worker.encoder, worker.model.card.value_range))
+    other = _put(worker, 1, 2, "ddim", 6)
+    with worker._cv:
+        worker._admit()
+    while not (ode.done and other.done):
+        _tick(worker)
+    worker.encoder.drain()
+    assert ode.status == "error" and ode.error_field == "rtol" and ode.step == 3
+    assert ode.error.startswith("rtol: ode_rk45 needed more than 3 evaluations")
+    assert other.status == "done" and _images(other)

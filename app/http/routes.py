@@ -139,6 +139,8 @@ async def post_samples(request: Request, st: State, req: SampleRequest) -> Any:
         if not job.done:
             st.worker.cancel(job.id)
     images = job.log.final()
+    if images is None and job.error_field is not None:  # the request's own limit, met while it ran
+        raise _invalid(job.error_field, job.error or "", getattr(req, job.error_field, None))
     if images is None:
         raise HTTPException(409 if job.status == "cancelled" else 503, job.error or f"job {job.status}")
     if "image/png" in request.headers.get("accept", ""):

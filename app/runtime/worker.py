@@ -29,7 +29,7 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from torch import Tensor
 
-from engine import AnyLane, LoadedModel, OdePlan, SampleFrame, SamplingPlan, SamplingRun, Stepper
+from engine import AnyLane, LoadedModel, OdePlan, SampleFrame, SamplingPlan, SamplingRun, SpecError, Stepper
 
 from .frames import FrameEncoder, JobLog
 from .results import Cancelled, Done, Failed, Frame, Queued, Result, Started
@@ -61,6 +61,7 @@ class Job:
     started: float | None = None
     finished: float | None = None
     error: str | None = None
+    error_field: str | None = None  # the request field a failed run could not honour, when it was one
     cancel_requested: bool = False
     readers: int = 0  # event streams attached now: a finished job is kept while one is
     left: float | None = None  # when the last of them hung up
@@ -303,6 +304,10 @@ class SamplingWorker:
                 try:
                     frames = self.stepper.advance([job.lane], [job_noise])  # type: ignore[list-item]
                     stepped.append((job, frames[0]))
+                except SpecError as e:  # the request's own limit (an adaptive run's evaluations), not a fault
+                    self._leave(job)
+                    job.error_field = e.field
+                    self._finish(job, "error", e.message)
                 except Exception as e:
                     log.exception("job %s failed", job.id)
                     self._leave(job)

@@ -14,6 +14,7 @@ from torch import Tensor
 from ..diffusion.gaussian import GaussianDiffusion, split_prediction
 from ..diffusion.rk45 import DormandPrince
 from ..diffusion.sde import VPSDE
+from .errors import SpecError
 from .guidance import Conditioning
 from .solvers import ADAPTIVE, SamplerName
 
@@ -81,7 +82,9 @@ class OdeLane:
     def point(self) -> tuple[Tensor, Tensor]:
         """The x ``(n, C, H, W)`` and network timesteps ``(n,)`` (fractional) the next stage needs."""
         if self.step >= self.plan.K:
-            raise RuntimeError(f"{ADAPTIVE} needed more than {self.plan.K} evaluations; raise rtol or atol")
+            p = self.plan
+            raise SpecError("rtol", f"rtol: {ADAPTIVE} needed more than {p.K} evaluations at rtol = {p.rtol:g}, "
+                                    f"atol = {p.atol:g}; raise rtol or atol", p.rtol)
         t, y = self.solver.point()
         return y, self.plan.sde.model_timestep(torch.full((self.n,), t, dtype=torch.float64)).to(y.device)
 
@@ -100,7 +103,7 @@ class OdeLane:
     def expected_evaluations(self) -> int:
         if self.done:
             return self.step
-        return min(self.plan.K, max(self.step + 1, round(self.step / max(self.progress, 1e-3))))
+        return max(self.step + 1, min(self.plan.K, round(self.step / max(self.progress, 1e-3))))
 
     def model_timestep(self) -> int:
         """The network timestep of the last accepted state, for frames."""

@@ -20,6 +20,7 @@ from torch import Tensor
 from ..models.base import SamplingModel
 from ..options import config_types, literal_choices, option, out_of_bounds
 from .defaults import DEFAULT_GUIDANCE, choose, default_guidance_interval
+from .errors import SpecError
 from .guidance import Conditioning, Labels, resolve_labels
 from .ode import DEFAULT_ATOL, DEFAULT_RTOL, OdePlan
 from .plan import SamplingPlan, steps_limit
@@ -116,16 +117,6 @@ class SamplingSpec:
 
     def replace(self, **changes: Any) -> SamplingSpec:
         return dataclasses.replace(self, **changes)
-
-
-class SpecError(ValueError):
-    """A request field that cannot be served: ``field`` names it, ``value`` is what was asked, and ``message``
-    (which begins with the field's name) says the limit it broke."""
-
-    def __init__(self, field: str, message: str, value: Any = None) -> None:
-        assert message.startswith(field), message
-        super().__init__(message)
-        self.field, self.message, self.value = field, message, value
 
 
 @dataclass(frozen=True)
