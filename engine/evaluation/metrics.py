@@ -39,6 +39,7 @@ from ..diffusion.sde import VPSDE
 from ..io.images import from_uint8, to_uint8
 from ..io.modelfile import LoadedModel
 from ..sampling import DEFAULT_SPACING, OdePlan, SamplingRun, SamplingSpec, complete, resolve, run_frames
+from ..sampling.spec import SAMPLER_FIELDS
 from .classifier import DigitClassifier, load_classifier
 from .sample_cache import SampleCache, file_digest
 
@@ -458,6 +459,7 @@ def _run_facts(loaded: LoadedModel, spec: SamplingSpec, batch_size: int, t0: flo
         "sampler": spec.sampler, "steps": spec.steps, "eta": spec.eta, "seed": spec.seed, "spacing": spec.spacing,
         "batch_size": batch_size, "sampling_seconds": round(time.perf_counter() - t0, 2),
     }
+    out.update({name: getattr(spec, name) for name in SAMPLER_FIELDS if getattr(spec, name) is not None})
     if cache is not None:
         out.update(cache_dir=str(cache.root), batches_from_cache=cache.hits)
     return out
