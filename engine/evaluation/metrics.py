@@ -551,7 +551,7 @@ def _ode_bpd_metrics(loaded: LoadedModel, sde: VPSDE, x: Tensor, batch_size: int
 
 
 #: The ODE's tolerances for one image's likelihood on request: 1e-4 costs about a third of score_sde's 1e-5 in
-#: evaluations and moves a digit's bits/dim by about 3e-4 (BENCHMARKS §9).
+#: evaluations and moves a digit's bits/dim by about 3e-4 (104 against 302 evaluations, 1.7761 against 1.7764).
 IMAGE_LIKELIHOOD_TOL = 1e-4
 
 

@@ -18,9 +18,9 @@ from .errors import SpecError
 from .guidance import Conditioning
 from .solvers import ADAPTIVE, SamplerName
 
-#: Tolerances for 28×28 digits in [−1, 1]: one 8-bit level is 2/255 ≈ 7.8e-3, and a local error of 1e-3
-#: (relative and absolute) keeps the final pixels within about a level of a tight solve (BENCHMARKS §9)
-#: at a few dozen evaluations; score_sde's 1e-5 is meant for likelihoods and costs several times more.
+#: Tolerances for 28×28 digits in [−1, 1], where one 8-bit level is 2/255 ≈ 7.8e-3: at 1e-3 a solve takes 80–110
+#: evaluations and its pixels sit about one level (mean) from a 1e-5 solve's; tighter tolerances cost more
+#: evaluations without moving that mean (BENCHMARKS §9b). score_sde's 1e-5 is for likelihoods.
 DEFAULT_RTOL = 1e-3
 DEFAULT_ATOL = 1e-3
 #: The most evaluations a run may take; a run that needs more fails instead of running on.
