@@ -13,7 +13,7 @@ from .diffusion.losses import loss_weights, sample_timesteps, simple_loss
 from .diffusion.respace import RespacedSchedule, respace, select_timesteps
 from .diffusion.schedule import NoiseSchedule
 from .evaluation.metrics import ImageLikelihood, image_likelihood
-from .io.images import center_crop_resize, from_uint8, make_grid, png_bytes, to_uint8, to_uint8_array
+from .io.images import center_crop_resize, from_uint8, image_as_x0, make_grid, png_bytes, to_uint8, to_uint8_array
 from .io.loader import load_model, load_model_file, prior_for, with_unconditional_prior
 from .io.modelfile import (
     DEFAULT_MODEL,
@@ -128,6 +128,7 @@ __all__ = [
     "draw_noise",
     "from_uint8",
     "guided_forward",
+    "image_as_x0",
     "image_likelihood",
     "last_frame",
     "load_dataset",

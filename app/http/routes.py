@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import torch
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -25,8 +24,7 @@ from engine import (
     NoiseSchedule,
     SpecError,
     Start,
-    center_crop_resize,
-    from_uint8,
+    image_as_x0,
     image_likelihood,
     resolve,
 )
@@ -205,8 +203,9 @@ async def stream(request: Request, st: State, q: Annotated[JobRequest, Query()])
 UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 
 
-def _decode_upload(data: bytes, max_pixels: int, mode: str, size: int) -> Image.Image:
-    """Decode, centre-crop and resize an upload; any failure is the client's file, never a 5xx."""
+def _decode_upload(data: bytes, max_pixels: int, channels: int, size: int,
+                   value_range: tuple[float, float]) -> torch.Tensor:
+    """Decode an upload into the model's ``(1, C, H, W)`` input; any failure is the client's file, never a 5xx."""
     try:
         img = Image.open(io.BytesIO(data), formats=UPLOAD_FORMATS)
     except UnidentifiedImageError:
@@ -220,7 +219,7 @@ def _decode_upload(data: bytes, max_pixels: int, mode: str, size: int) -> Image.
         raise HTTPException(413, f"image: {w}×{h} pixels exceeds the limit of {max_pixels} pixels")
     try:
         img.load()
-        return center_crop_resize(img.convert(mode), size)
+        return image_as_x0(img, channels, size, value_range)
     except (OSError, Image.DecompressionBombError, ValueError, SyntaxError) as e:
         raise _invalid("image", f"could not be decoded ({type(e).__name__})", None) from None
 
@@ -312,8 +311,7 @@ def _upload_as_x0(st: AppState, data: bytes) -> torch.Tensor:
     """An upload decoded, centre-cropped and resized to the model's size, ``(1, C, H, W)`` in its value range."""
     m = st.model
     c, size, _ = m.sample_shape
-    arr = np.asarray(_decode_upload(data, st.settings.max_upload_pixels, "L" if c == 1 else "RGB", size))
-    return from_uint8(arr[None, ..., None] if arr.ndim == 2 else arr[None], m.card.value_range)
+    return _decode_upload(data, st.settings.max_upload_pixels, c, size, m.card.value_range)
 
 
 @api.get("/examples", summary="a few images from the model's dataset, as PNG data URLs")

@@ -86,3 +86,10 @@ def center_crop_resize(img: Image.Image, size: int) -> Image.Image:
     s = min(img.size)
     left, top = (img.width - s) // 2, (img.height - s) // 2
     return img.crop((left, top, left + s, top + s)).resize((size, size), Image.BICUBIC)
+
+
+def image_as_x0(img: Image.Image, channels: int, size: int, value_range: tuple[float, float]) -> Tensor:
+    """A picture as a model of ``channels`` × ``size``² sees it: grey or RGB, centre-cropped and resized,
+    ``(1, C, H, W)`` float32 in ``value_range``."""
+    arr = np.array(center_crop_resize(img.convert("L" if channels == 1 else "RGB"), size))
+    return from_uint8(arr[None, ..., None] if arr.ndim == 2 else arr[None], value_range)
