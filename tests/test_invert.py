@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import load_dataset, load_model, to_uint8_array
-from engine import SamplingPlan
+from engine import SamplingPlan, load_dataset, load_model, to_uint8_array
 from engine.sampling.invert import ddim_invert, decode, invert, psnr
 
 
