@@ -53,7 +53,8 @@ class Settings(BaseModel):
                                                       "its last event stream hung up, whichever is later")
     max_finished_jobs: int = Field(256, ge=0, description="finished jobs kept for replay; the oldest one that no "
                                                           "stream reads is forgotten first")
-    max_noise_uploads: int = Field(2, ge=1, description="uploads decoded at once by POST /noise; more get 429")
+    max_noise_uploads: int = Field(2, ge=1, description="uploads decoded (and inverted) at once by POST /noise and "
+                                                         "/invert; more get 429")
     max_likelihood_jobs: int = Field(1, ge=1, description="likelihoods computed at once by POST /likelihood (each "
                                                           "takes about a hundred forward and backward passes); more "
                                                           "get 429")

@@ -68,6 +68,7 @@ from .sampling import (
     sampling_step,
     steps_limit,
 )
+from .sampling.invert import Inversion, invert
 
 __all__ = [
     "BUNDLED_DATASET",
@@ -90,6 +91,7 @@ __all__ = [
     "DiffusionConfig",
     "GaussianDiffusion",
     "ImageLikelihood",
+    "Inversion",
     "Lane",
     "LoadedModel",
     "Model",
@@ -130,6 +132,7 @@ __all__ = [
     "guided_forward",
     "image_as_x0",
     "image_likelihood",
+    "invert",
     "last_frame",
     "load_dataset",
     "load_model",

@@ -15,6 +15,7 @@ export class NoisePanel {
    */
   constructor(boot, markT) {
     this.markT = markT;
+    this.T = boot.model.T;
     this.err = $("noise-error");
     this.tIn = $("noise-t");
     this.stepsIn = $("noise-steps");
@@ -47,6 +48,7 @@ export class NoisePanel {
       ev.preventDefault();
       this.denoise();
     });
+    $("noise-invert").addEventListener("click", () => this.invert());
     this.clampSteps();
     this.loadExamples();
   }
@@ -63,6 +65,7 @@ export class NoisePanel {
     this.source = blob;
     this.tIn.disabled = false;
     $("noise-reseed").disabled = false;
+    $("noise-invert").disabled = false;
     this.refresh();
     this.measure(blob);
   }
@@ -96,6 +99,38 @@ export class NoisePanel {
     const next = this.nextMeasure;
     this.nextMeasure = null;
     if (next) this.measure(next);
+  }
+
+  /**
+   * POST /invert: the image's x_T by DDIM inversion on the Steps grid, and its decode back. "Denoise from here"
+   * then starts from that x_T with DDIM on the same grid: under the Generate panel's digit, the visitor's own
+   * handwriting redrawn as that digit.
+   */
+  async invert() {
+    if (!this.source) return;
+    const button = $("noise-invert");
+    button.disabled = true;
+    $("noise-inv-facts").textContent = "inverting…";
+    const form = new FormData();
+    form.append("image", this.source, this.source.name || "image.png");
+    form.append("steps", this.stepsIn.value);
+    const label = $("noise-invert-label");
+    if (label && label.value !== "") form.append("label", label.value);
+    try {
+      const r = await request("/invert", { method: "POST", body: form });
+      $("noise-rec").src = r.reconstruction;
+      $("noise-inv-facts").textContent = `PSNR ${r.psnr.toFixed(1)} dB over ${r.steps} steps each way`;
+      this.noised = { id: r.id, t: this.T - 1 };
+      $("noise-sampler").value = "ddim";
+      this.stepsIn.max = this.T;
+      this.stepsIn.value = r.steps;
+      this.runner.sync();
+    } catch (e) {
+      $("noise-inv-facts").textContent = "";
+      showError(this.err, e.message);
+    } finally {
+      button.disabled = false;
+    }
   }
 
   /** POST /noise at the slider's t. One request at a time; moves meanwhile mark it stale and the newest t wins. */

@@ -374,6 +374,29 @@ def test_noise_panel_noises_and_denoises_back(page, server):
     assert console.unexpected("status of 415") == []
 
 
+def test_noise_panel_inverts_an_image_and_decodes_its_x_T(page, server):
+    """Invert → PSNR and the round trip shown; Denoise from here then starts from that x_T with DDIM on the same
+    grid, and gives back the round trip's image."""
+    pg, console = page
+    pg.click("#noise-examples button.example >> nth=1")
+    pg.wait_for_selector("#noise-xt[src]")
+    pg.fill("#noise-steps", "8")
+    pg.click("#noise-invert")
+    pg.wait_for_function("document.getElementById('noise-inv-facts').textContent.includes('PSNR')",
+                         timeout=TIMEOUT_MS)
+    assert re.search(r"PSNR -?\d+\.\d dB over 8 steps each way", pg.inner_text("#noise-inv-facts"))
+    assert pg.input_value("#noise-sampler") == "ddim" and pg.input_value("#noise-steps") == "8"
+    rec = img(pg, "#noise-rec")
+    pg.fill("#noise-n", "1")
+    pg.click("#noise-go")
+    pg.wait_for_selector("#noise-viewer[data-state=done]", timeout=TIMEOUT_MS)
+    job = httpx.get(f"{server.url}{API}/jobs/{pg.get_attribute('#noise-viewer', 'data-job-id')}").json()
+    assert job["sampler"] == "ddim" and job["of"] == 8
+    decoded = img(pg, "#noise-viewer .xt")
+    assert decoded.shape == rec.shape and np.abs(decoded.astype(int) - rec.astype(int)).max() <= 1
+    assert console.errors == []
+
+
 def test_api_errors_are_shown_on_the_page(page, server):
     pg, console = page
     fill_generate(pg, n=MAX_BATCH + 1, sampler="ddim", steps=5)

@@ -21,11 +21,13 @@ from sse_starlette.sse import EventSourceResponse
 from engine import (
     MAX_SEED,
     ImageLikelihood,
+    Inversion,
     NoiseSchedule,
     SpecError,
     Start,
     image_as_x0,
     image_likelihood,
+    invert,
     resolve,
 )
 
@@ -36,6 +38,7 @@ from ..threads import on_a_thread_that_exits
 from . import sse
 from .schemas import (
     ErrorResponse,
+    InvertResponse,
     JobCreated,
     JobRequest,
     JobState,
@@ -297,6 +300,47 @@ async def post_likelihood(st: State, image: Annotated[UploadFile, File(descripti
     return LikelihoodResponse(bpd_ode=result.bpd_ode[0], bpd_bound=result.bpd_bound[0],
                               ode_evaluations=result.ode_evaluations, tolerance=result.tolerance, x0=x0_url,
                               elapsed_ms=round((time.perf_counter() - t0) * 1000.0, 1))
+
+
+@api.post("/invert", response_model=InvertResponse, summary="DDIM inversion of an uploaded image to its x_T",
+          responses={400: BODY_ERRORS[400],
+                     413: {"model": ErrorResponse, "description": "too many bytes or pixels"},
+                     415: {"model": ErrorResponse, "description": "not an image"},
+                     429: {"model": ErrorResponse, "description": "too many uploads at once; retry after Retry-After"},
+                     422: {"model": ValidationErrorResponse,
+                           "description": "bad label or steps, or an image that cannot be decoded; `loc` names the "
+                                          "field"}})
+async def post_invert(st: State, image: Annotated[UploadFile, File(description="PNG/JPEG image")],
+                      steps: Annotated[int, Form(ge=1, description="DDIM levels, both ways (at most T)")] = 50,
+                      label: Annotated[int | None, Form(ge=0, description="class-conditional models: the image's "
+                                                                          "class (default: no label)")] = None
+                      ) -> InvertResponse:
+    m = st.model
+    if steps > m.diffusion.T:
+        raise _invalid("steps", f"steps must be ≤ {m.diffusion.T} (T of this model)", steps)
+    if label is not None and label >= max(m.num_classes, 1):
+        raise _invalid("label", f"label must be a class in [0, {m.num_classes - 1}]" if m.num_classes
+                       else "label: this model is unconditional", label)
+    data = await _read_upload(st, image)
+
+    def invert_it() -> tuple[Inversion, str, str]:
+        try:
+            x0 = _upload_as_x0(st, data)
+            inv = invert(m, x0.to(st.device), steps, label, st.device)
+            vr = m.card.value_range
+            return inv, data_url(grid_png(x0, vr)), data_url(grid_png(inv.reconstruction.cpu(), vr))
+        finally:  # here, not in the handler: a cancelled handler must not free the slot while this still runs
+            st.noise_slots.release()
+
+    if not st.noise_slots.acquire(blocking=False):
+        raise HTTPException(429, f"image: {st.settings.max_noise_uploads} uploads are being worked on already "
+                                 "(max_noise_uploads)", headers={"Retry-After": "1"})
+    t0 = time.perf_counter()
+    inv, x0_url, rec_url = await on_a_thread_that_exits(invert_it)
+    handle = secrets.token_hex(8)
+    st.remember_noised(handle, inv.x_T.cpu(), m.diffusion.T - 1)
+    return InvertResponse(id=handle, steps=steps, psnr=round(float(inv.psnr[0]), 2), x0=x0_url,
+                          reconstruction=rec_url, elapsed_ms=round((time.perf_counter() - t0) * 1000.0, 1))
 
 
 async def _read_upload(st: AppState, image: UploadFile) -> bytes:

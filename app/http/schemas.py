@@ -104,6 +104,16 @@ class LikelihoodResponse(BaseModel):
     elapsed_ms: float
 
 
+class InvertResponse(BaseModel):
+    id: str = Field(description="the image's x_T: pass as `init` with sampler ddim, eta 0 and the same steps to "
+                                "decode it, under its own label or another one")
+    steps: int
+    psnr: float = Field(description="the round trip's PSNR in dB (pixels in [0, 1])")
+    x0: str = Field(description="the uploaded image as the model sees it (PNG data URL)")
+    reconstruction: str = Field(description="x_T decoded back, unguided, under the given label (PNG data URL)")
+    elapsed_ms: float
+
+
 class NoiseResponse(BaseModel):
     id: str = Field(description="pass as `init` to /jobs, /samples or /stream to denoise from this x_t")
     t: int

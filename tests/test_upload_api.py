@@ -1,5 +1,6 @@
-"""POST /api/v1/likelihood on the bundled default: a held-out digit and a scribble cost far fewer bits than
-noise, by the ODE and by the bound alike; what is not an image is refused.
+"""The routes that work on an uploaded image, on the bundled default. POST /api/v1/likelihood: a held-out digit and
+a scribble cost far fewer bits than noise, by the ODE and by the bound alike. POST /api/v1/invert: a digit's x_T,
+which /samples decodes back (and redraws under another label). What is not an image is refused.
 
 A scribble of strokes on black costs about as few bits as a digit (fewer, for the one here): likelihood
 rewards large flat background, not digit-ness (Nalisnick et al. 2019), the lesson the page's noise panel shows."""
@@ -16,7 +17,7 @@ from PIL import Image
 
 from engine import DEFAULT_MODEL, load_dataset, to_uint8_array
 
-from .server_utils import start_server
+from .server_utils import decode_png, start_server
 
 API = "/api/v1"
 
@@ -61,3 +62,33 @@ def test_a_digit_and_a_scribble_cost_far_fewer_bits_than_noise(server):
 def test_what_is_not_an_image_is_refused(server):
     r = httpx.post(server.url + API + "/likelihood", files={"image": ("x.png", b"not a png", "image/png")})
     assert r.status_code == 415 and "image" in r.json()["detail"]
+
+
+def _digit_png(k: int = 0) -> tuple[bytes, int]:
+    test = load_dataset("mnist5k", "test")
+    return _png(to_uint8_array(test.images[k : k + 1], (-1.0, 1.0))[0, ..., 0]), int(test.labels[k])
+
+
+def test_invert_then_decode_the_x_T_through_samples(server):
+    """The issue's target on a real digit (PSNR ≥ 20 dB at 50 steps); the id is an init that /samples decodes,
+    unguided under the same label, to the round trip's own reconstruction."""
+    png, label = _digit_png(7)
+    r = httpx.post(server.url + API + "/invert", files={"image": ("d.png", png, "image/png")},
+                   data={"steps": "50", "label": str(label)}, timeout=300)
+    assert r.status_code == 200, r.text
+    inv = r.json()
+    assert inv["psnr"] >= 20 and inv["steps"] == 50
+    body = {"n": 1, "init": inv["id"], "sampler": "ddim", "steps": 50, "labels": label, "guidance": 1.0,
+            "guidance_interval": [0, 999]}
+    again = httpx.post(server.url + API + "/samples", json=body, timeout=300).json()
+    decoded = decode_png(again["images"][0]).astype(int)
+    rec = decode_png(inv["reconstruction"]).astype(int)[2:-2, 2:-2]  # a one-image grid: a 2-pixel border
+    assert decoded.shape == rec.shape and np.abs(decoded - rec).max() <= 1
+
+
+@pytest.mark.parametrize("data,field", [({"label": "10"}, "label"), ({"steps": "1001"}, "steps"),
+                                        ({"steps": "0"}, "steps")])
+def test_invert_names_the_field_it_refuses(server, data, field):
+    png, _ = _digit_png()
+    r = httpx.post(server.url + API + "/invert", files={"image": ("d.png", png, "image/png")}, data=data)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == field
