@@ -2,6 +2,7 @@
 
 import { showError } from "./api.js";
 import { initGenerate } from "./generate.js";
+import { initGuidanceGrid } from "./grid.js";
 import { NoisePanel } from "./noise.js";
 import { RacePanel } from "./race.js";
 import { initSchedule } from "./schedule.js";
@@ -14,12 +15,14 @@ async function main() {
   const abandonGen = initGenerate(boot, mark);
   const noise = new NoisePanel(boot, mark);
   const race = new RacePanel(boot, mark);
+  const abandonGrid = initGuidanceGrid(boot, mark);
   markT = await initSchedule();
   // leaving the page must not leave the server sampling for nobody
   window.addEventListener("pagehide", () => {
     abandonGen();
     noise.abandon();
     race.abandon();
+    abandonGrid();
   });
   document.body.dataset.ready = "true";
 }

@@ -135,9 +135,12 @@ export class FrameViewer {
     this.setStatus(`step ${f.step}/${f.of} · ${fmtRate(rate)} it/s · ETA ${fmtSecs(eta)}`);
   }
 
-  /** Each cell's class over the x̂0 grid, laid out as the server tiles it (⌈√n⌉ per row, centred). */
+  /**
+   * Each cell's class over the x̂0 grid, laid out as the server tiles it: ``this.columns`` per row when a panel
+   * set it (a guidance grid's n), else ⌈√n⌉, centred.
+   */
   showLabels(labels) {
-    const cols = Math.ceil(Math.sqrt(labels.length));
+    const cols = this.columns ?? Math.ceil(Math.sqrt(labels.length));
     const rows = Math.ceil(labels.length / cols);
     const box = this.cellLabels;
     box.style.gridTemplateColumns = `repeat(${cols}, 1fr)`;

@@ -536,6 +536,43 @@ def test_the_adaptive_ode_streams_with_a_bar_that_follows_t(page, server):
     assert console.errors == []
 
 
+def test_guidance_grid_draws_a_row_per_scale_from_one_seed(browser, tmp_path):
+    """The grid panel: one job of digits × scales images, tiled a digit to a column, whose rows share their draws
+    (the s = 1 row asked twice is the same row twice), and a bad scale named by the server's 422."""
+    from .server_utils import tiny_model_file
+
+    model = tiny_model_file(tmp_path / "cond.safetensors", image_size=8, T=50, num_classes=10)
+    server = start_server(model, tmp_path / "server.log")
+    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        pg = ctx.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        console = Console(pg)
+        pg.goto(server.url + "/")
+        pg.wait_for_selector("body[data-ready=true]")
+        pg.fill("#grid-scales", "0, 1, 1")
+        pg.fill("#grid-seed", "5")
+        with pg.expect_request(lambda r: r.url.endswith("/api/v1/jobs") and r.method == "POST") as req:
+            pg.click("#grid-go")
+        sent = req.value.post_data_json
+        assert (sent["n"], sent["labels"], sent["guidance_grid"]) == (10, "each", [0, 1, 1])
+        pg.wait_for_selector("#grid-viewer[data-state=done]")
+        assert pg.locator("#grid-cell-labels span").all_inner_texts() == [str(d) for d in range(10)] * 3
+        job = httpx.get(f"{server.url}{API}/jobs/{pg.get_attribute('#grid-viewer', 'data-job-id')}").json()
+        assert job["n"] == 30
+        grid = img(pg, "#grid-viewer .xt")
+        cell = 8 + 2
+        assert grid.shape[1] == 10 * cell + 2 and grid.shape[0] == 3 * cell + 2  # a digit to a column
+        assert np.array_equal(grid[cell + 2 : 2 * cell], grid[2 * cell + 2 : 3 * cell])  # the two s = 1 rows
+        pg.fill("#grid-scales", "0, 30")
+        pg.click("#grid-go")
+        pg.wait_for_function("document.getElementById('grid-error').textContent.includes('guidance_grid')")
+        assert console.unexpected("status of 422") == []
+    finally:
+        ctx.close()
+        server.stop()
+
+
 def test_digit_picker_and_guidance_slider_drive_a_conditional_model(browser, tmp_path):
     from .server_utils import tiny_model_file
 

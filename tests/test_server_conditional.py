@@ -51,6 +51,16 @@ def test_labels_and_guidance_match_the_cli(server, model_file, tmp_path):
         assert np.array_equal(via_api, np.load(tmp_path / "s.npz")["images"][..., 0]), label
 
 
+def test_a_guidance_grid_is_the_same_through_the_api_and_the_cli(server, model_file, tmp_path):
+    body = dict(n=4, steps=5, sampler="ddim", seed=2, labels="each", guidance_grid=[0.0, 1.0, 3.0])
+    via_api = _images(server, **body)
+    assert via_api.shape[0] == 12
+    subprocess.run([sys.executable, "-m", "engine", "sample", "--model", str(model_file), "--n", "4", "--steps", "5",
+                    "--sampler", "ddim", "--seed", "2", "--label", "each", "--guidance-grid", "0,1,3",
+                    "--out", str(tmp_path / "g.npz")], cwd=ROOT, check=True, capture_output=True)
+    assert np.array_equal(via_api, np.load(tmp_path / "g.npz")["images"][..., 0])
+
+
 def test_the_label_changes_the_image_and_guidance_the_strength(server):
     base = dict(n=2, steps=6, sampler="ddim", seed=1)
     a, b = _images(server, **base, labels=1, guidance=1.0), _images(server, **base, labels=2, guidance=1.0)

@@ -95,6 +95,11 @@ def test_resolve_fills_defaults_from_the_model_and_the_server():
     (SamplingSpec(guidance_interval=(0, 10)), _model(), "guidance_interval", "this model is unconditional"),
     (SamplingSpec(guidance_interval=(30, 10)), _model(10), "guidance_interval", "t_lo ≤ t_hi in [0, 49]"),
     (SamplingSpec(guidance_interval=(0, 50)), _model(10), "guidance_interval", "t_lo ≤ t_hi in [0, 49]"),
+    (SamplingSpec(guidance_grid=[0, 1]), _model(), "guidance_grid", "this model is unconditional"),
+    (SamplingSpec(guidance_grid=[0, 1], guidance=2.0), _model(10), "guidance_grid", "give one or the other"),
+    (SamplingSpec(guidance_grid=[0.0] * 9), _model(10), "guidance_grid", "1 … 8 scales"),
+    (SamplingSpec(guidance_grid=[]), _model(10), "guidance_grid", "1 … 8 scales"),
+    (SamplingSpec(guidance_grid=[0, 21]), _model(10), "guidance_grid", "each scale must lie in [0, 20]"),
 ])
 def test_resolve_refuses_with_the_field_as_data(spec, model, field, needle):
     with pytest.raises(SpecError) as e:
@@ -126,3 +131,25 @@ def test_a_batch_of_lanes_steps_each_lane_as_it_steps_alone():
         alone = resolve(run.spec, _model())
         *_, last = sample_iter(net, d, alone.plan, alone.shape, alone.generator)
         assert torch.equal(lane.x, last.x_t)
+
+
+def test_a_guidance_grid_is_n_images_a_row_per_scale_from_the_same_draws():
+    """Each row repeats the n draws (labels, x_T and every step's noise) under its own scale."""
+    m = _model(10)
+    m.net = lambda x, t, y: x * 0.1 + y.float().reshape(-1, 1, 1, 1) * 0.01  # labels matter, rows must not
+    run = resolve(SamplingSpec(n=3, labels="any", guidance_grid=[1.0, 2.0, 1.0], sampler="ddpm", steps=5, seed=4),
+                  m)
+    assert run.shape[0] == 9 and run.rows == 3
+    assert run.cond.scale.tolist() == [1.0] * 3 + [2.0] * 3 + [1.0] * 3
+    labels = run.cond.labels.tolist()
+    assert labels[:3] == labels[3:6] == labels[6:]
+    x = final_samples(run, m)
+    assert torch.equal(x[:3], x[6:]) and not torch.equal(x[:3], x[3:6])
+    with pytest.raises(SpecError, match="n × rows = 12 images, more than the server's max batch"):
+        resolve(SamplingSpec(n=3, guidance_grid=[0, 1, 2, 4]), m, max_n=10)
+
+
+def final_samples(run, m) -> torch.Tensor:
+    from engine import last_frame, run_frames
+
+    return last_frame(run_frames(run, m)).x_t

@@ -87,9 +87,10 @@ def _submit(request: Request, st: State, req: SampleRequest, frame_every: int, f
     except SpecError as e:
         raise _invalid(e.field, e.message, e.value, where) from None
     frame_every = max(frame_every, st.settings.frame_every_min)  # the operator's cap on frame rate
+    columns = run.spec.n if run.rows > 1 else None  # a guidance grid's rows are its scales
     try:
         return st.clients.submit(st.clients.client(request),
-                                 lambda: st.worker.submit(run, frame_every, st.new_log(frame_format)))
+                                 lambda: st.worker.submit(run, frame_every, st.new_log(frame_format, columns)))
     except QueueFull as e:
         raise HTTPException(429, str(e), headers={"Retry-After": "2"}) from None
 

@@ -36,9 +36,9 @@ def data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def grid(x: Tensor, value_range: tuple[float, float]) -> np.ndarray:
-    """A CPU ``(N, C, H, W)`` batch as one uint8 ``(H', W', C)`` grid."""
-    return make_grid(to_uint8_array(x, value_range))
+def grid(x: Tensor, value_range: tuple[float, float], columns: int | None = None) -> np.ndarray:
+    """A CPU ``(N, C, H, W)`` batch as one uint8 ``(H', W', C)`` grid, ``columns`` images to a row (default ⌈√N⌉)."""
+    return make_grid(to_uint8_array(x, value_range), columns)
 
 
 def grid_png(x: Tensor, value_range: tuple[float, float]) -> bytes:
@@ -85,15 +85,16 @@ class Images:
 Logged = Result | FramePixels | Images
 
 
-def encode(result: Result, fmt: FrameFormat, value_range: tuple[float, float]) -> Logged:
-    """``result`` in its wire form (frames and final images encoded; other results as they are)."""
+def encode(result: Result, fmt: FrameFormat, value_range: tuple[float, float], columns: int | None = None) -> Logged:
+    """``result`` in its wire form (frames and final images encoded, grids ``columns`` wide; other results as
+    they are)."""
     if isinstance(result, Frame):
-        xt, x0 = grid(result.x_t, value_range), grid(result.x0, value_range)
+        xt, x0 = grid(result.x_t, value_range, columns), grid(result.x0, value_range, columns)
         return FramePixels(result.step, result.of, result.t, xt.shape, fmt, encode_image(xt, fmt),
                            encode_image(x0, fmt))
     if isinstance(result, Done):
         u8 = to_uint8_array(result.images, value_range)
-        return Images([png_bytes(u8[i]) for i in range(u8.shape[0])], png_bytes(make_grid(u8)), result.seed,
+        return Images([png_bytes(u8[i]) for i in range(u8.shape[0])], png_bytes(make_grid(u8, columns)), result.seed,
                       result.elapsed_ms, result.evaluations)
     return result
 
@@ -197,9 +198,9 @@ class JobLog(EventLog):
     """
 
     def __init__(self, fmt: FrameFormat, buffer: int, encoder: FrameEncoder, value_range: tuple[float, float],
-                 on_drop: Callable[[int], None] = lambda n: None) -> None:
+                 on_drop: Callable[[int], None] = lambda n: None, columns: int | None = None) -> None:
         super().__init__(buffer, on_drop)
-        self.format, self.encoder, self.value_range = fmt, encoder, value_range
+        self.format, self.encoder, self.value_range, self.columns = fmt, encoder, value_range, columns
         self._pending = 0
         self._order = threading.Lock()
 
@@ -218,7 +219,7 @@ class JobLog(EventLog):
     def _encode(self, result: Result, on_logged: Callable[[str | None], None] | None) -> None:
         failure = None
         try:
-            logged: Logged | None = encode(result, self.format, self.value_range)
+            logged: Logged | None = encode(result, self.format, self.value_range, self.columns)
         except Exception as e:  # a lost intermediate frame is skipped; losing the result ends the job
             log.exception("encoding a %s failed", type(result).__name__)
             failure = f"encoding the result failed: {type(e).__name__}: {e}"

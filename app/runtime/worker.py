@@ -68,7 +68,8 @@ class Job:
 
     @property
     def n(self) -> int:
-        return self.run.spec.n
+        """Images in the job: the request's n, times the rows of a guidance grid."""
+        return self.run.shape[0]
 
     @property
     def plan(self) -> SamplingPlan | OdePlan:

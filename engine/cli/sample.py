@@ -43,7 +43,8 @@ def run_sample(args: argparse.Namespace) -> int:
     plan = run.plan
     bar = f"{plan.sampler}, at most {plan.K} evaluations" if adaptive else f"{plan.sampler} {plan.K} steps"
     last = last_frame(run_frames(run, m, device), bar, None if adaptive else run.plan.K)
-    out = save_samples(args.out, to_uint8(last.x_t, m.card.value_range))
-    print(f"wrote {spec.n} samples to {out} in {time.perf_counter() - t0:.1f}s ({run.plan.sampler}, "
+    # a guidance grid's rows are its scales: n images to a row
+    out = save_samples(args.out, to_uint8(last.x_t, m.card.value_range), nrow=spec.n if run.rows > 1 else None)
+    print(f"wrote {last.x_t.shape[0]} samples to {out} in {time.perf_counter() - t0:.1f}s ({run.plan.sampler}, "
           f"{last.step} model evaluations)")
     return 0

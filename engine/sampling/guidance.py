@@ -55,11 +55,14 @@ class Conditioning:
                             null_label=nulls.pop())
 
     @staticmethod
-    def of(labels: Tensor, scale: float, null_label: int, interval: tuple[int, int] = EVERY_STEP) -> Conditioning:
-        """One scale and one interval for every sample of ``labels``."""
+    def of(labels: Tensor, scale: float | Tensor, null_label: int, interval: tuple[int, int] = EVERY_STEP
+           ) -> Conditioning:
+        """One interval for every sample of ``labels``, and one scale for all of them or ``(n,)`` scales."""
         n, dev = labels.shape[0], labels.device
-        return Conditioning(labels, torch.full((n,), float(scale), device=dev),
-                            torch.tensor([interval], dtype=torch.long, device=dev).expand(n, 2), null_label)
+        scales = (scale.to(dev, torch.float32) if isinstance(scale, Tensor)
+                  else torch.full((n,), float(scale), device=dev))
+        return Conditioning(labels, scales, torch.tensor([interval], dtype=torch.long, device=dev).expand(n, 2),
+                            null_label)
 
     def to(self, device: torch.device | str) -> Conditioning:
         return Conditioning(self.labels.to(device), self.scale.to(device), self.interval.to(device), self.null_label)

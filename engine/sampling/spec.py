@@ -69,6 +69,18 @@ def parse_interval(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def parse_scales(text: str) -> list[float]:
+    """``guidance_grid`` as the command line writes it: ``0,1,2,4,8``."""
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise ValueError(f"must be guidance scales S1,S2,…, got {text!r}") from None
+
+
+#: The most rows a guidance grid may have.
+MAX_GRID_ROWS = 8
+
+
 def _sampler_help() -> str:
     return "default: the model kind's (the server lists its defaults in GET /model). " + "; ".join(
         f"{name}: {info}" for name, info in SAMPLER_INFO.items())
@@ -110,6 +122,11 @@ class SamplingSpec:
         help="class-conditional models: guide only at model timesteps t with t_lo ≤ t ≤ t_hi (t in [0, T − 1], high "
              "t is noisy); the other steps are purely conditional and evaluate one row instead of two "
              "(Kynkäänniemi et al. 2024); default: the lower 55 % of t, [0, 549] when T = 1000")
+    guidance_grid: list[float] | None = option(
+        None, metavar="S1,S2,…", parse=parse_scales,
+        help=f"class-conditional models, instead of guidance: one row of the n images per scale (at most "
+             f"{MAX_GRID_ROWS}), every row from the same x_T and noise, so one job shows what guidance does to the "
+             f"same draws; n × rows images in all")
     seed: int | None = option(None, ge=0, le=MAX_SEED, help="default: a random seed, reported with the result")
     clip: bool = option(True, help="clip the predicted x̂0 to the data range")
     init: str | None = option(None, flag=False, max_length=64,
@@ -150,6 +167,11 @@ class SamplingRun:
     start: Start | None = None
 
     @property
+    def rows(self) -> int:
+        """Copies of the n draws in the run: one per ``guidance_grid`` scale, else 1."""
+        return len(self.spec.guidance_grid) if self.spec.guidance_grid else 1
+
+    @property
     def drawn_labels(self) -> list[int | None] | None:
         """Each image's class (None: no label); None for an unconditional model."""
         if self.cond is None:
@@ -183,8 +205,10 @@ def complete(spec: SamplingSpec, model: SamplingModel, defaults: ServerDefaults 
     if max_n is not None and spec.n > max_n:
         raise SpecError("n", f"n must be ≤ {max_n} (the server's max batch)", spec.n)
     conditional = model.num_classes > 0
+    if spec.guidance_grid is not None:
+        _check_grid(spec, max_n)
     if not conditional:
-        for name in ("labels", "guidance", "guidance_interval"):
+        for name in ("labels", "guidance", "guidance_interval", "guidance_grid"):
             if getattr(spec, name) is not None:
                 raise SpecError(name, f"{name}: this model is unconditional", getattr(spec, name))
     sampler = choose(spec.sampler, None, None, defaults.sampler, conditional).sampler
@@ -212,7 +236,7 @@ def complete(spec: SamplingSpec, model: SamplingModel, defaults: ServerDefaults 
         except ValueError as e:
             raise SpecError("labels", str(e), spec.labels) from None
     guidance = spec.guidance
-    if guidance is None:
+    if guidance is None and spec.guidance_grid is None:
         guidance = DEFAULT_GUIDANCE if defaults.guidance is None else defaults.guidance
     T = model.diffusion.T
     interval = spec.guidance_interval or defaults.guidance_interval or default_guidance_interval(T)
@@ -221,6 +245,21 @@ def complete(spec: SamplingSpec, model: SamplingModel, defaults: ServerDefaults 
         raise SpecError("guidance_interval", f"guidance_interval must be two timesteps t_lo ≤ t_hi in [0, {T - 1}], "
                                              f"got {list(interval)}", interval)
     return filled.replace(labels=labels, guidance=guidance, guidance_interval=interval)
+
+
+def _check_grid(spec: SamplingSpec, max_n: int | None) -> None:
+    grid = spec.guidance_grid
+    assert grid is not None
+    lo, hi = GUIDANCE_RANGE
+    if spec.guidance is not None:
+        raise SpecError("guidance_grid", "guidance_grid replaces guidance: give one or the other", grid)
+    if not 1 <= len(grid) <= MAX_GRID_ROWS:
+        raise SpecError("guidance_grid", f"guidance_grid must hold 1 … {MAX_GRID_ROWS} scales, got {len(grid)}", grid)
+    if any(not lo <= s <= hi for s in grid):
+        raise SpecError("guidance_grid", f"guidance_grid: each scale must lie in [{lo:g}, {hi:g}], got {grid}", grid)
+    if max_n is not None and spec.n * len(grid) > max_n:
+        raise SpecError("guidance_grid", f"guidance_grid: n × rows = {spec.n * len(grid)} images, more than the "
+                                         f"server's max batch ({max_n})", grid)
 
 
 def _steps(spec: SamplingSpec, sampler: SamplerName, model: SamplingModel, defaults: ServerDefaults,
@@ -265,8 +304,10 @@ def resolve(spec: SamplingSpec, model: SamplingModel, defaults: ServerDefaults =
         raise SpecError("sampler", f"sampler {full.sampler!r}: {e}", full.sampler) from None
     gen = torch.Generator().manual_seed(full.seed)
     cond = None
+    rows = len(full.guidance_grid) if full.guidance_grid else 1
     if model.num_classes:
-        assert full.guidance is not None
         labels = resolve_labels(full.labels, full.n, model.num_classes, gen)
-        cond = Conditioning.of(labels, full.guidance, model.num_classes, full.guidance_interval)
-    return SamplingRun(full, plan, (full.n, *model.sample_shape), gen, cond, start)
+        scales = torch.tensor(full.guidance_grid).repeat_interleave(full.n) if full.guidance_grid else full.guidance
+        assert scales is not None
+        cond = Conditioning.of(labels.repeat(rows), scales, model.num_classes, full.guidance_interval)
+    return SamplingRun(full, plan, (full.n * rows, *model.sample_shape), gen, cond, start)

@@ -47,9 +47,9 @@ class Lane:
     """One run's state in a stepper's batch (on the stepper's device); ``step`` counts the steps taken."""
 
     def __init__(self, plan: SamplingPlan, x: Tensor, generator: torch.Generator | None, clip: bool,
-                 cond: Conditioning | None) -> None:
+                 cond: Conditioning | None, repeat: int = 1) -> None:
         self.plan, self.x, self.generator, self.clip, self.cond = plan, x, generator, clip, cond
-        self.n = int(x.shape[0])
+        self.n, self.repeat = int(x.shape[0]), repeat
         self.history: list[Tensor] | None = [torch.zeros_like(x) for _ in range(plan.slots)] if plan.slots else None
         self.step = 0
 
@@ -61,7 +61,7 @@ class Lane:
         """This step's noise, on the generator's own device (drawn before the step, so that a failed batch
         can be retried lane by lane with the same draws)."""
         gdev = self.generator.device if self.generator is not None else torch.device("cpu")
-        return draw_noise(tuple(self.x.shape), self.generator, gdev)
+        return tile(draw_noise((self.n // self.repeat, *self.x.shape[1:]), self.generator, gdev), self.repeat)
 
 
 class Stepper:
@@ -75,18 +75,24 @@ class Stepper:
         return cls(as_denoiser(model.net, model.num_classes > 0), model.diffusion, device)
 
     def start(self, plan: SamplingPlan | OdePlan, shape: tuple[int, ...], generator: torch.Generator | None,
-              x_start: Tensor | None = None, clip: bool = True, cond: Conditioning | None = None) -> AnyLane:
-        """A lane at step 0: x_T drawn from ``generator``, or ``x_start`` ``(1 or N, C, H, W)`` repeated to N."""
+              x_start: Tensor | None = None, clip: bool = True, cond: Conditioning | None = None,
+              repeat: int = 1) -> AnyLane:
+        """A lane at step 0: x_T drawn from ``generator``, or ``x_start`` ``(1 or N, C, H, W)`` repeated to N.
+
+        ``repeat``: the N samples are that many copies of N/repeat draws, x_T and every step's noise alike (the
+        rows of a guidance grid)."""
         if x_start is None:
-            x = draw_noise(shape, generator, self.device)
+            x = tile(draw_noise((shape[0] // repeat, *shape[1:]), generator, self.device), repeat)
         else:
             x = x_start.to(self.device, torch.float32).expand(shape).clone()
-        kind = OdeLane if isinstance(plan, OdePlan) else Lane
-        return kind(plan, x, generator, clip, None if cond is None else cond.to(self.device))  # type: ignore[arg-type]
+        cond = None if cond is None else cond.to(self.device)
+        if isinstance(plan, OdePlan):
+            return OdeLane(plan, x, generator, clip, cond)
+        return Lane(plan, x, generator, clip, cond, repeat)
 
     def start_run(self, run: SamplingRun) -> AnyLane:
-        return self.start(run.plan, run.shape, run.generator, None if run.start is None else run.start.x,
-                          run.spec.clip, run.cond)
+        x_start = None if run.start is None else run.start.x
+        return self.start(run.plan, run.shape, run.generator, x_start, run.spec.clip, run.cond, run.rows)
 
     def advance(self, lanes: Sequence[AnyLane], noise: Sequence[Tensor | None] | None = None) -> list[SampleFrame]:
         """One step for every lane in ``lanes``: ONE denoiser call over all their rows, ONE update of the
@@ -165,6 +171,11 @@ def _write_history(lane: Lane, value: Tensor) -> None:
         lane.history = [value, *lane.history[:-1]]
     elif where != KEEP:
         lane.history[where] = value
+
+
+def tile(x: Tensor, repeat: int) -> Tensor:
+    """``x`` ``(n, …)`` repeated ``repeat`` times along the batch, ``(repeat·n, …)`` (no copy when once)."""
+    return x if repeat == 1 else x.repeat(repeat, *([1] * (x.ndim - 1)))
 
 
 def _cat(parts: list[Tensor]) -> Tensor:
