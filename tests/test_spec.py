@@ -153,3 +153,11 @@ def final_samples(run, m) -> torch.Tensor:
     from engine import last_frame, run_frames
 
     return last_frame(run_frames(run, m)).x_t
+
+
+def test_eval_refuses_a_guidance_grid_rather_than_score_a_mixture(capsys):
+    from app.cli import main
+
+    assert main(["eval", "--n", "8", "--guidance-grid", "0,1", "--bpd-images", "0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "guidance_grid: eval scores one guidance scale at a time" in err and len(err.splitlines()) == 1

@@ -412,6 +412,8 @@ def evaluate_model(
     Returns a flat JSON-able dict; ``skipped`` lists metrics that did not apply, with the reason.
     """
     check_eval_args(batch_size, bpd_images, bpd_timesteps, copy_percentile, bpd=bpd)
+    if spec.guidance_grid is not None:  # the metrics score one configuration; a grid is several
+        raise MetricsError("guidance_grid: eval scores one guidance scale at a time; run it once per scale")
     spec = complete(spec.replace(seed=0 if spec.seed is None else spec.seed), loaded)
     sde = _ode_sde(loaded) if bpd == "ode" and bpd_images else None  # before sampling, so a bad schedule shows at once
     if fid_weights is not None and not Path(fid_weights).is_file():
