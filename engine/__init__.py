@@ -68,6 +68,7 @@ from .sampling import (
     sampling_step,
     steps_limit,
 )
+from .sampling.interpolate import interpolation_run
 from .sampling.invert import Inversion, invert
 
 __all__ = [
@@ -132,6 +133,7 @@ __all__ = [
     "guided_forward",
     "image_as_x0",
     "image_likelihood",
+    "interpolation_run",
     "invert",
     "last_frame",
     "load_dataset",

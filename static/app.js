@@ -3,6 +3,7 @@
 import { showError } from "./api.js";
 import { initGenerate } from "./generate.js";
 import { initGuidanceGrid } from "./grid.js";
+import { initInterpolate } from "./interpolate.js";
 import { NoisePanel } from "./noise.js";
 import { RacePanel } from "./race.js";
 import { initSchedule } from "./schedule.js";
@@ -16,6 +17,7 @@ async function main() {
   const noise = new NoisePanel(boot, mark);
   const race = new RacePanel(boot, mark);
   const abandonGrid = initGuidanceGrid(boot, mark);
+  const abandonInterp = initInterpolate(boot, mark);
   markT = await initSchedule();
   // leaving the page must not leave the server sampling for nobody
   window.addEventListener("pagehide", () => {
@@ -23,6 +25,7 @@ async function main() {
     noise.abandon();
     race.abandon();
     abandonGrid();
+    abandonInterp();
   });
   document.body.dataset.ready = "true";
 }

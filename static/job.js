@@ -11,9 +11,11 @@ export class Job {
    * @param {import("./viewer.js").FrameViewer} viewer
    * @param {{onEnd?: (state: string) => void, onError?: (msg: string|null) => void,
    *   onDone?: (d: object) => void}} hooks ``onDone`` gets the ``done`` event's payload
+   * @param {string} route the route that makes the job: /jobs, or /interpolate for a strip
    */
-  constructor(body, viewer, hooks = {}) {
+  constructor(body, viewer, hooks = {}, route = "/jobs") {
     this.body = { ...body, frame_format: FRAME_FORMAT };
+    this.route = route;
     this.viewer = viewer;
     this.onEnd = hooks.onEnd || (() => {});
     this.onError = hooks.onError || (() => {});
@@ -28,7 +30,7 @@ export class Job {
   async start() {
     this.viewer.reset();
     this.viewer.setStatus("submitting…");
-    const created = await postJson("/jobs", this.body);
+    const created = await postJson(this.route, this.body);
     this.id = created.id;
     this.viewer.root.dataset.jobId = created.id;
     this.viewer.queued(created.position);
@@ -121,8 +123,9 @@ export class JobRunner {
    * Start a job for ``body``; a refusal (422, 429, …) is shown on the error line and on the viewer.
    * @param {object} body the JobRequest fields
    * @param {(state: string) => void} onEnd told how the job ended
+   * @param {string} route the route that makes the job (see Job)
    */
-  async run(body, onEnd = () => {}) {
+  async run(body, onEnd = () => {}, route = "/jobs") {
     if (this.running) return;
     showError(this.err, null);
     this.job = new Job(body, this.viewer, {
@@ -131,7 +134,7 @@ export class JobRunner {
         onEnd(state);
       },
       onError: (msg) => showError(this.err, msg),
-    });
+    }, route);
     this.sync();
     try {
       await this.job.start();

@@ -536,7 +536,7 @@ def test_the_adaptive_ode_streams_with_a_bar_that_follows_t(page, server):
     assert console.errors == []
 
 
-def test_guidance_grid_draws_a_row_per_scale_from_one_seed(browser, tmp_path):
+def test_guidance_grid_and_noise_space_walk_panels(browser, tmp_path):
     """The grid panel: one job of digits × scales images, tiled a digit to a column, whose rows share their draws
     (the s = 1 row asked twice is the same row twice), and a bad scale named by the server's 422."""
     from .server_utils import tiny_model_file
@@ -568,6 +568,25 @@ def test_guidance_grid_draws_a_row_per_scale_from_one_seed(browser, tmp_path):
         pg.click("#grid-go")
         pg.wait_for_function("document.getElementById('grid-error').textContent.includes('guidance_grid')")
         assert console.unexpected("status of 422") == []
+
+        # the walk through noise space: a strip of 5 from seed 1's 3 to seed 2's 8, whose ends are those seeds'
+        # own one-image samples
+        pg.fill("#interp-k", "5")
+        pg.fill("#interp-steps", "4")
+        pg.select_option("#interp-label-a", "3")
+        pg.select_option("#interp-label-b", "8")
+        with pg.expect_request(lambda r: r.url.endswith("/api/v1/interpolate") and r.method == "POST") as req:
+            pg.click("#interp-go")
+        assert req.value.post_data_json["labels"] == [3, 8] and req.value.post_data_json["seeds"] == ["1", "2"]
+        pg.wait_for_selector("#interp-viewer[data-state=done]")
+        strip = img(pg, "#interp-viewer .xt")
+        assert strip.shape[1] == 5 * cell + 2 and strip.shape[0] == cell + 2  # one row
+        for end, (seed, label) in ((0, (1, 3)), (4, (2, 8))):
+            one = httpx.post(f"{server.url}{API}/samples", json={"n": 1, "seed": seed, "labels": label,
+                                                                  "sampler": "ddim", "steps": 4}).json()
+            mine = decode_png(one["images"][0]).astype(int)
+            got = strip[2:cell, 2 + end * cell : (end + 1) * cell]
+            assert np.abs(got - mine).max() <= 1, end
     finally:
         ctx.close()
         server.stop()

@@ -23,10 +23,13 @@ from engine import (
     ImageLikelihood,
     Inversion,
     NoiseSchedule,
+    SamplingRun,
+    SamplingSpec,
     SpecError,
     Start,
     image_as_x0,
     image_likelihood,
+    interpolation_run,
     invert,
     resolve,
 )
@@ -37,7 +40,9 @@ from ..state import AppState, State, current
 from ..threads import on_a_thread_that_exits
 from . import sse
 from .schemas import (
+    INTERPOLATE_FIELDS,
     ErrorResponse,
+    InterpolateRequest,
     InvertResponse,
     JobCreated,
     JobRequest,
@@ -86,13 +91,33 @@ def _submit(request: Request, st: State, req: SampleRequest, frame_every: int, f
         run = resolve(spec_of(req), st.model, st.sampling_defaults, start, max_n=st.worker.max_batch)
     except SpecError as e:
         raise _invalid(e.field, e.message, e.value, where) from None
+    return _enqueue(request, st, run, frame_every, frame_format,
+                    columns=run.spec.n if run.rows > 1 else None)  # a guidance grid's rows are its scales
+
+
+def _enqueue(request: Request, st: AppState, run: SamplingRun, frame_every: int, frame_format: FrameFormat,
+             columns: int | None = None) -> Job:
+    """Queue a resolved run as the client's job, its grids ``columns`` wide; 429 when the queue is full."""
     frame_every = max(frame_every, st.settings.frame_every_min)  # the operator's cap on frame rate
-    columns = run.spec.n if run.rows > 1 else None  # a guidance grid's rows are its scales
     try:
         return st.clients.submit(st.clients.client(request),
                                  lambda: st.worker.submit(run, frame_every, st.new_log(frame_format, columns)))
     except QueueFull as e:
         raise HTTPException(429, str(e), headers={"Retry-After": "2"}) from None
+
+
+@api.post("/interpolate", status_code=202, response_model=JobCreated,
+          summary="a strip between two seeds' x_T (and two classes): a job; stream it from /jobs/{id}/events",
+          responses={**ERRORS, **BODY_ERRORS})
+def post_interpolate(request: Request, st: State, req: InterpolateRequest) -> JobCreated:
+    spec = SamplingSpec(n=req.k, **{name: getattr(req, name) for name in INTERPOLATE_FIELDS})
+    try:
+        run = interpolation_run(spec, st.model, req.seeds, req.labels, st.sampling_defaults, st.worker.max_batch)
+    except SpecError as e:  # the strip's own names: its n is k
+        field = "k" if e.field == "n" else e.field
+        raise _invalid(field, field + e.message[len(e.field):], e.value) from None
+    job = _enqueue(request, st, run, req.frame_every, req.frame_format, columns=req.k)
+    return JobCreated(id=job.id, position=st.worker.position(job))
 
 
 def _job_state(worker: SamplingWorker, job: Job) -> JobState:

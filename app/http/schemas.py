@@ -9,11 +9,11 @@ each field's type, default, bounds and help are the spec's. Limits that depend o
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from engine import SamplerName, SamplingSpec, Spacing, config_types
+from engine import MAX_SEED, SamplerName, SamplingSpec, Spacing, config_types
 
 
 def _one_query_value(v: Any) -> Any:
@@ -49,6 +49,27 @@ SampleRequest: type[BaseModel] = create_model(  # type: ignore[call-overload]
 def spec_of(req: BaseModel) -> SamplingSpec:
     """The engine's spec from a request (its extra fields, such as ``frame_every``, left out)."""
     return SamplingSpec(**{f.name: getattr(req, f.name) for f in dataclasses.fields(SamplingSpec)})
+
+
+#: The sampling fields an interpolation takes from the spec (its n is ``k``; its seeds and labels are pairs).
+INTERPOLATE_FIELDS = ("sampler", "steps", "spacing", "eta", "guidance", "guidance_interval", "rtol", "atol", "clip")
+
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+InterpolateRequest: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    "InterpolateRequest",
+    __config__=ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"seeds": [1, 2], "labels": [3, 8], "k": 9, "sampler": "ddim", "steps": 50}]}),
+    __doc__="A strip of k images from one seed's x_T to another's along a great circle, decoded by a deterministic "
+            "sampler; on a class-conditional model the class embedding blends from the first label to the second.",
+    seeds=(tuple[Seed, Seed], Field(description="the strip's two ends: each end is that seed's one-image job")),
+    labels=(tuple[int | None, int | None] | None, Field(
+        None, description="class-conditional models: the classes at the two ends (null: no label), blended along "
+                          "the strip; null: no label throughout")),
+    k=(int, Field(9, ge=2, le=64, description="images along the strip (at most the server's max batch)")),
+    frame_every=(int, Field(1, ge=1, le=100_000, description="send a frame every k steps (the last always)")),
+    frame_format=(Literal["png", "raw"], Field("png", description="frames as PNG data URLs or raw pixels")),
+    **{f.name: _spec_field(f) for f in dataclasses.fields(SamplingSpec) if f.name in INTERPOLATE_FIELDS},
+)
 
 
 class JobRequest(SampleRequest):

@@ -18,10 +18,11 @@ class UnconditionalPrior(nn.Module):
         self.conditional, self.unconditional, self.null_label = conditional, unconditional, null_label
 
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
-        """``x`` ``(B, C, H, W)``, ``t`` ``(B,)``, labels ``y`` ``(B,)`` (None: all "no label") → ``(B, C', H, W)``."""
+        """``x`` ``(B, C, H, W)``, ``t`` ``(B,)``, labels ``y`` ``(B,)`` or label weights ``(B, classes + 1)`` (None:
+        all "no label") → ``(B, C', H, W)``. Rows wholly "no label" go to the unconditional network."""
         if y is None:
             return self.unconditional(x, t)
-        null = y == self.null_label
+        null = y[:, self.null_label] >= 1.0 if y.is_floating_point() else y == self.null_label
         if bool(null.all()):
             return self.unconditional(x, t)
         if not bool(null.any()):

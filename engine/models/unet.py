@@ -210,8 +210,10 @@ class UNet(nn.Module):
     def forward(self, x: Tensor, t: Tensor, y: Tensor | None = None) -> Tensor:
         """``x`` ``(B, C_in, H, W)``, ``t`` ``(B,)``, labels ``y`` ``(B,)`` in [0, num_classes] → ``(B, C_out, H, W)``.
 
-        An unconditional network refuses labels rather than ignore them; a conditional one reads
-        ``y = None`` as "no label" for every sample.
+        ``y`` may instead be float weights ``(B, num_classes + 1)`` over the label embeddings: their mixture is
+        the sample's class embedding (a 3 morphing into an 8 along an interpolation strip). An unconditional
+        network refuses labels rather than ignore them; a conditional one reads ``y = None`` as "no label" for
+        every sample.
         """
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -219,7 +221,7 @@ class UNet(nn.Module):
         if self.class_emb is not None:
             if y is None:
                 y = torch.full_like(t, self.null_label)
-            temb = temb + self.class_emb(y)
+            temb = temb + (y.to(temb.dtype) @ self.class_emb.weight if y.is_floating_point() else self.class_emb(y))
         elif y is not None:
             raise ValueError("labels given to an unconditional network")
         h = self.conv_in(x)

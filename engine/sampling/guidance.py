@@ -34,12 +34,24 @@ EVERY_STEP = (0, 2**31 - 1)
 class Conditioning:
     """Per-sample labels ``(B,)`` (``null_label`` = no label), guidance scales ``(B,)`` and guidance intervals
     ``(B, 2)``: a sample is guided at model timesteps t with ``interval[0] ≤ t ≤ interval[1]`` and purely
-    conditional (s = 1) at the others (Kynkäänniemi et al. 2024)."""
+    conditional (s = 1) at the others (Kynkäänniemi et al. 2024).
+
+    ``mix_to`` ``(B,)`` and ``mix`` ``(B,)``, when set, blend each labelled sample's class embedding towards
+    another class: (1 − mix)·e(label) + mix·e(mix_to) (an interpolation strip's class morph)."""
 
     labels: Tensor
     scale: Tensor
     interval: Tensor
     null_label: int
+    mix_to: Tensor | None = None
+    mix: Tensor | None = None
+
+    @property
+    def mixing(self) -> tuple[Tensor, Tensor]:
+        """``(mix_to, mix)``, no blend where unset."""
+        if self.mix_to is None or self.mix is None:
+            return self.labels, torch.zeros_like(self.scale)
+        return self.mix_to, self.mix
 
     @staticmethod
     def cat(rows: Sequence[Conditioning | None]) -> Conditioning | None:
@@ -51,8 +63,10 @@ class Conditioning:
         nulls = {r.null_label for r in rows}
         if len(nulls) != 1:
             raise ValueError("jobs of one batch must share the model's 'no label' row")
+        mixed = any(r.mix is not None for r in rows)
+        to, mix = (torch.cat(parts) for parts in zip(*(r.mixing for r in rows), strict=True)) if mixed else (None, None)
         return Conditioning(*(torch.cat([getattr(r, f.name) for r in rows]) for f in fields(Conditioning)[:3]),
-                            null_label=nulls.pop())
+                            null_label=nulls.pop(), mix_to=to, mix=mix)
 
     @staticmethod
     def of(labels: Tensor, scale: float | Tensor, null_label: int, interval: tuple[int, int] = EVERY_STEP
@@ -65,7 +79,11 @@ class Conditioning:
                             null_label)
 
     def to(self, device: torch.device | str) -> Conditioning:
-        return Conditioning(self.labels.to(device), self.scale.to(device), self.interval.to(device), self.null_label)
+        def move(v: Tensor | None) -> Tensor | None:
+            return None if v is None else v.to(device)
+
+        return Conditioning(self.labels.to(device), self.scale.to(device), self.interval.to(device), self.null_label,
+                            move(self.mix_to), move(self.mix))
 
     def scale_at(self, t: Tensor) -> Tensor:
         """Each sample's scale at its timestep ``t`` ``(B,)``: its own inside its interval, 1 outside."""
@@ -103,6 +121,11 @@ def resolve_labels(spec: Labels | Sequence[int | None], n: int, num_classes: int
     return torch.tensor(out, dtype=torch.long)
 
 
+def one_hot(labels: Tensor, classes: int) -> Tensor:
+    """Labels ``(B,)`` as float weights ``(B, classes)``."""
+    return torch.nn.functional.one_hot(labels, classes).float()
+
+
 def guided_forward(model: ConditionalModel, x: Tensor, t: Tensor, cond: Conditioning) -> Tensor:
     """Model outputs ``(B, C, H, W)`` with guidance applied, from one forward over B + G rows.
 
@@ -113,10 +136,16 @@ def guided_forward(model: ConditionalModel, x: Tensor, t: Tensor, cond: Conditio
     scale = cond.scale_at(t)
     labels = torch.where(scale == 0, torch.full_like(cond.labels, null), cond.labels)
     guided = ((labels != null) & (scale != 1)).nonzero().squeeze(1)
+    y: Tensor = labels
+    if cond.mix is not None:  # label weights: each labelled row's blend, one-hot elsewhere
+        to, mix = cond.mixing
+        w = torch.where(labels == null, torch.zeros_like(mix), mix).unsqueeze(1)
+        y = (1 - w) * one_hot(labels, null + 1) + w * one_hot(to, null + 1)
     if guided.numel() == 0:
-        return model(x, t, labels)
+        return model(x, t, y)
+    uncond = torch.full_like(guided, null)
     out = model(torch.cat([x, x[guided]]), torch.cat([t, t[guided]]),
-                torch.cat([labels, torch.full_like(guided, null)]))
+                torch.cat([y, one_hot(uncond, null + 1)]) if y.is_floating_point() else torch.cat([labels, uncond]))
     b = x.shape[0]
     eps_c, eps_u = out[:b], out[b:]
     s = scale[guided].to(out.dtype).reshape(-1, *([1] * (out.ndim - 1)))
