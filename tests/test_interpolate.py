@@ -88,7 +88,8 @@ def test_the_route_streams_a_strip_and_names_what_it_refuses(model_file, tmp_pat
         assert r.status_code == 202
         job = r.json()["id"]
         deadline = time.monotonic() + 60
-        while (state := httpx.get(f"{s.url}/api/v1/jobs/{job}").json())["state"] != "done" and time.monotonic() < deadline:
+        while (state := httpx.get(f"{s.url}/api/v1/jobs/{job}").json())["state"] != "done":
+            assert time.monotonic() < deadline, state
             time.sleep(0.05)
         assert state["state"] == "done" and state["n"] == 4 and state["sampler"] == "ddim"
         for body, field in (({"seeds": [1, 2], "k": 1}, "k"), ({"seeds": [1, 2], "sampler": "ddpm"}, "sampler"),
