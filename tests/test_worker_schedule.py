@@ -282,10 +282,10 @@ def test_a_job_whose_images_cannot_be_encoded_ends_in_error_not_done(worker, mon
 
     real_encode = frames_module.encode
 
-    def encode(result, fmt, value_range):
+    def encode(result, fmt, value_range, columns=None):
         if type(result).__name__ == "Done":
             raise RuntimeError("injected: the PNG encoder failed")
-        return real_encode(result, fmt, value_range)
+        return real_encode(result, fmt, value_range, columns)
 
     monkeypatch.setattr(frames_module, "encode", encode)
     job = _submit(worker, 1, seed=0)
