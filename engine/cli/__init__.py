@@ -18,7 +18,7 @@ from ..sampling.spec import SpecError
 
 Handler = Callable[[argparse.Namespace], int | None]
 #: The subcommand modules, in the order ``--help`` lists them.
-SUBCOMMANDS = ("train", "export", "sample", "eval", "invert", "interpolate")
+SUBCOMMANDS = ("train", "export", "sample", "eval", "invert", "interpolate", "toy")
 
 
 class UserError(Exception):
