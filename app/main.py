@@ -36,7 +36,7 @@ from engine import (
 
 from .http import sse
 from .http.limits import BodyLimit
-from .http.routes import WEB, api, root, schedule_info
+from .http.routes import UPLOAD_ROUTES, WEB, api, root, schedule_info
 from .http.security import ClientJobs, secure
 from .runtime.frames import data_url
 from .runtime.worker import SamplingWorker
@@ -180,7 +180,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                   description="Watch x_t and the predicted x̂0 form step by step. SSE events: "
                               + ", ".join(name for name, _ in sse.EVENTS.values())
                               + "; their payloads are documented on the SSE routes.")
-    app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes, upload_paths=(api.prefix + "/noise",))
+    app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes,
+                       upload_paths=tuple(api.prefix + route for route in UPLOAD_ROUTES))
     secure(app, settings)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(api)

@@ -110,6 +110,18 @@ def test_a_chunked_upload_is_refused_at_the_limit_not_after_spooling_it(server):
     assert sent < 16 * UPLOAD_LIMIT, f"{sent} bytes were sent before a 413 for a {UPLOAD_LIMIT}-byte limit"
 
 
+
+@pytest.mark.parametrize("route,form", [("/noise", {"t": "10"}), ("/invert", {"steps": "2"}), ("/likelihood", {})])
+def test_every_upload_route_takes_an_upload_past_the_json_limit(server, route, form):
+    """A photo-sized upload (here ~200 KB of noise) is within the upload limit on each route that takes one,
+    not refused at the few KiB a JSON body gets."""
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(buf, "PNG")
+    assert len(buf.getvalue()) > 100_000
+    r = httpx.post(server.url + API + route, files={"image": ("big.png", buf.getvalue(), "image/png")}, data=form,
+                   timeout=300)
+    assert r.status_code == 200, r.text
+
 @pytest.mark.parametrize("header", ["x", "-1", "1.5"])
 def test_a_bad_last_event_id_header_is_a_422_on_the_header(server, header):
     job = httpx.post(server.url + API + "/jobs", json={"n": 1, "steps": 2}).json()

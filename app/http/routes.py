@@ -228,6 +228,8 @@ async def stream(request: Request, st: State, q: Annotated[JobRequest, Query()])
 
 
 # ------------------------------------------------------------------------------ noise your own image
+#: The routes that take an image upload: the body limit allows them the upload size (app/http/limits.py).
+UPLOAD_ROUTES = ("/noise", "/likelihood", "/invert")
 # Only these decoders are tried: Pillow knows about forty formats, some of which (EPS) run external programs.
 UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 
