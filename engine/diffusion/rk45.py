@@ -189,9 +189,11 @@ class DormandPrince:
 
 
 def solve(f: Callable[[float, Tensor], Tensor], y0: Tensor, t0: float, t1: float, rtol: float,
-          atol: float) -> tuple[Tensor, int]:
-    """y(t1) of dy/dt = f(t, y), y(t0) = y0 (any shape), by :class:`DormandPrince`; and the evaluations used."""
+          atol: float, on_step: Callable[[float], None] | None = None) -> tuple[Tensor, int]:
+    """y(t1) of dy/dt = f(t, y), y(t0) = y0 (any shape), by :class:`DormandPrince`; and the evaluations used.
+    ``on_step`` hears t after every accepted step (a progress bar)."""
     m = DormandPrince(y0, t0, t1, rtol, atol)
     while not m.done:
-        m.feed(f(*m.point()))
+        if m.feed(f(*m.point())) and on_step is not None:
+            on_step(m.t)
     return m.y, m.nfev

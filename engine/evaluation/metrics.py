@@ -436,7 +436,7 @@ def evaluate_model(
     for metrics, why in (
         _quality_metrics(loaded, images, train, test, device, copy_percentile),
         _fid_metrics(loaded, images, test, fid_weights, device),
-        _bpd_metrics(loaded, test, bpd_images, bpd_timesteps, batch_size, spec.seed or 0, device, sde),
+        _bpd_metrics(loaded, test, bpd_images, bpd_timesteps, batch_size, spec.seed or 0, device, sde, progress),
     ):
         out.update(metrics)
         skipped += why
@@ -514,7 +514,8 @@ def _ode_sde(loaded: LoadedModel) -> VPSDE:
 
 
 def _bpd_metrics(loaded: LoadedModel, test: ImageData, bpd_images: int, bpd_timesteps: int | None,
-                 batch_size: int, seed: int, device: torch.device | str, sde: VPSDE | None) -> Metrics:
+                 batch_size: int, seed: int, device: torch.device | str, sde: VPSDE | None,
+                 progress: bool = False) -> Metrics:
     """Bits/dim on ``bpd_images`` held-out images; batch i's t are drawn with seed + i. With ``sde``, also by
     the probability-flow ODE, one solve per batch, its dequantisation and probes drawn with seed + i.
 
@@ -535,15 +536,36 @@ def _bpd_metrics(loaded: LoadedModel, test: ImageData, bpd_images: int, bpd_time
         "bits_per_dim_stderr": float(bpd.std() / math.sqrt(bpd.numel())) if bpd.numel() > 1 else None,
         "bits_per_dim_images": int(x.shape[0]),
         "bits_per_dim_timesteps": bpd_timesteps if bpd_timesteps is not None else "all",
-        **(_ode_bpd_metrics(loaded, sde, x, batch_size, seed) if sde is not None else {}),
+        **(_ode_bpd_metrics(loaded, sde, x, batch_size, seed, progress) if sde is not None else {}),
     }, []
 
 
-def _ode_bpd_metrics(loaded: LoadedModel, sde: VPSDE, x: Tensor, batch_size: int, seed: int) -> dict[str, Any]:
-    """``bpd_ode`` of images ``x (N, C, H, W)``, its standard error over images, and the mean evaluations per batch."""
+def _ode_bpd_metrics(loaded: LoadedModel, sde: VPSDE, x: Tensor, batch_size: int, seed: int,
+                     progress: bool = False) -> dict[str, Any]:
+    """``bpd_ode`` of images ``x (N, C, H, W)``, its standard error over images, and the mean evaluations per batch.
+    ``progress``: a tqdm bar over each batch's way from t_min to t_max (the solve's steps are not known ahead)."""
     eps_fn = eps_fn_of(loaded.net, loaded.diffusion.prediction, sde)
-    runs = [ode_bits_per_dim(eps_fn, sde, x[i : i + batch_size], torch.Generator().manual_seed(seed + i))
-            for i in range(0, x.shape[0], batch_size)]
+    starts = range(0, x.shape[0], batch_size)
+    bar, span = None, sde.t_max - sde.t_min
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(starts), desc=f"bits/dim by the ODE: {x.shape[0]} images", unit="batch")
+
+    def on_step(t: float) -> None:
+        if bar is not None:
+            bar.n = round(bar.n // 1 + (t - sde.t_min) / span, 3)
+            bar.refresh()
+
+    runs = []
+    for i in starts:
+        runs.append(ode_bits_per_dim(eps_fn, sde, x[i : i + batch_size], torch.Generator().manual_seed(seed + i),
+                                     on_step=on_step))
+        if bar is not None:
+            bar.n = len(runs)
+            bar.refresh()
+    if bar is not None:
+        bar.close()
     bpd = torch.cat([b for b, _ in runs])
     return {
         "bpd_ode": float(bpd.mean()),
