@@ -45,8 +45,9 @@ class Shot(NamedTuple):
 
 def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int | None = None, seed: int = 0,
                     noise_t: int = 400, sampler: str | None = None, race_out: Path | None = None,
-                    labels: str = "each", guidance: float | None = None) -> Shot:
-    """Run the demo on ``page`` and save a full-page PNG at ``out`` (and the sampler race at ``race_out``).
+                    labels: str = "each", guidance: float | None = None, panels_dir: Path | None = None) -> Shot:
+    """Run the demo on ``page`` and save a full-page PNG at ``out`` (and the sampler race at ``race_out``; and
+    the explorables, inversion, the guidance grid and the walk through noise space, into ``panels_dir``).
 
     ``sampler``, ``steps`` and ``guidance`` left None keep the page's defaults (the server's); ``labels``
     is the digit picker's choice, used when the model is class-conditional."""
@@ -87,11 +88,41 @@ def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int | N
             page.wait_for_selector(f"#race-{side}-viewer[data-state=done]")
         race_out.parent.mkdir(parents=True, exist_ok=True)
         page.locator("#race").screenshot(path=str(race_out))
+    if panels_dir is not None:
+        shoot_explorables(page, panels_dir, steps)
     # x_t still noisy, x̂0 already legible, and the schedule marker showing where that frame sits
     _set_range(page, "#gen-scrub", round(0.7 * int(page.get_attribute("#gen-scrub", "max") or 0)))
     out.parent.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(out), full_page=True)
     return Shot(errors, grid_seconds)
+
+
+def shoot_explorables(page: Page, out_dir: Path, steps: int | None) -> list[Path]:
+    """The noise panel after an inversion, the guidance grid (class-conditional models) and a walk through
+    noise space, each photographed once its job is done; the PNGs written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    shots = []
+    if page.locator("#noise-xt[src]").count():  # the dataset's fourth example: a 3
+        if page.locator("#noise-invert-label").count():
+            page.select_option("#noise-invert-label", "3")
+        page.fill("#noise-steps", str(steps or 50))
+        page.click("#noise-invert")
+        page.wait_for_function("document.getElementById('noise-inv-facts').textContent.includes('PSNR')")
+        page.click("#noise-go")
+        page.wait_for_selector("#noise-viewer[data-state=done]")
+        shots.append(("noise", out_dir / "invert.png"))
+    if page.locator("#grid-go").count():
+        page.click("#grid-go")
+        page.wait_for_selector("#grid-viewer[data-state=done]")
+        shots.append(("grid", out_dir / "guidance-grid.png"))
+    if steps is not None:
+        page.fill("#interp-steps", str(steps))
+    page.click("#interp-go")
+    page.wait_for_selector("#interp-viewer[data-state=done]")
+    shots.append(("interp", out_dir / "walk.png"))
+    for section, path in shots:
+        page.locator(f"#{section}").screenshot(path=str(path))
+    return [path for _, path in shots]
 
 
 def main() -> int:
@@ -103,6 +134,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshot.png")
     ap.add_argument("--n", type=int, default=16, help="images to generate")
     ap.add_argument("--race-out", type=Path, default=ROOT / "docs" / "race.png", help="the sampler race panel")
+    ap.add_argument("--panels-dir", type=Path, default=ROOT / "docs" / "panels",
+                    help="the explorables' panels: invert.png, guidance-grid.png, walk.png")
     ap.add_argument("--sampler", choices=list(SAMPLERS), default=None,
                     help="sampler for the grid (default: the page's, which is the server's)")
     ap.add_argument("--steps", type=int, default=None, help="steps for the grid (default: the page's); the "
@@ -129,7 +162,8 @@ def main() -> int:
                 page = browser.new_page(viewport={"width": args.width, "height": 900})
                 page.set_default_timeout(120_000)
                 shot = drive_and_shoot(page, args.url or server.url, args.out, args.n, args.steps, args.seed,
-                                       args.noise_t, args.sampler, args.race_out, args.labels, args.guidance)
+                                       args.noise_t, args.sampler, args.race_out, args.labels, args.guidance,
+                                       args.panels_dir)
                 state = page.get_attribute("#gen-viewer", "data-state")
                 browser.close()
         finally:

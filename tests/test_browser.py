@@ -459,7 +459,7 @@ def test_queue_position_and_429_are_shown_on_the_page(page, server):
 
 
 def test_screenshot_script_drives_the_page_to_a_png(browser, server, tmp_path):
-    """scripts/screenshot.py makes the README's picture; run its driver small here so it cannot rot."""
+    """scripts/screenshot.py makes the README's and the docs' pictures; run its driver small here so it cannot rot."""
     spec = importlib.util.spec_from_file_location("screenshot", ROOT / "scripts" / "screenshot.py")
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
@@ -468,8 +468,11 @@ def test_screenshot_script_drives_the_page_to_a_png(browser, server, tmp_path):
         pg = ctx.new_page()
         pg.set_default_timeout(TIMEOUT_MS)
         out = tmp_path / "shot.png"
-        shot = script.drive_and_shoot(pg, server.url, out, n=4, steps=8, noise_t=50, race_out=tmp_path / "race.png")
+        shot = script.drive_and_shoot(pg, server.url, out, n=4, steps=8, noise_t=50, race_out=tmp_path / "race.png",
+                                      panels_dir=tmp_path / "panels")
         assert shot.errors == [] and shot.grid_seconds > 0
+        # this model is unconditional: no guidance grid
+        assert sorted(p.name for p in (tmp_path / "panels").iterdir()) == ["invert.png", "walk.png"]
         assert Image.open(tmp_path / "race.png").size[0] > 200
         assert pg.get_attribute("#gen-viewer", "data-state") == "done"
         assert pg.get_attribute("#noise-viewer", "data-state") == "done"

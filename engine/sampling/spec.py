@@ -173,11 +173,14 @@ class SamplingRun:
 
     @property
     def drawn_labels(self) -> list[int | None] | None:
-        """Each image's class (None: no label); None for an unconditional model."""
+        """Each image's class (None: no label), the nearer end's where an embedding blends; None for an
+        unconditional model."""
         if self.cond is None:
             return None
         null = self.cond.null_label
-        return [None if v == null else v for v in self.cond.labels.tolist()]
+        to, mix = self.cond.mixing
+        labels = torch.where(mix >= 0.5, to, self.cond.labels)
+        return [None if v == null else v for v in labels.tolist()]
 
 
 def check_fields(spec: SamplingSpec) -> None:
