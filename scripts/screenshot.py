@@ -81,6 +81,8 @@ def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int | N
         page.fill("#noise-steps", str(min(int(page.input_value("#gen-steps")), noise_t + 1)))
         page.click("#noise-go")
         page.wait_for_selector("#noise-viewer[data-state=done]")
+        # the image's likelihood runs beside the jobs: let it finish, so that the race's times are its own
+        page.wait_for_function("document.getElementById('noise-bpd').textContent.includes('by the bound')")
     if race_out is not None:  # its default lanes: respaced DDPM against DPM-Solver++(2M)
         page.fill("#race-n", str(n))
         page.click("#race-go")
