@@ -9,6 +9,7 @@ from .data.datasets import load_dataset
 from .devices import resolve_device
 from .diffusion.gaussian import GaussianDiffusion, Prediction, Variance
 from .diffusion.likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
+from .diffusion.likelihood_ode import likelihood_sde
 from .diffusion.losses import loss_weights, sample_timesteps, simple_loss
 from .diffusion.respace import RespacedSchedule, respace, select_timesteps
 from .diffusion.schedule import NoiseSchedule
@@ -136,6 +137,7 @@ __all__ = [
     "interpolation_run",
     "invert",
     "last_frame",
+    "likelihood_sde",
     "load_dataset",
     "load_model",
     "load_model_file",

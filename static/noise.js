@@ -16,6 +16,7 @@ export class NoisePanel {
   constructor(boot, markT) {
     this.markT = markT;
     this.T = boot.model.T;
+    this.samplers = boot.model.defaults.samplers;
     this.err = $("noise-error");
     this.tIn = $("noise-t");
     this.stepsIn = $("noise-steps");
@@ -171,14 +172,10 @@ export class NoisePanel {
   denoise() {
     if (!this.noised) return;
     const n = Number($("noise-n").value);
-    this.runner.run({
-      init: this.noised.id,
-      n,
-      sampler: $("noise-sampler").value,
-      steps: Number(this.stepsIn.value),
-      frame_every: 1,
-      ...readConditioning("gen", n),
-    });
+    const sampler = $("noise-sampler").value;
+    // ode_rk45 picks its own steps: /model's defaults say so with null steps
+    const steps = this.samplers[sampler].steps === null ? {} : { steps: Number(this.stepsIn.value) };
+    this.runner.run({ init: this.noised.id, n, sampler, ...steps, frame_every: 1, ...readConditioning("gen", n) });
   }
 
   /** Buttons for a few of the dataset's images, when the model has bundled samples. */

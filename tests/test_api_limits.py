@@ -111,6 +111,14 @@ def test_a_chunked_upload_is_refused_at_the_limit_not_after_spooling_it(server):
 
 
 
+def test_invert_refuses_a_label_on_an_unconditional_model(server):
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(buf, "PNG")
+    r = httpx.post(server.url + API + "/invert", files={"image": ("x.png", buf.getvalue(), "image/png")},
+                   data={"label": "0", "steps": "2"})
+    assert r.status_code == 422 and r.json()["detail"][0]["msg"] == "label: this model is unconditional"
+
+
 @pytest.mark.parametrize("route,form", [("/noise", {"t": "10"}), ("/invert", {"steps": "2"}), ("/likelihood", {})])
 def test_every_upload_route_takes_an_upload_past_the_json_limit(server, route, form):
     """A photo-sized upload (here ~200 KB of noise) is within the upload limit on each route that takes one,

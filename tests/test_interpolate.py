@@ -62,6 +62,7 @@ def test_a_full_blend_is_the_other_class(model_file):
 @pytest.mark.parametrize("spec,labels,field", [(SamplingSpec(n=1), None, "n"),
                                                (SamplingSpec(n=4, sampler="ddpm"), None, "sampler"),
                                                (SamplingSpec(n=4, sampler="ddim", eta=0.5), None, "sampler"),
+                                               (SamplingSpec(n=4, sampler="ode_rk45"), None, "sampler"),
                                                (SamplingSpec(n=4), (3, 10), "labels")])
 def test_the_strip_refuses_what_would_not_be_a_function_of_x_T(model_file, spec, labels, field):
     with pytest.raises(SpecError) as e:

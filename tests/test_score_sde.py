@@ -234,3 +234,17 @@ def test_sampler_fields_get_their_defaults():
     assert (pc.snr, pc.corrector_steps, pc.rtol) == (0.16, 1, None)
     ode = complete(SamplingSpec(sampler="ode_rk45"), m)
     assert ode.steps is None and ode.spacing is None and ode.rtol is not None and ode.snr is None
+
+
+def test_review_mends_hold():
+    """An ode_rk45 run cannot start from an image at t = 0 (where it would end); sde_em stays finite on the cosine
+    schedule, whose β(t) is infinite at t = 1; pc's plan gets its Langevin defaults when built directly."""
+    m = load_model_file(_uncond())
+    with pytest.raises(SpecError) as e:
+        complete(SamplingSpec(sampler="ode_rk45"), m, start_t=0)
+    assert e.value.field == "init"
+    cos = GaussianDiffusion(NoiseSchedule.cosine(1000))
+    plan = SamplingPlan.build(cos, "sde_em", 50)
+    assert all(bool(torch.isfinite(v).all()) for v in (plan.coef_xt, plan.coef_eps, plan.sigma))
+    pc = SamplingPlan.build(GaussianDiffusion(NoiseSchedule.linear(1000)), "pc", 10)
+    assert pc.K == 20 and float(pc.langevin.max()) > 0

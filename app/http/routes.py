@@ -31,7 +31,9 @@ from engine import (
     image_likelihood,
     interpolation_run,
     invert,
+    likelihood_sde,
     resolve,
+    steps_limit,
 )
 
 from ..runtime.frames import FrameFormat, data_url, grid_png
@@ -306,6 +308,10 @@ async def post_likelihood(st: State, image: Annotated[UploadFile, File(descripti
                                                                                   "and the trace probes")] = 0
                           ) -> LikelihoodResponse:
     m = st.model
+    try:  # before reading the upload: a model without a score-SDE view has no likelihood by the ODE
+        likelihood_sde(m.diffusion.schedule)
+    except ValueError as e:
+        raise _invalid("image", f"this model has no likelihood by the ODE: {e}", None) from None
     data = await _read_upload(st, image)
 
     def measure() -> tuple[ImageLikelihood | str, str]:
@@ -313,7 +319,7 @@ async def post_likelihood(st: State, image: Annotated[UploadFile, File(descripti
             x0 = _upload_as_x0(st, data)
             try:
                 return image_likelihood(m, x0.to(st.device), seed), data_url(grid_png(x0, m.card.value_range))
-            except ValueError as e:  # a schedule without a score-SDE view
+            except RuntimeError as e:  # the solve failed or ran past its budget on this image
                 return str(e), ""
         finally:  # here, not in the handler: a cancelled handler must not free the slot while this still runs
             st.likelihood_slots.release()
@@ -324,7 +330,7 @@ async def post_likelihood(st: State, image: Annotated[UploadFile, File(descripti
     t0 = time.perf_counter()
     result, x0_url = await on_a_thread_that_exits(measure)
     if isinstance(result, str):
-        raise _invalid("image", f"this model has no likelihood by the ODE: {result}", None)
+        raise _invalid("image", f"image: its likelihood by the ODE could not be computed: {result}", None)
     return LikelihoodResponse(bpd_ode=result.bpd_ode[0], bpd_bound=result.bpd_bound[0],
                               ode_evaluations=result.ode_evaluations, tolerance=result.tolerance, x0=x0_url,
                               elapsed_ms=round((time.perf_counter() - t0) * 1000.0, 1))
@@ -344,9 +350,10 @@ async def post_invert(st: State, image: Annotated[UploadFile, File(description="
                                                                           "class (default: no label)")] = None
                       ) -> InvertResponse:
     m = st.model
-    if steps > m.diffusion.T:
-        raise _invalid("steps", f"steps must be ≤ {m.diffusion.T} (T of this model)", steps)
-    if label is not None and label >= max(m.num_classes, 1):
+    hi = steps_limit(m.diffusion, "ddim")
+    if steps > hi:
+        raise _invalid("steps", f"steps must be ≤ {hi} (T of this model)", steps)
+    if label is not None and not 0 <= label < m.num_classes:
         raise _invalid("label", f"label must be a class in [0, {m.num_classes - 1}]" if m.num_classes
                        else "label: this model is unconditional", label)
     data = await _read_upload(st, image)

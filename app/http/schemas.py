@@ -127,7 +127,9 @@ class LikelihoodResponse(BaseModel):
 
 class InvertResponse(BaseModel):
     id: str = Field(description="the image's x_T: pass as `init` with sampler ddim, eta 0 and the same steps to "
-                                "decode it, under its own label or another one")
+                                "decode it; with its own label and guidance 1 over every step (guidance_interval "
+                                "[0, T − 1]) that gives the reconstruction back, under another label (guided or "
+                                "not) the image redrawn as that class")
     steps: int
     psnr: float = Field(description="the round trip's PSNR in dB (pixels in [0, 1])")
     x0: str = Field(description="the uploaded image as the model sees it (PNG data URL)")

@@ -45,7 +45,7 @@ def run_invert(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     m = load_model(args.model, device, args.uncond_model)
     for flag, value in (("--label", args.label), ("--to-label", args.to_label)):
-        if value is not None and not 0 <= value < max(m.num_classes, 1):
+        if value is not None and not 0 <= value < m.num_classes:
             raise UserError(f"{flag} must be a class in [0, {m.num_classes - 1}], got {value}" if m.num_classes
                             else f"{flag}: this model is unconditional")
     c, size, _ = m.sample_shape

@@ -104,14 +104,15 @@ def _augmented_drift(eps_fn: EpsFn, sde: VPSDE, shape: torch.Size, probes: Tenso
 @torch.no_grad()
 def ode_log_likelihood(eps_fn: EpsFn, sde: VPSDE, x: Tensor, *, rtol: float = 1e-5, atol: float = 1e-5,
                        generator: torch.Generator | None = None, probes: int = 1,
-                       on_step: Callable[[float], None] | None = None) -> tuple[Tensor, int]:
+                       on_step: Callable[[float], None] | None = None,
+                       max_evaluations: int | None = None) -> tuple[Tensor, int]:
     """log p(x) in nats per sample ``(B,)`` (float64), x ``(B, C, H, W)`` taken as x(t_min); and the evaluations
     the solve used (each is one ``eps_fn`` call on the batch and ``probes`` backward passes).
 
     The whole batch is one ODE system (one step size, the error norm over every entry), as in score_sde.
     ``probes`` Rademacher vectors per sample, drawn from ``generator``, average into each divergence: more
     cost no extra network calls, only backward passes, and cut the estimator's variance by their number.
-    ``on_step`` hears t after every accepted step (a progress bar).
+    ``on_step`` hears t after every accepted step (a progress bar); past ``max_evaluations``, RuntimeError.
     ValueError for ``probes`` < 1 or a schedule that does not end near N(0, I) (:func:`likelihood_sde`).
     """
     if probes < 1:
@@ -122,7 +123,8 @@ def ode_log_likelihood(eps_fn: EpsFn, sde: VPSDE, x: Tensor, *, rtol: float = 1e
     signs = torch.randint(0, 2, (probes, *x.shape), generator=generator, device=gdev)
     eps = (2 * signs - 1).to(device=x.device, dtype=x.dtype)
     y0 = torch.cat([x.detach().flatten(), x.new_zeros(B)])
-    y, nfev = solve(_augmented_drift(eps_fn, sde, x.shape, eps), y0, sde.t_min, sde.t_max, rtol, atol, on_step)
+    y, nfev = solve(_augmented_drift(eps_fn, sde, x.shape, eps), y0, sde.t_min, sde.t_max, rtol, atol, on_step,
+                    max_evaluations)
     z, integral = y[:-B].reshape(B, D).double(), y[-B:].double()
     prior = -0.5 * D * math.log(2 * math.pi) - 0.5 * z.square().sum(1)
     return prior + integral, nfev
@@ -130,7 +132,8 @@ def ode_log_likelihood(eps_fn: EpsFn, sde: VPSDE, x: Tensor, *, rtol: float = 1e
 
 def ode_bits_per_dim(eps_fn: EpsFn, sde: VPSDE, x: Tensor, generator: torch.Generator | None = None, *,
                      rtol: float = 1e-5, atol: float = 1e-5, probes: int = 1,
-                     on_step: Callable[[float], None] | None = None) -> tuple[Tensor, int]:
+                     on_step: Callable[[float], None] | None = None,
+                     max_evaluations: int | None = None) -> tuple[Tensor, int]:
     """Bits per dimension ``(B,)`` of 8-bit images ``x`` ``(B, C, H, W)``, given as uint8 levels or as floats on
     the 8-bit grid in [−1, 1]; and the solve's evaluations.
 
@@ -147,5 +150,5 @@ def ode_bits_per_dim(eps_fn: EpsFn, sde: VPSDE, x: Tensor, generator: torch.Gene
     u = torch.rand(x.shape, generator=generator, device=gdev, dtype=torch.float64).to(x.device)
     x_deq = ((levels + u) / 128.0 - 1.0).to(dtype)
     logp, nfev = ode_log_likelihood(eps_fn, sde, x_deq, rtol=rtol, atol=atol, generator=generator, probes=probes,
-                                    on_step=on_step)
+                                    on_step=on_step, max_evaluations=max_evaluations)
     return -logp / (x[0].numel() * math.log(2.0)) + 7.0, nfev

@@ -189,11 +189,14 @@ class DormandPrince:
 
 
 def solve(f: Callable[[float, Tensor], Tensor], y0: Tensor, t0: float, t1: float, rtol: float,
-          atol: float, on_step: Callable[[float], None] | None = None) -> tuple[Tensor, int]:
+          atol: float, on_step: Callable[[float], None] | None = None,
+          max_evaluations: int | None = None) -> tuple[Tensor, int]:
     """y(t1) of dy/dt = f(t, y), y(t0) = y0 (any shape), by :class:`DormandPrince`; and the evaluations used.
-    ``on_step`` hears t after every accepted step (a progress bar)."""
+    ``on_step`` hears t after every accepted step (a progress bar); past ``max_evaluations``, RuntimeError."""
     m = DormandPrince(y0, t0, t1, rtol, atol)
     while not m.done:
+        if max_evaluations is not None and m.nfev >= max_evaluations:
+            raise RuntimeError(f"the solve needed more than {max_evaluations} evaluations (at t = {m.t:.4g})")
         if m.feed(f(*m.point())) and on_step is not None:
             on_step(m.t)
     return m.y, m.nfev

@@ -19,9 +19,11 @@ from torch import Tensor
 from ..models.base import SamplingModel
 from .errors import SpecError
 from .spec import SamplingRun, SamplingSpec, ServerDefaults, Start, resolve
+from .step import draw_noise
 
-#: Samplers whose images are a function of x_T alone (with η = 0 where they take one).
-DETERMINISTIC = ("ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "plms", "pndm", "ode_rk45")
+#: Samplers whose images are a function of x_T alone (with η = 0 where they take one). ode_rk45 is deterministic
+#: too, but one adaptive step size serves its whole batch, so a strip's images would depend on each other.
+DETERMINISTIC = ("ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "plms", "pndm")
 #: The sampler a strip gets when the request names none.
 DEFAULT_INTERPOLATION_SAMPLER = "ddim"
 
@@ -42,7 +44,7 @@ def slerp(a: Tensor, b: Tensor, w: Tensor) -> Tensor:
 
 def seed_noise(seed: int, shape: tuple[int, ...]) -> Tensor:
     """The x_T ``(1, C, H, W)`` a one-image job with ``seed`` draws (given its labels, nothing is drawn first)."""
-    return torch.randn((1, *shape), generator=torch.Generator().manual_seed(seed))
+    return draw_noise((1, *shape), torch.Generator().manual_seed(seed), "cpu")
 
 
 def interpolation_run(spec: SamplingSpec, model: SamplingModel, seeds: tuple[int, int],

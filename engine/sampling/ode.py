@@ -88,15 +88,23 @@ class OdeLane:
         t, y = self.solver.point()
         return y, self.plan.sde.model_timestep(torch.full((self.n,), t, dtype=torch.float64)).to(y.device)
 
-    def feed(self, diffusion: GaussianDiffusion, x: Tensor, model_output: Tensor) -> None:
-        """Advance the machine by the stage evaluated at ``x`` (the last :meth:`point`)."""
+    def stage(self, diffusion: GaussianDiffusion, x: Tensor, model_output: Tensor) -> tuple[Tensor, Tensor]:
+        """The drift and x̂0 at ``x`` (the last :meth:`point`) from the network's output; raises, changing nothing,
+        when the drift is not finite."""
         t = torch.tensor(self.solver.point()[0], dtype=torch.float64)
         sde = self.plan.sde
         alpha, sigma = float(sde.alpha(t)), float(sde.sigma(t))
         x0, eps = split_prediction(diffusion.prediction, model_output.to(x.dtype), x, alpha, sigma)
-        self.solver.feed(sde.ode_drift(x, eps, t))
+        drift = sde.ode_drift(x, eps, t)
+        if not bool(torch.isfinite(drift).all()):
+            raise RuntimeError(f"{ADAPTIVE}: the network's output is not finite at t = {float(t):.4g}")
         lo, hi = diffusion.clip_range
-        self.x0 = x0.clamp(lo, hi) if self.clip else x0
+        return drift, x0.clamp(lo, hi) if self.clip else x0
+
+    def feed(self, drift: Tensor, x0: Tensor) -> None:
+        """Advance the machine by a :meth:`stage`."""
+        self.solver.feed(drift)
+        self.x0 = x0
         self.step += 1
         self.x = self.x0 if self.done else self.solver.y
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ..diffusion.gaussian import GaussianDiffusion
 from ..diffusion.respace import select_timesteps
+from .score_sde import DEFAULT_CORRECTOR_STEPS, DEFAULT_SNR
 from .solvers import ADAPTIVE, DEFAULT_ETA, SAMPLERS, SamplerName, ends_at_zero, step_table, takes_eta
 from .spacing import DEFAULT_SPACING, SPACINGS, Spacing, max_steps, select
 from .table import HistoryKind
@@ -110,8 +111,8 @@ class SamplingPlan:
         eta: float | None = None,
         start_t: int | None = None,
         spacing: Spacing = DEFAULT_SPACING,
-        snr: float = 0.0,
-        corrector_steps: int = 0,
+        snr: float | None = None,
+        corrector_steps: int | None = None,
     ) -> SamplingPlan:
         """Plan ``steps`` reverse steps (default: every step) from ``start_t`` (default T−1) to the clean image.
 
@@ -136,8 +137,9 @@ class SamplingPlan:
         if not 0 <= t_max < T:
             raise ValueError(f"start t must lie in [0, {T - 1}], got {t_max}")
         timesteps = cls._timesteps(diffusion, sampler, steps, spacing, t_max)
-        table = step_table(diffusion.schedule, sampler, timesteps, eta or 0.0, diffusion.variance, snr,
-                           corrector_steps)
+        table = step_table(diffusion.schedule, sampler, timesteps, eta or 0.0, diffusion.variance,
+                           DEFAULT_SNR if snr is None else snr,
+                           DEFAULT_CORRECTOR_STEPS if corrector_steps is None else corrector_steps)
         ts = torch.tensor(table.t, dtype=torch.long)
         ab = diffusion.schedule.alpha_bars[ts]
         return cls(sampler=sampler, spacing=spacing, eta=eta, timesteps=ts, sqrt_alpha_bar=ab.sqrt(),

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 
 from ..diffusion.schedule import NoiseSchedule
-from .table import KEEP, PUSH, StepTable
+from .table import KEEP, PUSH, StepTable, f64
 
 #: Adams–Bashforth weights on (ε̂, ε(−1), ε(−2), ε(−3)) by how many predictions are known (Liu et al. eq. (12)).
 ADAMS_BASHFORTH = {1: (1.0,), 2: (3 / 2, -1 / 2), 3: (23 / 12, -16 / 12, 5 / 12),
@@ -62,9 +62,6 @@ class _Rows:
 
     def table(self) -> StepTable:
         R = len(self.t)
-
-        def f64(v: list) -> torch.Tensor:
-            return torch.tensor(v, dtype=torch.float64)
 
         zero = torch.zeros(R, dtype=torch.float64)
         return StepTable(self.t, f64(self.a), zero, zero.clone(), e0=f64(self.e0), hist=f64(self.hist),

@@ -19,7 +19,7 @@ import torch
 from ..diffusion.respace import respace
 from ..diffusion.schedule import NoiseSchedule
 from ..diffusion.sde import VPSDE
-from .table import StepTable
+from .table import StepTable, f64
 
 #: Langevin corrector defaults (score_sde's VP configs: snr 0.16, one corrector step per level).
 DEFAULT_SNR = 0.16
@@ -28,7 +28,7 @@ DEFAULT_CORRECTOR_STEPS = 1
 
 def sde_em_table(schedule: NoiseSchedule, levels: list[int]) -> StepTable:
     sde = VPSDE.of(schedule)
-    ts = sde.time_of(torch.tensor(levels))
+    ts = sde.time_of(torch.tensor(levels)).clamp(max=sde.t_max)  # the cosine schedule's β(t) is infinite at t = 1
     dt = ts - torch.cat([ts[1:], ts.new_zeros(1)])
     beta = sde.beta(ts)
     sigma_t = schedule.sqrt_one_minus_alpha_bars[torch.tensor(levels)]
@@ -57,9 +57,6 @@ def pc_table(schedule: NoiseSchedule, levels: list[int], snr: float, corrector_s
         e0.append(-b / s)
         noise.append(b**0.5 if j < len(levels) - 1 else 0.0)
         langevin.append(0.0)
-
-    def f64(v: list[float]) -> torch.Tensor:
-        return torch.tensor(v, dtype=torch.float64)
 
     return StepTable(t, f64(a), torch.zeros(len(t), dtype=torch.float64), f64(noise), e0=f64(e0),
                      langevin=f64(langevin))

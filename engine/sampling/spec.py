@@ -224,6 +224,9 @@ def complete(spec: SamplingSpec, model: SamplingModel, defaults: ServerDefaults 
     filled = spec.replace(sampler=sampler, **own,
                           seed=secrets.randbelow(RANDOM_SEEDS) if spec.seed is None else spec.seed)
     if sampler == ADAPTIVE:
+        if start_t == 0:
+            raise SpecError("init", f"init: an image at t = 0 is where {ADAPTIVE} would end; noise it to a higher t",
+                            start_t)
         for name in ("steps", "spacing"):
             if getattr(spec, name) is not None:
                 raise SpecError(name, f"{name}: {ADAPTIVE} chooses its own steps (set rtol and atol instead)",
@@ -302,7 +305,7 @@ def resolve(spec: SamplingSpec, model: SamplingModel, defaults: ServerDefaults =
         else:
             assert full.steps is not None and full.spacing is not None
             plan = SamplingPlan.build(model.diffusion, full.sampler, full.steps, full.eta, start_t, full.spacing,
-                                      full.snr or 0.0, full.corrector_steps or 0)
+                                      full.snr, full.corrector_steps)
     except ValueError as e:  # a schedule the sampler cannot read (the score-SDE view needs linear or cosine)
         raise SpecError("sampler", f"sampler {full.sampler!r}: {e}", full.sampler) from None
     gen = torch.Generator().manual_seed(full.seed)

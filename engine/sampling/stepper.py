@@ -114,9 +114,13 @@ class Stepper:
         x_all = _cat(xs)
         out = self.denoiser(x_all, t, cond)
         frames: dict[int, SampleFrame] = {}
+        b = len(coeffs) if coeffs is not None else 0
+        stages, a = [], b  # every adaptive lane's stage first: a bad one raises before any lane has changed
+        for lane, (x, _) in zip(ode, points, strict=True):
+            stages.append(lane.stage(self.diffusion, x, out[a : a + lane.n]))
+            a += lane.n
         a = 0
         if coeffs is not None:
-            b = len(coeffs)
             x_prev, x0, eps = sampling_step(self.diffusion.prediction, out[:b], x_all[:b], coeffs,
                                             _cat([z for _, z in fixed]).to(self.device), self.diffusion.clip_range,
                                             _batch_history([lane for lane, _ in fixed]))
@@ -129,12 +133,10 @@ class Stepper:
                 frames[id(lane)] = SampleFrame(lane.step, lane.plan.K, int(lane.plan.timesteps[lane.step - 1]),
                                                x_prev[a:b], x0[a:b])
                 a = b
-        for lane, (x, _) in zip(ode, points, strict=True):
-            b = a + lane.n
-            lane.feed(self.diffusion, x, out[a:b])
+        for lane, (drift, x0_hat) in zip(ode, stages, strict=True):
+            lane.feed(drift, x0_hat)
             frames[id(lane)] = SampleFrame(lane.step, lane.expected_evaluations(), lane.model_timestep(), lane.x,
                                            lane.x0)
-            a = b
         return [frames[id(lane)] for lane in lanes]
 
     def iterate(self, lane: AnyLane) -> Iterator[SampleFrame]:

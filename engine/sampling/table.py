@@ -14,6 +14,11 @@ PUSH, KEEP = -1, -2
 HistoryKind = Literal["x0", "eps"]
 
 
+def f64(values: list) -> Tensor:
+    """A table column (or ``(R, S)`` block) from Python floats."""
+    return torch.tensor(values, dtype=torch.float64)
+
+
 @dataclass(frozen=True)
 class StepTable:
     """The rows of one plan: ``t`` the model timestep of each row (a timestep may repeat), and the update's
