@@ -6,6 +6,7 @@ slider moving through frames, Cancel stopping the server's work, the noise panel
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import io
 import re
@@ -539,9 +540,9 @@ def test_the_adaptive_ode_streams_with_a_bar_that_follows_t(page, server):
     assert console.errors == []
 
 
-def test_guidance_grid_and_noise_space_walk_panels(browser, tmp_path):
-    """The grid panel: one job of digits × scales images, tiled a digit to a column, whose rows share their draws
-    (the s = 1 row asked twice is the same row twice), and a bad scale named by the server's 422."""
+@contextlib.contextmanager
+def conditional_page(browser: Browser, tmp_path: Path) -> Iterator[tuple[Page, Console, Server]]:
+    """The page of a server of its own for a tiny class-conditional 8×8 model (T = 50, ten classes)."""
     from .server_utils import tiny_model_file
 
     model = tiny_model_file(tmp_path / "cond.safetensors", image_size=8, T=50, num_classes=10)
@@ -553,6 +554,16 @@ def test_guidance_grid_and_noise_space_walk_panels(browser, tmp_path):
         console = Console(pg)
         pg.goto(server.url + "/")
         pg.wait_for_selector("body[data-ready=true]")
+        yield pg, console, server
+    finally:
+        ctx.close()
+        server.stop()
+
+
+def test_guidance_grid_and_noise_space_walk_panels(browser, tmp_path):
+    """The grid panel: one job of digits × scales images, tiled a digit to a column, whose rows share their draws
+    (the s = 1 row asked twice is the same row twice), and a bad scale named by the server's 422."""
+    with conditional_page(browser, tmp_path) as (pg, console, server):
         pg.fill("#grid-scales", "0, 1, 1")
         pg.fill("#grid-seed", "5")
         with pg.expect_request(lambda r: r.url.endswith("/api/v1/jobs") and r.method == "POST") as req:
@@ -590,23 +601,10 @@ def test_guidance_grid_and_noise_space_walk_panels(browser, tmp_path):
             mine = decode_png(one["images"][0]).astype(int)
             got = strip[2:cell, 2 + end * cell : (end + 1) * cell]
             assert np.abs(got - mine).max() <= 1, end
-    finally:
-        ctx.close()
-        server.stop()
 
 
 def test_digit_picker_and_guidance_slider_drive_a_conditional_model(browser, tmp_path):
-    from .server_utils import tiny_model_file
-
-    model = tiny_model_file(tmp_path / "cond.safetensors", image_size=8, T=50, num_classes=10)
-    server = start_server(model, tmp_path / "server.log")
-    ctx = browser.new_context(viewport={"width": 1280, "height": 900})
-    try:
-        pg = ctx.new_page()
-        pg.set_default_timeout(TIMEOUT_MS)
-        console = Console(pg)
-        pg.goto(server.url + "/")
-        pg.wait_for_selector("body[data-ready=true]")
+    with conditional_page(browser, tmp_path) as (pg, console, _server):
         assert pg.inner_text("#model-classes") == ", ".join(str(c) for c in range(10))
         assert pg.input_value("#gen-labels") == "any"
         pg.fill("#gen-guidance", "3.5")
@@ -643,6 +641,3 @@ def test_digit_picker_and_guidance_slider_drive_a_conditional_model(browser, tmp
         drawn = pg.locator("#gen-cell-labels span").all_inner_texts()
         assert len(drawn) == 5 and all(c in "0123456789" for c in drawn)
         assert console.errors == []
-    finally:
-        ctx.close()
-        server.stop()

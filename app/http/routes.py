@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import io
 import secrets
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import torch
 from fastapi import APIRouter, File, Form, HTTPException, Query, Request, Response, UploadFile
@@ -232,6 +234,8 @@ async def stream(request: Request, st: State, q: Annotated[JobRequest, Query()])
 # ------------------------------------------------------------------------------ noise your own image
 #: The routes that take an image upload: the body limit allows them the upload size (app/http/limits.py).
 UPLOAD_ROUTES = ("/noise", "/likelihood", "/invert")
+#: What an upload's work on its thread returns.
+Result = TypeVar("Result")
 # Only these decoders are tried: Pillow knows about forty formats, some of which (EPS) run external programs.
 UPLOAD_FORMATS = ("PNG", "JPEG", "GIF", "WEBP", "BMP")
 
@@ -273,20 +277,15 @@ async def post_noise(st: State, image: Annotated[UploadFile, File(description="P
     data = await _read_upload(st, image)
 
     def noise_it() -> tuple[torch.Tensor, str, str]:
-        try:
-            x0 = _upload_as_x0(st, data)
-            noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-            x_t = m.diffusion.q_sample(x0, torch.tensor([t]), noise)
-            vr = m.card.value_range
-            return x_t, data_url(grid_png(x0, vr)), data_url(grid_png(x_t.clamp(*vr), vr))
-        finally:  # here, not in the handler: a cancelled handler must not free the slot while this still runs
-            st.noise_slots.release()
+        x0 = _upload_as_x0(st, data)
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
+        x_t = m.diffusion.q_sample(x0, torch.tensor([t]), noise)
+        vr = m.card.value_range
+        return x_t, data_url(grid_png(x0, vr)), data_url(grid_png(x_t.clamp(*vr), vr))
 
     # Each decode may hold ~100 MB at the pixel limit, so only a few run at once.
-    if not st.noise_slots.acquire(blocking=False):
-        raise HTTPException(429, f"image: {st.settings.max_noise_uploads} uploads are being decoded already "
-                                 "(max_noise_uploads)", headers={"Retry-After": "1"})
-    x_t, x0_url, xt_url = await on_a_thread_that_exits(noise_it)
+    x_t, x0_url, xt_url = await _in_slot(st.noise_slots, f"image: {st.settings.max_noise_uploads} uploads are being "
+                                                         "decoded already (max_noise_uploads)", 1, noise_it)
     handle = secrets.token_hex(8)
     st.remember_noised(handle, x_t, t)
     s_ = m.diffusion.schedule
@@ -315,20 +314,15 @@ async def post_likelihood(st: State, image: Annotated[UploadFile, File(descripti
     data = await _read_upload(st, image)
 
     def measure() -> tuple[ImageLikelihood | str, str]:
+        x0 = _upload_as_x0(st, data)
         try:
-            x0 = _upload_as_x0(st, data)
-            try:
-                return image_likelihood(m, x0.to(st.device), seed), data_url(grid_png(x0, m.card.value_range))
-            except RuntimeError as e:  # the solve failed or ran past its budget on this image
-                return str(e), ""
-        finally:  # here, not in the handler: a cancelled handler must not free the slot while this still runs
-            st.likelihood_slots.release()
+            return image_likelihood(m, x0.to(st.device), seed), data_url(grid_png(x0, m.card.value_range))
+        except RuntimeError as e:  # the solve failed or ran past its budget on this image
+            return str(e), ""
 
-    if not st.likelihood_slots.acquire(blocking=False):
-        raise HTTPException(429, f"image: {st.settings.max_likelihood_jobs} likelihood(s) being computed already "
-                                 "(max_likelihood_jobs)", headers={"Retry-After": "5"})
     t0 = time.perf_counter()
-    result, x0_url = await on_a_thread_that_exits(measure)
+    result, x0_url = await _in_slot(st.likelihood_slots, f"image: {st.settings.max_likelihood_jobs} likelihood(s) "
+                                                         "being computed already (max_likelihood_jobs)", 5, measure)
     if isinstance(result, str):
         raise _invalid("image", f"image: its likelihood by the ODE could not be computed: {result}", None)
     return LikelihoodResponse(bpd_ode=result.bpd_ode[0], bpd_bound=result.bpd_bound[0],
@@ -359,23 +353,33 @@ async def post_invert(st: State, image: Annotated[UploadFile, File(description="
     data = await _read_upload(st, image)
 
     def invert_it() -> tuple[Inversion, str, str]:
-        try:
-            x0 = _upload_as_x0(st, data)
-            inv = invert(m, x0.to(st.device), steps, label, st.device)
-            vr = m.card.value_range
-            return inv, data_url(grid_png(x0, vr)), data_url(grid_png(inv.reconstruction.cpu(), vr))
-        finally:  # here, not in the handler: a cancelled handler must not free the slot while this still runs
-            st.noise_slots.release()
+        x0 = _upload_as_x0(st, data)
+        inv = invert(m, x0.to(st.device), steps, label, st.device)
+        vr = m.card.value_range
+        return inv, data_url(grid_png(x0, vr)), data_url(grid_png(inv.reconstruction.cpu(), vr))
 
-    if not st.noise_slots.acquire(blocking=False):
-        raise HTTPException(429, f"image: {st.settings.max_noise_uploads} uploads are being worked on already "
-                                 "(max_noise_uploads)", headers={"Retry-After": "1"})
     t0 = time.perf_counter()
-    inv, x0_url, rec_url = await on_a_thread_that_exits(invert_it)
+    inv, x0_url, rec_url = await _in_slot(st.noise_slots, f"image: {st.settings.max_noise_uploads} uploads are being "
+                                                          "worked on already (max_noise_uploads)", 1, invert_it)
     handle = secrets.token_hex(8)
     st.remember_noised(handle, inv.x_T.cpu(), m.diffusion.T - 1)
     return InvertResponse(id=handle, steps=steps, psnr=round(float(inv.psnr[0]), 2), x0=x0_url,
                           reconstruction=rec_url, elapsed_ms=round((time.perf_counter() - t0) * 1000.0, 1))
+
+
+async def _in_slot(slot: threading.BoundedSemaphore, busy: str, retry_after: int, work: Callable[[], Result]) -> Result:
+    """``work`` on a thread of its own while it holds a place in ``slot``; 429 saying ``busy`` when none is free.
+    The thread frees the place, not the handler: a cancelled handler must not free it while the work still runs."""
+    if not slot.acquire(blocking=False):
+        raise HTTPException(429, busy, headers={"Retry-After": str(retry_after)})
+
+    def held() -> Result:
+        try:
+            return work()
+        finally:
+            slot.release()
+
+    return await on_a_thread_that_exits(held)
 
 
 async def _read_upload(st: AppState, image: UploadFile) -> bytes:
