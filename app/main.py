@@ -19,9 +19,12 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import Gauge
 
 from engine import (
+    BOARD,
     BUNDLED_DATASET,
+    MAX_DRAWN_POINTS,
     SAMPLER_INFO,
     SAMPLERS,
+    TOY_DATASETS,
     LoadedModel,
     SamplingSpec,
     ServerDefaults,
@@ -37,6 +40,7 @@ from engine import (
 from .http import sse
 from .http.limits import BodyLimit
 from .http.routes import UPLOAD_ROUTES, WEB, api, root, schedule_info
+from .http.schemas import ToyRequest
 from .http.security import ClientJobs, secure
 from .runtime.frames import data_url
 from .runtime.worker import SamplingWorker
@@ -77,6 +81,13 @@ def model_info(m: LoadedModel, device: torch.device, settings: Settings) -> dict
         "classes": c.data.get("classes") or list(range(m.num_classes)),
         "defaults": sampling_defaults(m, settings.sampling_defaults),
     }
+
+
+def toy_page(settings: Settings) -> dict[str, Any]:
+    """The playground panel's form: its datasets, board, limits and default seconds (the API's)."""
+    return {"datasets": list(TOY_DATASETS), "board": BOARD, "max_points": MAX_DRAWN_POINTS,
+            "max_seconds": settings.max_toy_seconds,
+            "seconds": min(ToyRequest.model_fields["seconds"].default, settings.max_toy_seconds)}
 
 
 def _examples(m: LoadedModel, n: int = 32) -> list[str]:
@@ -152,7 +163,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         m, examples = await on_a_thread_that_exits(load)
         worker = SamplingWorker(m, device, settings.max_batch, settings.max_active_jobs, settings.max_queue,
-                                settings.job_ttl_s, settings.max_finished_jobs)
+                                settings.job_ttl_s, settings.max_finished_jobs, settings.toy_share)
         try:
             worker.start()
         except BaseException:
@@ -162,7 +173,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         install(app, AppState(
             settings=settings, model=m, device=device, worker=worker, model_info=info,
             schedule_info=schedule_info(m.diffusion.schedule, info["schedule"]),
-            defaults={**PAGE_DEFAULTS, **info["defaults"], "n": min(PAGE_DEFAULTS["n"], settings.max_batch)},
+            defaults={**PAGE_DEFAULTS, **info["defaults"], "n": min(PAGE_DEFAULTS["n"], settings.max_batch),
+                      "toy": toy_page(settings)},
             examples=examples, noise_slots=threading.BoundedSemaphore(settings.max_noise_uploads),
             likelihood_slots=threading.BoundedSemaphore(settings.max_likelihood_jobs),
             clients=ClientJobs(settings.max_jobs_per_client, settings.trusted_proxies),

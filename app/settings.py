@@ -58,6 +58,10 @@ class Settings(BaseModel):
     max_likelihood_jobs: int = Field(1, ge=1, description="likelihoods computed at once by POST /likelihood (each "
                                                           "takes about a hundred forward and backward passes); more "
                                                           "get 429")
+    max_toy_seconds: float = Field(60.0, gt=0, le=3600, description="the most training seconds a playground job "
+                                                                   "(POST /toy/jobs) may ask for")
+    toy_share: float = Field(0.25, gt=0, lt=1, description="the share of the worker's time a playground job trains "
+                                                           "in while sampling jobs run (all of it when none do)")
     sampler: SamplerName | None = Field(None, description="the sampler of a request that names none; default: "
                                         f"{GUIDED_DEFAULT_SAMPLER} for class-conditional models (guided), "
                                         f"{DEFAULT_SAMPLER} for unconditional ones")

@@ -6,6 +6,7 @@ The names below are the engine's public API; the app imports nothing else from i
 from .cli import UserError, build_parser, dispatch
 from .data.datasets import BUNDLED as BUNDLED_DATASET
 from .data.datasets import load_dataset
+from .data.toy2d import BOARD, MAX_DRAWN_POINTS, TOY_DATASETS, ToyName, resample, toy_points
 from .devices import resolve_device
 from .diffusion.gaussian import GaussianDiffusion, Prediction, Variance
 from .diffusion.likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
@@ -71,26 +72,33 @@ from .sampling import (
 )
 from .sampling.interpolate import interpolation_run
 from .sampling.invert import Inversion, invert
+from .training.toy import FIELD_TIMESTEPS, TOY_SAMPLERS, Flows, ToyTrainer, toy_plan
 
 __all__ = [
+    "BOARD",
     "BUNDLED_DATASET",
     "DEFAULT_GUIDANCE",
     "DEFAULT_MODEL",
     "DEFAULT_PRIOR",
     "DEFAULT_SAMPLER",
+    "FIELD_TIMESTEPS",
     "GUIDANCE_RANGE",
     "GUIDED_DEFAULT_SAMPLER",
+    "MAX_DRAWN_POINTS",
     "MAX_SEED",
     "PRESETS",
     "SAMPLERS",
     "SAMPLER_INFO",
     "SPACINGS",
+    "TOY_DATASETS",
+    "TOY_SAMPLERS",
     "UNCONDITIONAL_MODEL",
     "AnyLane",
     "ConditionalModel",
     "Conditioning",
     "Denoiser",
     "DiffusionConfig",
+    "Flows",
     "GaussianDiffusion",
     "ImageLikelihood",
     "Inversion",
@@ -115,6 +123,8 @@ __all__ = [
     "Start",
     "StepCoeffs",
     "Stepper",
+    "ToyName",
+    "ToyTrainer",
     "UNet",
     "UNetConfig",
     "UserError",
@@ -149,6 +159,7 @@ __all__ = [
     "preset_config",
     "prior_for",
     "read_card",
+    "resample",
     "resolve",
     "resolve_device",
     "resolve_labels",
@@ -164,5 +175,7 @@ __all__ = [
     "steps_limit",
     "to_uint8",
     "to_uint8_array",
+    "toy_plan",
+    "toy_points",
     "with_unconditional_prior",
 ]

@@ -5,6 +5,7 @@ import { initGenerate } from "./generate.js";
 import { initGuidanceGrid } from "./grid.js";
 import { initInterpolate } from "./interpolate.js";
 import { NoisePanel } from "./noise.js";
+import { initPlayground } from "./playground.js";
 import { RacePanel } from "./race.js";
 import { initSchedule } from "./schedule.js";
 
@@ -18,6 +19,7 @@ async function main() {
   const race = new RacePanel(boot, mark);
   const abandonGrid = initGuidanceGrid(boot, mark);
   const abandonInterp = initInterpolate(boot, mark);
+  const abandonToy = initPlayground(boot);
   markT = await initSchedule();
   // leaving the page must not leave the server sampling for nobody
   window.addEventListener("pagehide", () => {
@@ -26,6 +28,7 @@ async function main() {
     race.abandon();
     abandonGrid();
     abandonInterp();
+    abandonToy();
   });
   document.body.dataset.ready = "true";
 }

@@ -8,6 +8,9 @@ export const EVENTS = Object.freeze({
   DONE: "done",
   CANCELLED: "cancelled",
   ERROR: "error",
+  TOY_STARTED: "toy_started",
+  TOY_PROGRESS: "toy_progress",
+  TOY_DONE: "toy_done",
 });
 
 export const FRAME_FORMAT = "raw";

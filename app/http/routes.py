@@ -22,6 +22,7 @@ from sse_starlette.sse import EventSourceResponse
 
 from engine import (
     MAX_SEED,
+    TOY_DATASETS,
     ImageLikelihood,
     Inversion,
     NoiseSchedule,
@@ -36,10 +37,12 @@ from engine import (
     likelihood_sde,
     resolve,
     steps_limit,
+    toy_plan,
 )
 
 from ..runtime.frames import FrameFormat, data_url, grid_png
-from ..runtime.worker import Job, QueueFull, SamplingWorker
+from ..runtime.jobs import BaseJob, Job, QueueFull, ToyJob, ToyOrder
+from ..runtime.worker import SamplingWorker
 from ..state import AppState, State, current
 from ..threads import on_a_thread_that_exits
 from . import sse
@@ -55,6 +58,8 @@ from .schemas import (
     NoiseResponse,
     SampleRequest,
     SamplesResponse,
+    ToyJobState,
+    ToyRequest,
     ValidationErrorResponse,
     spec_of,
 )
@@ -103,9 +108,16 @@ def _enqueue(request: Request, st: AppState, run: SamplingRun, frame_every: int,
              columns: int | None = None) -> Job:
     """Queue a resolved run as the client's job, its grids ``columns`` wide; 429 when the queue is full."""
     frame_every = max(frame_every, st.settings.frame_every_min)  # the operator's cap on frame rate
+    return _as_client(request, st, lambda: st.worker.submit(run, frame_every, st.new_log(frame_format, columns)))
+
+
+JobKind = TypeVar("JobKind", bound=BaseJob)
+
+
+def _as_client(request: Request, st: AppState, submit: Callable[[], JobKind]) -> JobKind:
+    """``submit()`` under the client's job limit; 429 when the client is at it or the queue is full."""
     try:
-        return st.clients.submit(st.clients.client(request),
-                                 lambda: st.worker.submit(run, frame_every, st.new_log(frame_format, columns)))
+        return st.clients.submit(st.clients.client(request), submit)
     except QueueFull as e:
         raise HTTPException(429, str(e), headers={"Retry-After": "2"}) from None
 
@@ -124,7 +136,35 @@ def post_interpolate(request: Request, st: State, req: InterpolateRequest) -> Jo
     return JobCreated(id=job.id, position=st.worker.position(job))
 
 
-def _job_state(worker: SamplingWorker, job: Job) -> JobState:
+@api.post("/toy/jobs", status_code=202, response_model=JobCreated,
+          summary="the 2D playground: train a point denoiser while you watch, then sample it; stream it from "
+                  "/jobs/{id}/events", responses={**ERRORS, **BODY_ERRORS})
+def post_toy_job(request: Request, st: State, req: ToyRequest) -> JobCreated:
+    if req.dataset is not None and req.points is not None:
+        raise _invalid("points", "points: give a dataset or points, not both", None)
+    if req.seconds > st.settings.max_toy_seconds:
+        raise _invalid("seconds", f"seconds must be ≤ {st.settings.max_toy_seconds:g} (max_toy_seconds)", req.seconds)
+    try:
+        toy_plan(req.sampler, req.steps)
+    except SpecError as e:
+        raise _invalid(e.field, e.message, e.value) from None
+    points = None if req.points is None else torch.tensor(req.points, dtype=torch.float32)
+    order = ToyOrder(dataset=req.dataset or TOY_DATASETS[0], points=points, seconds=req.seconds, n=req.n,
+                     sampler=req.sampler, steps=req.steps, seed=req.seed)
+    job = _as_client(request, st, lambda: st.worker.submit_toy(order, st.new_log("png")))
+    return JobCreated(id=job.id, position=st.worker.position(job))
+
+
+def _toy_state(worker: SamplingWorker, job: ToyJob) -> ToyJobState:
+    return ToyJobState(id=job.id, state=job.status, step=job.step, seconds=round(job.trained_s, 3),
+                       of_seconds=job.order.seconds, position=worker.position(job), elapsed_ms=job.elapsed_ms,
+                       error=job.error)
+
+
+def _job_state(worker: SamplingWorker, job: BaseJob) -> JobState | ToyJobState:
+    if isinstance(job, ToyJob):
+        return _toy_state(worker, job)
+    assert isinstance(job, Job)
     return JobState(id=job.id, state=job.status, step=job.step, of=job.of or job.plan.K, n=job.n,
                     sampler=job.plan.sampler,
                     spacing=job.plan.spacing, eta=job.plan.eta, seed=job.seed, position=worker.position(job),
@@ -188,20 +228,21 @@ def post_job(request: Request, st: State, req: JobRequest) -> JobCreated:
     return JobCreated(id=job.id, position=st.worker.position(job))
 
 
-def _get_job(st: State, job_id: str) -> Job:
+def _get_job(st: State, job_id: str) -> BaseJob:
     job = st.worker.jobs.get(job_id)
     if job is None:
         raise HTTPException(404, f"no job {job_id!r} (finished jobs are kept for a while, then forgotten)")
     return job
 
 
-@api.get("/jobs/{job_id}", response_model=JobState, summary="a job's state", responses=NOT_FOUND)
-def get_job(st: State, job_id: str) -> JobState:
+@api.get("/jobs/{job_id}", response_model=JobState | ToyJobState, summary="a job's state", responses=NOT_FOUND)
+def get_job(st: State, job_id: str) -> JobState | ToyJobState:
     return _job_state(st.worker, _get_job(st, job_id))
 
 
-@api.delete("/jobs/{job_id}", response_model=JobState, summary="cancel this job only", responses=NOT_FOUND)
-def delete_job(st: State, job_id: str) -> JobState:
+@api.delete("/jobs/{job_id}", response_model=JobState | ToyJobState, summary="cancel this job only",
+            responses=NOT_FOUND)
+def delete_job(st: State, job_id: str) -> JobState | ToyJobState:
     job = _get_job(st, job_id)
     st.worker.cancel(job_id)
     return _job_state(st.worker, job)

@@ -13,7 +13,17 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
-from engine import MAX_SEED, SamplerName, SamplingSpec, Spacing, config_types
+from engine import (
+    BOARD,
+    MAX_DRAWN_POINTS,
+    MAX_SEED,
+    TOY_SAMPLERS,
+    SamplerName,
+    SamplingSpec,
+    Spacing,
+    ToyName,
+    config_types,
+)
 
 
 def _one_query_value(v: Any) -> Any:
@@ -81,6 +91,30 @@ class JobRequest(SampleRequest):
         "png", description="frames' x_t and x̂0 as PNG data URLs (png) or as base64 uint8 pixels (raw)")
 
 
+Coordinate = Annotated[float, Field(ge=-BOARD, le=BOARD, allow_inf_nan=False)]
+MAX_TOY_N = 4000  # a playground job's final samples: a few times what the page draws
+
+
+class ToyRequest(BaseModel):
+    """Train a small MLP denoiser on 2D points while the events stream its progress, then sample it. The job's
+    events come from GET /jobs/{id}/events; it is cancelled when no event stream has read it for 10 s."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "examples": [{"dataset": "8gaussians", "seconds": 20, "n": 2000, "seed": 0}]})
+
+    dataset: ToyName | None = Field(
+        None, description="the distribution to learn; null: 8gaussians, or the points given")
+    points: list[tuple[Coordinate, Coordinate]] | None = Field(
+        None, min_length=2, max_length=MAX_DRAWN_POINTS,
+        description=f"your own points [[x, y], …] on the board [−{BOARD:g}, {BOARD:g}]², instead of a dataset")
+    seconds: float = Field(20.0, gt=0, le=3600, description="training time: the worker's seconds spent training "
+                                                            "(at most the server's max_toy_seconds)")
+    n: int = Field(2000, ge=1, le=MAX_TOY_N, description="points to sample once trained")
+    sampler: Literal[TOY_SAMPLERS] = Field("ddpm", description="their sampler")  # type: ignore[valid-type]
+    steps: int = Field(100, ge=1, le=1000, description="its steps (within what the sampler takes)")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds the data, the network and the samples")
+
+
 class JobCreated(BaseModel):
     id: str
     position: int = Field(description="place in the queue, 1 = next to start (0: running, or starting now)")
@@ -103,6 +137,18 @@ class JobState(BaseModel):
     guidance: float | None = Field(None, description="the guidance scale s; null for an unconditional model")
     guidance_interval: tuple[int, int] | None = Field(
         None, description="the timesteps [t_lo, t_hi] at which guidance applies; null for an unconditional model")
+    elapsed_ms: float | None = None
+    error: str | None = None
+
+
+class ToyJobState(BaseModel):
+    id: str
+    kind: Literal["toy"] = "toy"
+    state: Literal["queued", "running", "done", "cancelled", "error"]
+    step: int = Field(description="training steps taken")
+    seconds: float = Field(description="seconds trained so far")
+    of_seconds: float = Field(description="seconds it trains in all")
+    position: int
     elapsed_ms: float | None = None
     error: str | None = None
 
@@ -207,6 +253,41 @@ class DoneEvent(BaseModel):
     seed: int
     elapsed_ms: float
     evaluations: int = Field(description="model evaluations the sampler made (ode_rk45 picks its own number)")
+
+
+Points = list[tuple[float, float]]
+
+
+class ToyStartedEvent(BaseModel):
+    """``toy_started``: a playground job started training; ``data`` is a draw of its training points."""
+
+    data: Points
+
+
+class ToyProgressEvent(BaseModel):
+    """``toy_progress``: about every half second of training, the loss and fresh samples from the EMA model (a
+    slow client skips some: the latest wins)."""
+
+    step: int = Field(description="training steps so far")
+    loss: float = Field(description="mean L_simple since the last progress event")
+    seconds: float = Field(description="seconds trained so far")
+    points: Points = Field(description="fresh samples (500, DDIM, 20 steps)")
+
+
+class ToyDoneEvent(BaseModel):
+    """``toy_done``: the playground job finished; the stream ends."""
+
+    steps: int = Field(description="training steps taken")
+    seconds: float = Field(description="seconds trained")
+    elapsed_ms: float = Field(description="wall time from start to finish, sampling included")
+    points: Points = Field(description="the n samples, by the request's sampler")
+    sde: list[Points] = Field(description="64 particles along the reverse SDE (DDPM, 50 steps): [level][particle]")
+    ode: list[Points] = Field(description="the same x_T along the probability-flow ODE (DDIM η = 0, 50 steps)")
+    extent: float = Field(description="the field's grid spans [−extent, extent]²")
+    field_t: list[int] = Field(description="the timesteps the field is drawn at")
+    field_sigma: list[float] = Field(description="√(1 − ᾱ_t) at each of them: the score is −ε̂/σ")
+    field: list[list[Points]] = Field(description="ε̂ [timestep][row (y ascending)][column (x ascending)]")
+    losses: list[tuple[int, float]] = Field(description="(step, loss) of every progress event")
 
 
 class CancelledEvent(BaseModel):

@@ -2,12 +2,15 @@
 
 Ids are the step index: 0 for ``queued`` and ``started``, the step for a ``frame``, and K + 1 for the
 terminal event (``done``, ``cancelled`` or ``error``), so a client that reconnects with Last-Event-ID
-gets everything it has not seen. The payloads are the models in :mod:`app.http.schemas`, and
+gets everything it has not seen. A playground job's are alike: 0 for ``queued`` and ``toy_started``, the
+training step for ``toy_progress``, and the last training step + 1 for its terminal event (``toy_done``,
+``cancelled`` or ``error``). The payloads are the models in :mod:`app.http.schemas`, and
 :func:`document_events` lists them in the OpenAPI of the SSE routes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,10 +20,20 @@ from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
 
 from ..runtime.frames import Event, FramePixels, Images, Logged, data_url
-from ..runtime.results import TERMINAL, Cancelled, Failed, Queued, Started
-from ..runtime.worker import Job
+from ..runtime.jobs import BaseJob
+from ..runtime.results import TERMINAL, Cancelled, Failed, Queued, Started, ToyDone, ToyProgress, ToyStarted
 from ..state import AppState
-from .schemas import CancelledEvent, DoneEvent, ErrorEvent, FrameEvent, QueuedEvent, StartedEvent
+from .schemas import (
+    CancelledEvent,
+    DoneEvent,
+    ErrorEvent,
+    FrameEvent,
+    QueuedEvent,
+    StartedEvent,
+    ToyDoneEvent,
+    ToyProgressEvent,
+    ToyStartedEvent,
+)
 
 SHUTTING_DOWN = "the server is shutting down"
 SHUTDOWN_GRACE_S = 3.0  # streams get this long to say goodbye; uvicorn's own graceful timeout is longer (5 s)
@@ -33,17 +46,20 @@ EVENTS: dict[type, tuple[str, type[BaseModel]]] = {
     Images: ("done", DoneEvent),
     Cancelled: ("cancelled", CancelledEvent),
     Failed: ("error", ErrorEvent),
+    ToyStarted: ("toy_started", ToyStartedEvent),
+    ToyProgress: ("toy_progress", ToyProgressEvent),
+    ToyDone: ("toy_done", ToyDoneEvent),
 }
 
 
-def event_id(result: Logged, steps: int) -> int:
-    """The SSE id of ``result`` in a job of ``steps`` steps."""
-    if isinstance(result, FramePixels):
+def event_id(result: Logged, job: BaseJob) -> int:
+    """The SSE id of ``result`` in ``job``."""
+    if isinstance(result, FramePixels | ToyProgress):
         return result.step
-    return steps + 1 if isinstance(result, (*TERMINAL, Images)) else 0
+    return job.terminal_id if isinstance(result, (*TERMINAL, Images)) else 0
 
 
-def payload(result: Logged, job: Job) -> BaseModel:
+def payload(result: Logged, job: BaseJob) -> BaseModel:
     """The JSON body of ``result``'s event (frames as the job's log encoded them)."""
     match result:
         case Queued(position):
@@ -60,22 +76,27 @@ def payload(result: Logged, job: Job) -> BaseModel:
             return CancelledEvent(step=step)
         case Failed(message):
             return ErrorEvent(message=message)
+        case ToyStarted(data):
+            return ToyStartedEvent(data=data)
+        case ToyProgress(step, loss, seconds, points):
+            return ToyProgressEvent(step=step, loss=loss, seconds=seconds, points=points)
+        case ToyDone():
+            return ToyDoneEvent(**dataclasses.asdict(result))
     raise TypeError(f"not a worker result: {result!r}")
 
 
-def to_sse(result: Logged, job: Job) -> ServerSentEvent:
+def to_sse(result: Logged, job: BaseJob) -> ServerSentEvent:
     name, _ = EVENTS[type(result)]
-    return ServerSentEvent(data=payload(result, job).model_dump_json(), event=name,
-                           id=str(event_id(result, job.plan.K)))
+    return ServerSentEvent(data=payload(result, job).model_dump_json(), event=name, id=str(event_id(result, job)))
 
 
-def cursor_after(job: Job, last_id: int) -> int:
+def cursor_after(job: BaseJob, last_id: int) -> int:
     """The log cursor that replays every event with an SSE id above ``last_id`` (Last-Event-ID)."""
-    seen = [e.seq for e in job.log.since(0) if event_id(e.result, job.plan.K) <= last_id]
+    seen = [e.seq for e in job.log.since(0) if event_id(e.result, job) <= last_id]
     return max(seen, default=0)
 
 
-async def _events(request: Request, st: AppState, job: Job, last_id: int | None, cancel_on_disconnect: bool,
+async def _events(request: Request, st: AppState, job: BaseJob, last_id: int | None, cancel_on_disconnect: bool,
                   shutdown: anyio.Event) -> AsyncIterator[ServerSentEvent]:
     cursor = cursor_after(job, last_id) if last_id is not None else 0
     st.sse_clients.inc()  # a stream whose task leaks would keep this above zero forever
@@ -99,7 +120,7 @@ async def _events(request: Request, st: AppState, job: Job, last_id: int | None,
             st.worker.cancel(job.id)
 
 
-def event_stream(request: Request, st: AppState, job: Job, last_id: int | None,
+def event_stream(request: Request, st: AppState, job: BaseJob, last_id: int | None,
                  cancel_on_disconnect: bool) -> EventSourceResponse:
     """``job``'s events from after ``last_id``; on SIGTERM the stream ends with an ``error`` event, not a cut."""
     shutdown = anyio.Event()

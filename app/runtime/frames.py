@@ -26,7 +26,7 @@ from torch import Tensor
 
 from engine import make_grid, png_bytes, to_uint8_array
 
-from .results import TERMINAL, Done, Failed, Frame, Result
+from .results import TERMINAL, Done, Failed, Frame, Result, ToyProgress
 
 log = logging.getLogger(__name__)
 FrameFormat = Literal["png", "raw"]
@@ -106,7 +106,8 @@ class Event:
 
 
 def _droppable(result: Logged) -> bool:
-    return isinstance(result, FramePixels) and not result.last
+    """Intermediate frames and a playground's progress: a slow client skips them, the latest wins."""
+    return (isinstance(result, FramePixels) and not result.last) or isinstance(result, ToyProgress)
 
 
 def _terminal(result: Logged) -> bool:

@@ -22,73 +22,25 @@ import secrets
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Literal
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from torch import Tensor
 
-from engine import AnyLane, LoadedModel, OdePlan, SampleFrame, SamplingPlan, SamplingRun, SpecError, Stepper
+from engine import LoadedModel, SampleFrame, SamplingRun, SpecError, Stepper
 
+from . import toy
 from .frames import FrameEncoder, JobLog
+from .jobs import BaseJob, Job, JobStatus, QueueFull, ToyJob, ToyOrder
 from .results import Cancelled, Done, Failed, Frame, Queued, Result, Started
 
+__all__ = ["Job", "QueueFull", "SamplingWorker", "ToyJob"]
+#: A playground job's slice of the worker's thread when no sampling job is live: how long a newcomer waits.
+TOY_SLICE_S = 0.05
+#: A playground job that no event stream has read for this long is cancelled: its client went away.
+TOY_ORPHAN_S = 10.0
+
 log = logging.getLogger(__name__)
-
-
-JobStatus = Literal["queued", "running", "done", "cancelled", "error"]
-
-
-class QueueFull(Exception):
-    """The queue is at its limit; the client should retry later (HTTP 429)."""
-
-
-@dataclass
-class Job:
-    """One request: a resolved run (``run``: its plan, labels and seeded generator) and its log."""
-
-    id: str
-    run: SamplingRun
-    frame_every: int
-    log: JobLog
-    status: JobStatus = "queued"
-    position_sent: int | None = None  # the queue position in the last ``queued`` event
-    step: int = 0
-    of: int | None = None  # the evaluations the last frame expected (an adaptive run's changes as it goes)
-    lane: AnyLane | None = None  # the run's state in the stepper while it is live (the worker thread's)
-    created: float = field(default_factory=time.monotonic)
-    started: float | None = None
-    finished: float | None = None
-    error: str | None = None
-    error_field: str | None = None  # the request field a failed run could not honour, when it was one
-    cancel_requested: bool = False
-    readers: int = 0  # event streams attached now: a finished job is kept while one is
-    left: float | None = None  # when the last of them hung up
-
-    @property
-    def n(self) -> int:
-        """Images in the job: the request's n, times the rows of a guidance grid."""
-        return self.run.shape[0]
-
-    @property
-    def plan(self) -> SamplingPlan | OdePlan:
-        return self.run.plan
-
-    @property
-    def seed(self) -> int:
-        assert self.run.spec.seed is not None
-        return self.run.spec.seed
-
-    @property
-    def done(self) -> bool:
-        return self.status in ("done", "cancelled", "error")
-
-    @property
-    def elapsed_ms(self) -> float | None:
-        if self.started is None:
-            return None
-        return ((self.finished or time.monotonic()) - self.started) * 1000.0
 
 
 class Metrics:
@@ -105,6 +57,8 @@ class Metrics:
         self.step_seconds = Histogram("ddpm_step_seconds", "worker tick latency (forward + update)", registry=r,
                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.frames_dropped = Counter("ddpm_frames_dropped_total", "frames a slow client skipped", registry=r)
+        self.toy_seconds = Counter("ddpm_toy_training_seconds_total", "worker seconds spent training playground "
+                                   "models", registry=r)
         self.jobs = Counter("ddpm_jobs_total", "finished jobs by outcome", ["outcome"], registry=r)
 
 
@@ -112,17 +66,20 @@ class SamplingWorker:
     """Owns ``model`` on its device; thread-safe ``submit``/``cancel`` from request handlers."""
 
     def __init__(self, model: LoadedModel, device: torch.device, max_batch: int, max_active_jobs: int,
-                 max_queue: int, job_ttl_s: float = 600.0, max_finished_jobs: int = 256) -> None:
+                 max_queue: int, job_ttl_s: float = 600.0, max_finished_jobs: int = 256,
+                 toy_share: float = 0.25) -> None:
         self.model, self.device = model, device
+        self.toy_share = toy_share
         self.stepper = Stepper.for_model(model, device)
         self.max_batch, self.max_active, self.max_queue = max_batch, max_active_jobs, max_queue
         self.job_ttl_s, self.max_finished = job_ttl_s, max_finished_jobs
         self.metrics = Metrics()
         self.encoder = FrameEncoder()  # the jobs' logs encode on its thread
-        self.jobs: dict[str, Job] = {}
+        self.jobs: dict[str, BaseJob] = {}
         self._pending: deque[Job] = deque()
         self._live: list[Job] = []
-        self._finished: deque[Job] = deque()  # in the order they finished, for _gc
+        self._toys: deque[ToyJob] = deque()  # playground jobs; the first trains once started, the rest wait
+        self._finished: deque[BaseJob] = deque()  # in the order they finished, for _gc
         self._rr = 0
         self._fresh_tick = False  # the last tick served only jobs that had not stepped yet
         self._cv = threading.Condition()
@@ -167,49 +124,67 @@ class SamplingWorker:
     def submit(self, run: SamplingRun, frame_every: int, log: JobLog) -> Job:
         """Queue ``run``; its results go to ``log``. Raises :class:`QueueFull` when the queue is at its limit."""
         with self._cv:
-            # Jobs in _pending while there are free slots start at the next tick; the rest wait.
-            waiting = len(self._pending) - max(0, self.max_active - len(self._live))
-            if waiting >= self.max_queue:
-                raise QueueFull(f"{waiting} jobs are already waiting (max_queue={self.max_queue})")
-            self._gc()
+            self._check_queue()
             job = Job(id=secrets.token_hex(8), run=run, frame_every=frame_every, log=log)
-            self.jobs[job.id] = job
             self._pending.append(job)
-            job.position_sent = self.position(job)
-            job.log.put(Queued(job.position_sent))
-            self.metrics.queue_depth.set(len(self._pending))
-            self._cv.notify_all()
+            self._queued(job)
         return job
 
-    def cancel(self, job_id: str) -> Job | None:
+    def submit_toy(self, order: ToyOrder, log: JobLog) -> ToyJob:
+        """Queue a playground job (one trains at a time); :class:`QueueFull` as for :meth:`submit`."""
+        with self._cv:
+            self._check_queue()
+            job = ToyJob(id=secrets.token_hex(8), order=order, log=log)
+            self._toys.append(job)
+            self._queued(job)
+        return job
+
+    def _check_queue(self) -> None:
+        """Callers hold ``_cv``. Sampling jobs in _pending while there are free slots start at the next tick, and
+        the first playground job starts at the next turn; the rest wait, and count against ``max_queue``."""
+        waiting = len(self._pending) - max(0, self.max_active - len(self._live)) + max(0, len(self._toys) - 1)
+        if waiting >= self.max_queue:
+            raise QueueFull(f"{waiting} jobs are already waiting (max_queue={self.max_queue})")
+        self._gc()
+
+    def _queued(self, job: BaseJob) -> None:
+        self.jobs[job.id] = job
+        job.position_sent = self.position(job)
+        job.log.put(Queued(job.position_sent))
+        self.metrics.queue_depth.set(len(self._pending))
+        self._cv.notify_all()
+
+    def cancel(self, job_id: str) -> BaseJob | None:
         with self._cv:
             job = self.jobs.get(job_id)
             if job is not None and not job.done:
                 job.cancel_requested = True
-                if job in self._pending:  # never started: cancel now
-                    self._pending.remove(job)
+                if job.status == "queued" and (job in self._pending or job in self._toys):  # cancel now
+                    (self._toys if isinstance(job, ToyJob) else self._pending).remove(job)  # type: ignore[arg-type]
                     self._finish(job, "cancelled")
                 self._cv.notify_all()
         return job
 
-    def attach(self, job: Job) -> None:
+    def attach(self, job: BaseJob) -> None:
         """An event stream starts reading ``job``: it is not forgotten while any stream reads it."""
         with self._cv:
             job.readers += 1
 
-    def detach(self, job: Job) -> None:
+    def detach(self, job: BaseJob) -> None:
         """An event stream stopped reading ``job``; its time to live restarts now, so a client that hung up
         to reconnect with Last-Event-ID finds the job however late in its life it hung up."""
         with self._cv:
             job.readers -= 1
             job.left = time.monotonic()
 
-    def position(self, job: Job) -> int:
+    def position(self, job: BaseJob) -> int:
         """``job``'s place among the jobs that will still be waiting at the next tick (1 = next to start);
-        0 once it is being stepped, or will be at the next tick."""
+        0 once it is being stepped, or will be at the next tick. Playground jobs queue among themselves."""
         with self._cv:  # deque.index compares in Python code, so another thread could mutate the deque mid-search
             if job.status != "queued":
                 return 0
+            if isinstance(job, ToyJob):
+                return self._toys.index(job) if job in self._toys else 0
             try:
                 index = self._pending.index(job)
             except ValueError:
@@ -222,14 +197,14 @@ class SamplingWorker:
             self._warm_up()
             while True:
                 with self._cv:
-                    while not self._stop and not self._live and not self._pending:
+                    while not self._stop and not self._live and not self._pending and not self._toys:
                         self._cv.wait(timeout=1.0)
                     if self._stop:
                         return
                     self._admit()
                     batch = self._select()
-                if batch:
-                    self._tick(batch)
+                tick_s = self._tick(batch) if batch else None
+                self._toy_turn(tick_s)
 
     def _admit(self) -> None:
         for job in [j for j in self._live if j.cancel_requested]:
@@ -290,7 +265,8 @@ class SamplingWorker:
                 total += job.n
         return picked
 
-    def _tick(self, jobs: list[Job]) -> None:
+    def _tick(self, jobs: list[Job]) -> float:
+        """One step of ``jobs``; the seconds it took."""
         t0 = time.perf_counter()
         lanes = [j.lane for j in jobs]
         assert all(lane is not None for lane in lanes)
@@ -314,10 +290,49 @@ class SamplingWorker:
                     self._leave(job)
                     self._finish(job, "error", f"sampling failed: {type(e).__name__}: {e}")
         self._report(stepped)
+        seconds = time.perf_counter() - t0
         self.metrics.batch_size.observe(sum(j.n for j in jobs))
-        self.metrics.step_seconds.observe(time.perf_counter() - t0)
+        self.metrics.step_seconds.observe(seconds)
         with self._cv:
             self._update_gauges()
+        return seconds
+
+    def _toy_turn(self, tick_s: float | None) -> None:
+        """The first playground job's slice of this thread: after a sampling tick of ``tick_s`` seconds,
+        ``toy_share / (1 − toy_share)`` of it, so that sampling keeps ``1 − toy_share`` of the thread; with no
+        sampling job live, :data:`TOY_SLICE_S`. Cancelled and orphaned playground jobs end here."""
+        with self._cv:
+            now = time.monotonic()
+            for job in list(self._toys):
+                orphaned = not job.readers and now - max(job.created, job.left or 0.0) > TOY_ORPHAN_S
+                if job.cancel_requested or orphaned:
+                    self._toys.remove(job)
+                    self._finish(job, "cancelled")
+            job = self._toys[0] if self._toys else None
+        if job is None:
+            return
+        try:
+            if job.trainer is None:
+                toy.start(job)
+                with self._cv:
+                    job.status, job.started = "running", time.monotonic()
+                    for i, waiting in enumerate(list(self._toys)[1:]):
+                        if waiting.position_sent != i + 1:
+                            waiting.position_sent = i + 1
+                            waiting.log.put(Queued(i + 1))
+            budget = TOY_SLICE_S if tick_s is None else tick_s * self.toy_share / (1.0 - self.toy_share)
+            before = job.trained_s
+            finished = toy.work(job, budget)
+            self.metrics.toy_seconds.inc(job.trained_s - before)
+        except Exception as e:
+            log.exception("playground job %s failed", job.id)
+            finished = True
+            self._finish(job, "error", f"training failed: {type(e).__name__}: {e}")
+        if finished:
+            with self._cv:
+                self._toys.remove(job)
+                job.trainer = None
+            self._finish(job, "done")
 
     def _report(self, stepped: list[tuple[Job, SampleFrame]]) -> None:
         """Each stepped job's frame when it is due, and its images at its last step."""
@@ -363,7 +378,7 @@ class SamplingWorker:
                 self._live.remove(job)
         job.lane = None
 
-    def _finish(self, job: Job, status: JobStatus, error: str | None = None) -> None:
+    def _finish(self, job: BaseJob, status: JobStatus, error: str | None = None) -> None:
         """End ``job`` and log its terminal result (a done job's images are in its log already)."""
         with self._cv:  # re-entrant: some callers hold it already
             if job.done:

@@ -8,7 +8,7 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..data.toy2d import TOY_DATASETS
-    from ..sampling.solvers import ADAPTIVE, SAMPLERS
+    from ..training.toy import TOY_SAMPLERS
 
     p = sub.add_parser("toy", help="train a 2D point denoiser for S seconds and write N samples (float32 (N, 2))")
     p.add_argument("--dataset", choices=TOY_DATASETS, default="8gaussians", help="default: 8gaussians")
@@ -16,7 +16,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="your own points, an array of shape (N, 2), instead of --dataset")
     p.add_argument("--seconds", type=float, default=20.0, help="training time budget (default 20)")
     p.add_argument("--n", type=int, default=2000, help="samples to write (default 2000)")
-    p.add_argument("--sampler", default="ddpm", choices=[s for s in SAMPLERS if s != ADAPTIVE],
+    p.add_argument("--sampler", default="ddpm", choices=TOY_SAMPLERS,
                    help="any fixed-step sampler (default ddpm)")
     p.add_argument("--steps", type=int, default=100, help="its steps (default 100)")
     p.add_argument("--seed", type=int, default=0, help="seeds the data, the network and the samples")
@@ -30,15 +30,16 @@ def run_toy(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from ..data.toy2d import load_points, resample, toy_points
+    from ..sampling.errors import SpecError
     from ..sampling.loop import last_frame
-    from ..training.toy import ToyTrainer
+    from ..training.toy import ToyTrainer, toy_plan
     from . import UserError
 
     if not str(args.out).lower().endswith(".npy"):
         raise UserError(f"--out must end in .npy, got {args.out!r}")
-    for flag, value, lo in (("--seconds", args.seconds, 0.0), ("--n", args.n, 0), ("--steps", args.steps, 0)):
-        if not value > lo:
-            raise UserError(f"{flag} must be > {lo:g}, got {value:g}")
+    for flag, value in (("--seconds", args.seconds), ("--n", args.n)):
+        if not value > 0:
+            raise UserError(f"{flag} must be > 0, got {value:g}")
     if args.points is not None:
         try:
             mine = load_points(args.points)
@@ -52,6 +53,10 @@ def run_toy(args: argparse.Namespace) -> int:
             return toy_points(args.dataset, n, g)
 
     trainer = ToyTrainer(data, args.seed)
+    try:  # before training: a step count the sampler cannot take is known now
+        toy_plan(args.sampler, args.steps)
+    except SpecError as e:
+        raise UserError(f"--{e.message}") from None
     what = args.points or args.dataset
     with tqdm(total=round(args.seconds, 1), desc=f"toy: training on {what}", unit="s") as bar:
         for p in trainer.train_for(args.seconds):

@@ -20,6 +20,10 @@ TOY_DATASETS: tuple[ToyName, ...] = ("8gaussians", "moons", "swissroll", "checke
 #: The 8gaussians modes' centres ``(8, 2)`` and spread.
 EIGHT_CENTRES = torch.tensor([[2 * math.cos(math.pi * k / 4), 2 * math.sin(math.pi * k / 4)] for k in range(8)])
 EIGHT_STD = 0.1
+#: The playground's board, ``[−BOARD, BOARD]²``: it holds every dataset above, and points a visitor draws.
+BOARD = 3.0
+#: The most points a visitor may draw (the API's limit on ``points``).
+MAX_DRAWN_POINTS = 2000
 
 
 def toy_points(name: ToyName, n: int, generator: torch.Generator) -> Tensor:

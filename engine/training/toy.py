@@ -6,8 +6,9 @@ stepper. It trains for a time budget rather than a step count, since it runs whi
 from __future__ import annotations
 
 import copy
+import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -17,15 +18,48 @@ from ..diffusion.gaussian import GaussianDiffusion
 from ..diffusion.losses import sample_timesteps, simple_loss
 from ..diffusion.schedule import NoiseSchedule
 from ..models.mlp import PointDenoiser
+from ..sampling.errors import SpecError
 from ..sampling.guidance import as_denoiser
-from ..sampling.plan import SamplingPlan
-from ..sampling.solvers import SamplerName
-from ..sampling.stepper import SampleFrame, Stepper
+from ..sampling.loop import last_frame
+from ..sampling.plan import SamplingPlan, steps_limit
+from ..sampling.solvers import ADAPTIVE, SAMPLERS, SamplerName
+from ..sampling.spec import MIN_STEPS
+from ..sampling.stepper import AnyLane, SampleFrame, Stepper
 from .trainer import EMA
 
 #: Points drawn per training step, and the optimiser's settings: chosen so that 8gaussians is recognisable
 #: within seconds on two CPU cores (BENCHMARKS §11).
 BATCH, LR, EMA_DECAY = 512, 3e-3, 0.995
+#: The samplers a toy model takes: every fixed-step one (ode_rk45 sizes its steps to images' tolerances).
+TOY_SAMPLERS: tuple[SamplerName, ...] = tuple(s for s in SAMPLERS if s != ADAPTIVE)
+#: The timesteps at which :meth:`ToyTrainer.field` is drawn, for the playground's t slider.
+FIELD_TIMESTEPS = (0, 25, 50, 100, 200, 300, 400, 500, 650, 800, 999)
+
+
+@functools.cache
+def toy_diffusion() -> GaussianDiffusion:
+    """Every toy model's diffusion: the linear 1000-step schedule, predicting ε."""
+    return GaussianDiffusion(NoiseSchedule.linear(1000))
+
+
+def toy_plan(sampler: str, steps: int) -> SamplingPlan:
+    """The plan of ``steps`` levels of ``sampler`` for a toy model; :class:`SpecError` naming the field it refuses."""
+    diffusion = toy_diffusion()
+    if sampler not in TOY_SAMPLERS:
+        raise SpecError("sampler", f"sampler must be one of {', '.join(TOY_SAMPLERS)}", sampler)
+    lo, hi = MIN_STEPS.get(sampler, 1), steps_limit(diffusion, sampler)  # type: ignore[arg-type]
+    if not lo <= steps <= hi:
+        raise SpecError("steps", f"steps must lie in [{lo}, {hi}] for {sampler}", steps)
+    return SamplingPlan.build(diffusion, sampler, steps)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Flows:
+    """Particles from the same x_T to the data: ``sde`` along the reverse SDE (ancestral DDPM), ``ode`` along the
+    probability-flow ODE (DDIM, η = 0); each ``(steps + 1, m, 2)``, x_T first."""
+
+    sde: Tensor
+    ode: Tensor
 
 
 @dataclass(frozen=True)
@@ -43,9 +77,10 @@ class ToyTrainer:
     def __init__(self, data: Callable[[int, torch.Generator], Tensor], seed: int = 0) -> None:
         self.data = data
         self.generator = torch.Generator().manual_seed(seed)
-        torch.manual_seed(seed)
-        self.diffusion = GaussianDiffusion(NoiseSchedule.linear(1000))
-        self.model = PointDenoiser()
+        self.diffusion = toy_diffusion()
+        with torch.random.fork_rng(devices=[]):  # a server trains these beside others: leave the global RNG be
+            torch.manual_seed(seed)
+            self.model = PointDenoiser()
         self.ema = EMA(self.model, EMA_DECAY)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LR)
         self.step, self.seconds = 0, 0.0
@@ -88,10 +123,42 @@ class ToyTrainer:
     def sample_iter(self, n: int, sampler: SamplerName = "ddpm", steps: int = 100,
                     generator: torch.Generator | None = None) -> Iterator[SampleFrame]:
         """Points ``(n, 2)`` from the EMA model through the one stepper, a frame per step (unclipped: points are
-        not pixels)."""
-        plan = SamplingPlan.build(self.diffusion, sampler, steps)
+        not pixels). :class:`SpecError` for a sampler or a step count a toy model cannot take."""
+        stepper, lane = self._start(n, sampler, steps, generator)
+        yield from stepper.iterate(lane)
+
+    def _start(self, n: int, sampler: str, steps: int, generator: torch.Generator | None) -> tuple[Stepper, AnyLane]:
         stepper = Stepper(as_denoiser(self.ema_model(), False), self.diffusion, "cpu")
-        yield from stepper.iterate(stepper.start(plan, (n, 2), generator, clip=False))
+        return stepper, stepper.start(toy_plan(sampler, steps), (n, 2), generator, clip=False)
+
+    def sample(self, n: int, sampler: SamplerName, steps: int, seed: int) -> Tensor:
+        """The last frame of :meth:`sample_iter`: ``n`` points ``(n, 2)``."""
+        return last_frame(self.sample_iter(n, sampler, steps, torch.Generator().manual_seed(seed))).x_t
+
+    @torch.inference_mode()
+    def flows(self, m: int, steps: int, seed: int) -> Flows:
+        """``m`` particles along the SDE and the ODE, each ``steps`` levels, from the same x_T."""
+        x_T: Tensor | None = None
+        paths = []
+        for sampler in ("ddpm", "ddim"):
+            stepper, lane = self._start(m, sampler, steps, torch.Generator().manual_seed(seed))
+            if x_T is None:
+                x_T = lane.x.clone()
+            lane.x = x_T.clone()
+            paths.append(torch.stack([x_T, *(f.x_t for f in stepper.iterate(lane))]))
+        return Flows(*paths)
+
+    @torch.inference_mode()
+    def field(self, extent: float, k: int, timesteps: Sequence[int] = FIELD_TIMESTEPS) -> Tensor:
+        """The EMA model's ε̂ on a ``k × k`` grid over ``[−extent, extent]²`` at each of ``timesteps``:
+        ``(len(timesteps), k, k, 2)``, row ``i`` at y = −extent + 2·extent·i/(k − 1), column ``j`` likewise in x.
+        The score is −ε̂/√(1 − ᾱ_t) (eq. 11 of Song et al. 2021)."""
+        axis = torch.linspace(-extent, extent, k)
+        ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+        grid = torch.stack([xs, ys], -1).reshape(-1, 2)
+        model = self.ema_model()
+        out = [model(grid, torch.full((k * k,), t, dtype=torch.long)) for t in timesteps]
+        return torch.stack(out).reshape(len(timesteps), k, k, 2)
 
 
 def mode_coverage(points: Tensor, radius: float = 0.5) -> tuple[float, list[float]]:
