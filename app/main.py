@@ -163,7 +163,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
         m, examples = await on_a_thread_that_exits(load)
         worker = SamplingWorker(m, device, settings.max_batch, settings.max_active_jobs, settings.max_queue,
-                                settings.job_ttl_s, settings.max_finished_jobs, settings.toy_share)
+                                settings.job_ttl_s, settings.max_finished_jobs, settings.toy_share,
+                                settings.toy_orphan_s)
         try:
             worker.start()
         except BaseException:

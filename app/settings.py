@@ -60,8 +60,10 @@ class Settings(BaseModel):
                                                           "get 429")
     max_toy_seconds: float = Field(60.0, gt=0, le=3600, description="the most training seconds a playground job "
                                                                    "(POST /toy/jobs) may ask for")
-    toy_share: float = Field(0.25, gt=0, lt=1, description="the share of the worker's time a playground job trains "
-                                                           "in while sampling jobs run (all of it when none do)")
+    toy_share: float = Field(0.25, gt=0, lt=1, description="the share of the worker's time a playground job takes "
+                                                           "while sampling jobs run (all of it when none do)")
+    toy_orphan_s: float = Field(10.0, gt=0, description="a playground job that no event stream has read for this "
+                                                        "long is cancelled: its client went away")
     sampler: SamplerName | None = Field(None, description="the sampler of a request that names none; default: "
                                         f"{GUIDED_DEFAULT_SAMPLER} for class-conditional models (guided), "
                                         f"{DEFAULT_SAMPLER} for unconditional ones")

@@ -82,9 +82,11 @@ def test_raw_frames_are_the_png_frames_pixels(server):
 def test_openapi_documents_each_event_payload(server):
     spec = httpx.get(server.url + "/openapi.json").json()
     comps = spec["components"]["schemas"]
-    for route in ("/stream", "/jobs/{job_id}/events"):
+    sampling = {"queued", "started", "frame", "done", "cancelled", "error"}
+    for route, names in (("/stream", sampling),
+                         ("/jobs/{job_id}/events", sampling | {"toy_started", "toy_progress", "toy_done"})):
         events = spec["paths"][API + route]["get"]["responses"]["200"]["content"]["text/event-stream"]["x-events"]
-        assert set(events) == {"queued", "started", "frame", "done", "cancelled", "error"}
+        assert set(events) == names
         for ref in events.values():
             assert ref["$ref"].removeprefix("#/components/schemas/") in comps
     frame = comps["FrameEvent"]["properties"]

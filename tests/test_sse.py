@@ -89,7 +89,7 @@ def test_the_log_keeps_the_workers_order_and_last_event_id_replays_exactly_the_l
     deadline = time.monotonic() + 10
     while not job.log.closed and time.monotonic() < deadline:  # frames and images are encoded on its thread
         time.sleep(0.01)
-    ids = lambda cursor: [sse.event_id(e.result, K) for e in job.log.since(cursor)]  # noqa: E731
+    ids = lambda cursor: [sse.event_id(e.result, job) for e in job.log.since(cursor)]  # noqa: E731
     assert ids(0) == [0, 0, 1, 2, 3, 4, 5, K + 1]
     assert isinstance(job.log.final(), Images)
     assert ids(sse.cursor_after(job, 0)) == [1, 2, 3, 4, 5, K + 1]

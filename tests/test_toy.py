@@ -57,3 +57,55 @@ def test_cli_writes_samples_and_reads_your_points(tmp_path, capsys):
     assert main(["toy", "--points", str(mine), "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert "--points: expected an array of shape (N, 2)" in err and len(err.splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def trained():
+    trainer = ToyTrainer(lambda n, g: toy_points("8gaussians", n, g), seed=0)
+    trainer.train_steps(1500)
+    return trainer
+
+
+def test_a_toy_trainer_leaves_the_global_rng_alone():
+    torch.manual_seed(5)
+    want = torch.rand(3)
+    torch.manual_seed(5)
+    ToyTrainer(lambda n, g: toy_points("moons", n, g), seed=1).train_steps(2)
+    assert torch.equal(torch.rand(3), want)
+
+
+def test_sde_and_ode_flows_start_from_one_x_T_and_only_the_sde_is_noisy(trained):
+    f = trained.flows(32, 20, seed=4)
+    assert f.sde.shape == f.ode.shape == (21, 32, 2)
+    assert torch.equal(f.sde[0], f.ode[0])
+    again = trained.flows(32, 20, seed=4)
+    assert torch.equal(again.ode, f.ode) and torch.equal(again.sde, f.sde)
+    assert not torch.allclose(f.sde[-1], f.ode[-1], atol=1e-3)
+    # the ODE moves smoothly: its largest step is a fraction of the SDE's
+    assert (f.ode[1:] - f.ode[:-1]).norm(dim=-1).max() < (f.sde[1:] - f.sde[:-1]).norm(dim=-1).max()
+
+
+def test_the_field_at_t_T_is_the_identity_and_the_score_points_to_the_modes(trained):
+    """At t = T − 1, x_t = √ᾱ x0 + √(1 − ᾱ) ε with √ᾱ ≈ 0.006, so E[ε | x_t] ≈ x_t: the learned ε̂ is x itself.
+    At small t the score −ε̂/σ points from a point near a mode towards that mode's centre."""
+    field = trained.field(3.0, 13, timesteps=(999, 25))
+    axis = torch.linspace(-3.0, 3.0, 13)
+    ys, xs = torch.meshgrid(axis, axis, indexing="ij")
+    grid = torch.stack([xs, ys], -1)
+    assert (field[0] - grid).norm(dim=-1).mean() < 0.15
+    centre = EIGHT_CENTRES[0]  # (2, 0)
+    near = centre + torch.tensor([[0.25, 0.0], [-0.25, 0.0], [0.0, 0.25], [0.0, -0.25]])
+    eps = trained.ema_model()(near, torch.full((4,), 25, dtype=torch.long)).detach()
+    toward = centre - near
+    assert bool((((-eps) * toward).sum(dim=1) > 0).all())
+
+
+def test_toy_plan_names_the_field_it_refuses():
+    from engine import SpecError, toy_plan
+
+    for sampler, steps, field in (("ode_rk45", 10, "sampler"), ("pndm", 2, "steps"), ("ddpm", 1001, "steps"),
+                                  ("dpmpp_2m", 1000, "steps")):
+        with pytest.raises(SpecError) as e:
+            toy_plan(sampler, steps)
+        assert e.value.field == field
+    assert toy_plan("pc", 10).K > 0

@@ -248,8 +248,9 @@ def delete_job(st: State, job_id: str) -> JobState | ToyJobState:
     return _job_state(st.worker, job)
 
 
-@api.get("/jobs/{job_id}/events", summary="the job's server-sent events; honours Last-Event-ID",
-         response_class=EventSourceResponse, responses={**sse.RESPONSES, **NOT_FOUND, 422: ERRORS[422]})
+@api.get("/jobs/{job_id}/events", summary="the job's server-sent events (a sampling or a playground job's); "
+                                          "honours Last-Event-ID", response_class=EventSourceResponse,
+         responses={**sse.responses(tuple(name for name, _ in sse.EVENTS.values())), **NOT_FOUND, 422: ERRORS[422]})
 async def job_events(request: Request, st: State, job_id: str,
                      last_event_id: Annotated[int | None, Query(alias="lastEventId", ge=0)] = None):
     job = _get_job(st, job_id)
@@ -266,7 +267,7 @@ async def job_events(request: Request, st: State, job_id: str,
 
 
 @api.get("/stream", summary="one-shot SSE stream for EventSource; the job is cancelled on disconnect",
-         response_class=EventSourceResponse, responses={**sse.RESPONSES, **ERRORS})
+         response_class=EventSourceResponse, responses={**sse.responses(sse.SAMPLING_EVENTS), **ERRORS})
 async def stream(request: Request, st: State, q: Annotated[JobRequest, Query()]):
     job = _submit(request, st, q, q.frame_every, q.frame_format, where="query")
     return sse.event_stream(request, st, job, None, cancel_on_disconnect=True)

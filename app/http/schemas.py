@@ -97,7 +97,8 @@ MAX_TOY_N = 4000  # a playground job's final samples: a few times what the page 
 
 class ToyRequest(BaseModel):
     """Train a small MLP denoiser on 2D points while the events stream its progress, then sample it. The job's
-    events come from GET /jobs/{id}/events; it is cancelled when no event stream has read it for 10 s."""
+    events come from GET /jobs/{id}/events; it is cancelled when no event stream has read it for the server's
+    toy_orphan_s (10 s by default)."""
 
     model_config = ConfigDict(extra="forbid", json_schema_extra={
         "examples": [{"dataset": "8gaussians", "seconds": 20, "n": 2000, "seed": 0}]})

@@ -128,12 +128,18 @@ def event_stream(request: Request, st: AppState, job: BaseJob, last_id: int | No
                                shutdown_event=shutdown, shutdown_grace_period=SHUTDOWN_GRACE_S)
 
 
-RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "server-sent events: " + ", ".join(name for name, _ in EVENTS.values())
-                         + "; each event's JSON payload is the schema named in `x-events`",
-          "content": {"text/event-stream": {
-              "x-events": {name: {"$ref": f"#/components/schemas/{model.__name__}"}
-                           for name, model in EVENTS.values()}}}}}
+#: The events a sampling job sends (a playground job sends ``queued``, ``cancelled``, ``error`` and the ``toy_`` ones).
+SAMPLING_EVENTS = ("queued", "started", "frame", "done", "cancelled", "error")
+
+
+def responses(names: tuple[str, ...]) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of an SSE route that sends the events ``names``."""
+    models = {name: model for name, model in EVENTS.values() if name in names}
+    return {200: {"description": "server-sent events: " + ", ".join(models)
+                                 + "; each event's JSON payload is the schema named in `x-events`",
+                  "content": {"text/event-stream": {
+                      "x-events": {name: {"$ref": f"#/components/schemas/{model.__name__}"}
+                                   for name, model in models.items()}}}}}
 
 
 def document_events(schema: dict[str, Any]) -> dict[str, Any]:

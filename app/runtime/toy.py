@@ -42,7 +42,8 @@ def start(job: ToyJob) -> None:
 
 def work(job: ToyJob, budget_s: float) -> bool:
     """Train ``job`` for about ``budget_s`` seconds (at least one step, never past its ``seconds``), report
-    progress when due, and finish it once its seconds are spent; True when it is finished."""
+    progress when due, and finish it once its seconds are spent; True when it is finished. Its seconds count the
+    training alone; the worker's share counts everything done here (see the worker's ``_toy_turn``)."""
     trainer, order = job.trainer, job.order
     assert trainer is not None
     t0 = time.perf_counter()

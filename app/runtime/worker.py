@@ -35,10 +35,9 @@ from .jobs import BaseJob, Job, JobStatus, QueueFull, ToyJob, ToyOrder
 from .results import Cancelled, Done, Failed, Frame, Queued, Result, Started
 
 __all__ = ["Job", "QueueFull", "SamplingWorker", "ToyJob"]
-#: A playground job's slice of the worker's thread when no sampling job is live: how long a newcomer waits.
+#: A playground job's slice of the worker's thread when no sampling job is live: how long a newcomer waits; and
+#: the most credit it saves up while they are.
 TOY_SLICE_S = 0.05
-#: A playground job that no event stream has read for this long is cancelled: its client went away.
-TOY_ORPHAN_S = 10.0
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +56,8 @@ class Metrics:
         self.step_seconds = Histogram("ddpm_step_seconds", "worker tick latency (forward + update)", registry=r,
                                       buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
         self.frames_dropped = Counter("ddpm_frames_dropped_total", "frames a slow client skipped", registry=r)
-        self.toy_seconds = Counter("ddpm_toy_training_seconds_total", "worker seconds spent training playground "
-                                   "models", registry=r)
+        self.toy_seconds = Counter("ddpm_toy_seconds_total", "worker seconds spent on playground jobs (training "
+                                   "and sampling them)", registry=r)
         self.jobs = Counter("ddpm_jobs_total", "finished jobs by outcome", ["outcome"], registry=r)
 
 
@@ -67,9 +66,10 @@ class SamplingWorker:
 
     def __init__(self, model: LoadedModel, device: torch.device, max_batch: int, max_active_jobs: int,
                  max_queue: int, job_ttl_s: float = 600.0, max_finished_jobs: int = 256,
-                 toy_share: float = 0.25) -> None:
+                 toy_share: float = 0.25, toy_orphan_s: float = 10.0) -> None:
         self.model, self.device = model, device
-        self.toy_share = toy_share
+        self.toy_share, self.toy_orphan_s = toy_share, toy_orphan_s
+        self._toy_credit = 0.0  # seconds the playground job may still take while sampling jobs are live
         self.stepper = Stepper.for_model(model, device)
         self.max_batch, self.max_active, self.max_queue = max_batch, max_active_jobs, max_queue
         self.job_ttl_s, self.max_finished = job_ttl_s, max_finished_jobs
@@ -298,19 +298,26 @@ class SamplingWorker:
         return seconds
 
     def _toy_turn(self, tick_s: float | None) -> None:
-        """The first playground job's slice of this thread: after a sampling tick of ``tick_s`` seconds,
-        ``toy_share / (1 − toy_share)`` of it, so that sampling keeps ``1 − toy_share`` of the thread; with no
-        sampling job live, :data:`TOY_SLICE_S`. Cancelled and orphaned playground jobs end here."""
+        """The first playground job's turn on this thread. While sampling jobs are live, each tick of ``tick_s``
+        seconds earns it ``toy_share / (1 − toy_share)`` of that in credit, and it works only while its credit is
+        positive, paying for all it does (training, progress samples, its final samples), so sampling keeps
+        ``1 − toy_share`` of the thread however long a tick or a training step is. With no sampling job live it
+        works in slices of :data:`TOY_SLICE_S`. Cancelled and orphaned playground jobs end here."""
         with self._cv:
             now = time.monotonic()
             for job in list(self._toys):
-                orphaned = not job.readers and now - max(job.created, job.left or 0.0) > TOY_ORPHAN_S
+                orphaned = not job.readers and now - max(job.created, job.left or 0.0) > self.toy_orphan_s
                 if job.cancel_requested or orphaned:
                     self._toys.remove(job)
                     self._finish(job, "cancelled")
             job = self._toys[0] if self._toys else None
-        if job is None:
+        if tick_s is None:
+            self._toy_credit = 0.0
+        else:
+            self._toy_credit = min(TOY_SLICE_S, self._toy_credit + tick_s * self.toy_share / (1.0 - self.toy_share))
+        if job is None or (tick_s is not None and self._toy_credit <= 0):
             return
+        t0 = time.perf_counter()
         try:
             if job.trainer is None:
                 toy.start(job)
@@ -320,14 +327,15 @@ class SamplingWorker:
                         if waiting.position_sent != i + 1:
                             waiting.position_sent = i + 1
                             waiting.log.put(Queued(i + 1))
-            budget = TOY_SLICE_S if tick_s is None else tick_s * self.toy_share / (1.0 - self.toy_share)
-            before = job.trained_s
-            finished = toy.work(job, budget)
-            self.metrics.toy_seconds.inc(job.trained_s - before)
+            finished = toy.work(job, TOY_SLICE_S if tick_s is None else self._toy_credit)
         except Exception as e:
             log.exception("playground job %s failed", job.id)
             finished = True
             self._finish(job, "error", f"training failed: {type(e).__name__}: {e}")
+        spent = time.perf_counter() - t0
+        self.metrics.toy_seconds.inc(spent)
+        if tick_s is not None:
+            self._toy_credit -= spent
         if finished:
             with self._cv:
                 self._toys.remove(job)
