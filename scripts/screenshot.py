@@ -45,9 +45,11 @@ class Shot(NamedTuple):
 
 def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int | None = None, seed: int = 0,
                     noise_t: int = 400, sampler: str | None = None, race_out: Path | None = None,
-                    labels: str = "each", guidance: float | None = None, panels_dir: Path | None = None) -> Shot:
+                    labels: str = "each", guidance: float | None = None, panels_dir: Path | None = None,
+                    toy_seconds: float = 20.0) -> Shot:
     """Run the demo on ``page`` and save a full-page PNG at ``out`` (and the sampler race at ``race_out``; and
-    the explorables, inversion, the guidance grid and the walk through noise space, into ``panels_dir``).
+    the explorables, inversion, the guidance grid, the walk through noise space and the playground trained for
+    ``toy_seconds``, into ``panels_dir``).
 
     ``sampler``, ``steps`` and ``guidance`` left None keep the page's defaults (the server's); ``labels``
     is the digit picker's choice, used when the model is class-conditional."""
@@ -91,7 +93,7 @@ def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int | N
         race_out.parent.mkdir(parents=True, exist_ok=True)
         page.locator("#race").screenshot(path=str(race_out))
     if panels_dir is not None:
-        shoot_explorables(page, panels_dir, steps)
+        shoot_explorables(page, panels_dir, steps, toy_seconds)
     # x_t still noisy, x̂0 already legible, and the schedule marker showing where that frame sits
     _set_range(page, "#gen-scrub", round(0.7 * int(page.get_attribute("#gen-scrub", "max") or 0)))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -99,9 +101,9 @@ def drive_and_shoot(page: Page, url: str, out: Path, n: int = 16, steps: int | N
     return Shot(errors, grid_seconds)
 
 
-def shoot_explorables(page: Page, out_dir: Path, steps: int | None) -> list[Path]:
-    """The noise panel after an inversion, the guidance grid (class-conditional models) and a walk through
-    noise space, each photographed once its job is done; the PNGs written."""
+def shoot_explorables(page: Page, out_dir: Path, steps: int | None, toy_seconds: float) -> list[Path]:
+    """The noise panel after an inversion, the guidance grid (class-conditional models), a walk through noise
+    space, and the playground's flows and field, each photographed once its job is done; the PNGs written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     shots = []
     if page.locator("#noise-xt[src]").count():  # the dataset's fourth example: a 3
@@ -124,6 +126,15 @@ def shoot_explorables(page: Page, out_dir: Path, steps: int | None) -> list[Path
     shots.append(("interp", out_dir / "walk.png"))
     for section, path in shots:
         page.locator(f"#{section}").screenshot(path=str(path))
+    page.fill("#toy-seconds", str(toy_seconds))
+    page.click("#toy-go")
+    page.wait_for_selector("#toy[data-state=done]")
+    page.select_option("#toy-view", "flows")
+    page.wait_for_selector("#toy[data-flowed=true]")
+    for view, path in (("flows", out_dir / "playground-flows.png"), ("field", out_dir / "playground-field.png")):
+        page.select_option("#toy-view", view)
+        page.locator("#toy").screenshot(path=str(path))
+        shots.append(("toy", path))
     return [path for _, path in shots]
 
 
@@ -137,7 +148,8 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=16, help="images to generate")
     ap.add_argument("--race-out", type=Path, default=ROOT / "docs" / "race.png", help="the sampler race panel")
     ap.add_argument("--panels-dir", type=Path, default=ROOT / "docs" / "panels",
-                    help="the explorables' panels: invert.png, guidance-grid.png, walk.png")
+                    help="the explorables' panels: invert.png, guidance-grid.png, walk.png, playground-*.png")
+    ap.add_argument("--toy-seconds", type=float, default=20.0, help="the playground's training seconds")
     ap.add_argument("--sampler", choices=list(SAMPLERS), default=None,
                     help="sampler for the grid (default: the page's, which is the server's)")
     ap.add_argument("--steps", type=int, default=None, help="steps for the grid (default: the page's); the "
@@ -165,7 +177,7 @@ def main() -> int:
                 page.set_default_timeout(120_000)
                 shot = drive_and_shoot(page, args.url or server.url, args.out, args.n, args.steps, args.seed,
                                        args.noise_t, args.sampler, args.race_out, args.labels, args.guidance,
-                                       args.panels_dir)
+                                       args.panels_dir, args.toy_seconds)
                 state = page.get_attribute("#gen-viewer", "data-state")
                 browser.close()
         finally:

@@ -163,7 +163,7 @@ export function initPlayground(boot) {
     const t0 = performance.now();
     const levels = done.sde.length - 1;
     const frame = (now) => {
-      const f = Math.min(1, (now - t0) / FLOW_MS);
+      const f = Math.min(1, Math.max(0, (now - t0) / FLOW_MS)); // a frame's time may precede t0
       render(f * levels);
       if (f < 1) anim = requestAnimationFrame(frame); else panel.dataset.flowed = "true";
     };

@@ -470,10 +470,11 @@ def test_screenshot_script_drives_the_page_to_a_png(browser, server, tmp_path):
         pg.set_default_timeout(TIMEOUT_MS)
         out = tmp_path / "shot.png"
         shot = script.drive_and_shoot(pg, server.url, out, n=4, steps=8, noise_t=50, race_out=tmp_path / "race.png",
-                                      panels_dir=tmp_path / "panels")
+                                      panels_dir=tmp_path / "panels", toy_seconds=1)
         assert shot.errors == [] and shot.grid_seconds > 0
         # this model is unconditional: no guidance grid
-        assert sorted(p.name for p in (tmp_path / "panels").iterdir()) == ["invert.png", "walk.png"]
+        assert sorted(p.name for p in (tmp_path / "panels").iterdir()) == ["invert.png", "playground-field.png",
+                                                                           "playground-flows.png", "walk.png"]
         assert Image.open(tmp_path / "race.png").size[0] > 200
         assert pg.get_attribute("#gen-viewer", "data-state") == "done"
         assert pg.get_attribute("#noise-viewer", "data-state") == "done"
@@ -641,3 +642,60 @@ def test_digit_picker_and_guidance_slider_drive_a_conditional_model(browser, tmp
         drawn = pg.locator("#gen-cell-labels span").all_inner_texts()
         assert len(drawn) == 5 and all(c in "0123456789" for c in drawn)
         assert console.errors == []
+
+
+BLANK_JS = "(c) => { const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data; " \
+           "let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }"
+
+
+def test_playground_trains_while_you_watch_then_shows_flows_and_the_field(page, server):
+    """The playground panel: progress (loss curve, sample cloud) streams while the server trains; then the SDE and
+    ODE flows replay and the field's t slider redraws the arrows; your own drawn points are what it trains on."""
+    pg, console = page
+    pg.fill("#toy-seconds", "2")
+    with pg.expect_request(lambda r: r.url.endswith("/api/v1/toy/jobs") and r.method == "POST") as req:
+        pg.click("#toy-go")
+    assert req.value.post_data_json["dataset"] == "8gaussians" and req.value.post_data_json["seconds"] == 2
+    pg.wait_for_selector("#toy[data-progress='2']")
+    assert pg.locator("#toy-loss polyline.curve").count() == 1
+    assert "training: step" in pg.inner_text("#toy-status")
+    pg.wait_for_selector("#toy[data-state=done]")
+    assert pg.inner_text("#toy-status").startswith("done:") and pg.is_visible("#toy-after")
+    drawn_samples = pg.eval_on_selector("#toy-board", BLANK_JS)
+    assert drawn_samples > 1000
+    pg.select_option("#toy-view", "flows")
+    pg.wait_for_selector("#toy[data-flowed=true]")
+    assert pg.get_attribute("#toy", "data-view") == "flows" and pg.is_visible("#toy-replay")
+    pg.select_option("#toy-view", "field")
+    assert pg.is_visible("#toy-t") and not pg.is_visible("#toy-replay")
+    before = pg.eval_on_selector("#toy-board", "(c) => c.toDataURL()")
+    pg.eval_on_selector("#toy-t", "(el) => { el.value = '0'; el.dispatchEvent(new Event('input')); }")
+    assert pg.inner_text("#toy-t-out").startswith("t = 0 ")
+    assert pg.eval_on_selector("#toy-board", "(c) => c.toDataURL()") != before
+    job = pg.get_attribute("#toy", "data-job-id")
+    assert httpx.get(f"{server.url}{API}/jobs/{job}").json()["state"] == "done"
+
+    # draw your own: a stroke of points, sent as the job's points, and Cancel stops the server's training
+    pg.select_option("#toy-dataset", "draw")
+    assert pg.is_visible("#toy-clear")
+    pg.locator("#toy-board").scroll_into_view_if_needed()
+    box = pg.locator("#toy-board").bounding_box()
+    pg.mouse.move(box["x"] + 60, box["y"] + 60)
+    pg.mouse.down()
+    for i in range(30):
+        pg.mouse.move(box["x"] + 60 + 6 * i, box["y"] + 60 + 3 * i)
+    pg.mouse.up()
+    pg.fill("#toy-seconds", "30")
+    with pg.expect_request(lambda r: r.url.endswith("/api/v1/toy/jobs") and r.method == "POST") as req:
+        pg.click("#toy-go")
+    points = req.value.post_data_json["points"]
+    assert len(points) >= 20 and "dataset" not in req.value.post_data_json
+    assert all(-3 <= x <= 3 and -3 <= y <= 3 for x, y in points) and points[0][0] < points[-1][0]
+    assert points[0][1] > points[-1][1]  # the stroke goes down the screen: y falls on the board
+    pg.wait_for_selector("#toy[data-state=running]")
+    pg.wait_for_function("document.getElementById('toy-status').textContent.startsWith('training')")
+    pg.click("#toy-cancel")
+    pg.wait_for_selector("#toy[data-state=cancelled]")
+    job = pg.get_attribute("#toy", "data-job-id")
+    assert httpx.get(f"{server.url}{API}/jobs/{job}").json()["state"] == "cancelled"
+    assert console.errors == []
