@@ -6,7 +6,7 @@ The names below are the engine's public API; the app imports nothing else from i
 from .cli import UserError, build_parser, dispatch
 from .data.datasets import BUNDLED as BUNDLED_DATASET
 from .data.datasets import load_dataset
-from .data.toy2d import BOARD, MAX_DRAWN_POINTS, TOY_DATASETS, ToyName, resample, toy_points
+from .data.toy2d import BOARD, DEFAULT_TOY_DATASET, MAX_DRAWN_POINTS, TOY_DATASETS, ToyName, resample, toy_points
 from .devices import resolve_device
 from .diffusion.gaussian import GaussianDiffusion, Prediction, Variance
 from .diffusion.likelihood import bits_per_dim, discretized_gaussian_log_likelihood, normal_kl
@@ -81,6 +81,7 @@ __all__ = [
     "DEFAULT_MODEL",
     "DEFAULT_PRIOR",
     "DEFAULT_SAMPLER",
+    "DEFAULT_TOY_DATASET",
     "FIELD_TIMESTEPS",
     "GUIDANCE_RANGE",
     "GUIDED_DEFAULT_SAMPLER",

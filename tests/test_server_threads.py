@@ -86,3 +86,19 @@ def test_a_large_upload_and_its_denoise_leave_no_team_behind(tmp_path):
         s.stop()
     assert after_upload < BOUND, f"{after_upload:.0f} voluntary context switches per step after an upload"
     assert after_denoise < BOUND, f"{after_denoise:.0f} voluntary context switches per step in a denoise job"
+
+
+def test_a_playground_job_trains_on_the_worker_and_leaves_no_team_behind(tmp_path):
+    """A playground job's optimiser is first built in the request's handler (see routes.post_toy_job) and its
+    training runs on the worker's thread: neither may leave a second team for the sampling jobs after it."""
+    s = start_server(DEFAULT_MODEL, tmp_path / "server.log", threads=THREADS, cpus=THREADS)
+    try:
+        params = {"n": 16, "steps": STEPS, "sampler": "ddpm", "seed": 0, "frame_every": 1}
+        _switches_per_step(s, **params)
+        job = httpx.post(s.url + "/api/v1/toy/jobs", json={"seconds": 1, "n": 4000}).json()["id"]
+        with httpx.stream("GET", f"{s.url}/api/v1/jobs/{job}/events", timeout=120) as r:
+            assert [e.event for e in sse_events(r)][-1] == "toy_done"
+        per_step = _switches_per_step(s, **params)
+    finally:
+        s.stop()
+    assert per_step < BOUND, f"{per_step:.0f} voluntary context switches per step after a playground job"

@@ -21,8 +21,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sse_starlette.sse import EventSourceResponse
 
 from engine import (
+    DEFAULT_TOY_DATASET,
     MAX_SEED,
-    TOY_DATASETS,
     ImageLikelihood,
     Inversion,
     NoiseSchedule,
@@ -63,6 +63,7 @@ from .schemas import (
     ValidationErrorResponse,
     spec_of,
 )
+from .security import JobKind
 
 api = APIRouter(prefix="/api/v1")
 root = APIRouter()
@@ -111,9 +112,6 @@ def _enqueue(request: Request, st: AppState, run: SamplingRun, frame_every: int,
     return _as_client(request, st, lambda: st.worker.submit(run, frame_every, st.new_log(frame_format, columns)))
 
 
-JobKind = TypeVar("JobKind", bound=BaseJob)
-
-
 def _as_client(request: Request, st: AppState, submit: Callable[[], JobKind]) -> JobKind:
     """``submit()`` under the client's job limit; 429 when the client is at it or the queue is full."""
     try:
@@ -148,8 +146,11 @@ def post_toy_job(request: Request, st: State, req: ToyRequest) -> JobCreated:
         toy_plan(req.sampler, req.steps)
     except SpecError as e:
         raise _invalid(e.field, e.message, e.value) from None
+    # A process's first optimiser imports torch._dynamo (about a second): here, not on the worker's thread, where
+    # it would stall every sampling job.
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
     points = None if req.points is None else torch.tensor(req.points, dtype=torch.float32)
-    order = ToyOrder(dataset=req.dataset or TOY_DATASETS[0], points=points, seconds=req.seconds, n=req.n,
+    order = ToyOrder(dataset=req.dataset or DEFAULT_TOY_DATASET, points=points, seconds=req.seconds, n=req.n,
                      sampler=req.sampler, steps=req.steps, seed=req.seed)
     job = _as_client(request, st, lambda: st.worker.submit_toy(order, st.new_log("png")))
     return JobCreated(id=job.id, position=st.worker.position(job))

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from engine import (
     BOARD,
+    DEFAULT_TOY_DATASET,
     MAX_DRAWN_POINTS,
     MAX_SEED,
     TOY_SAMPLERS,
@@ -104,7 +105,7 @@ class ToyRequest(BaseModel):
         "examples": [{"dataset": "8gaussians", "seconds": 20, "n": 2000, "seed": 0}]})
 
     dataset: ToyName | None = Field(
-        None, description="the distribution to learn; null: 8gaussians, or the points given")
+        None, description=f"the distribution to learn; null: {DEFAULT_TOY_DATASET}, or the points given")
     points: list[tuple[Coordinate, Coordinate]] | None = Field(
         None, min_length=2, max_length=MAX_DRAWN_POINTS,
         description=f"your own points [[x, y], …] on the board [−{BOARD:g}, {BOARD:g}]², instead of a dataset")

@@ -17,7 +17,7 @@ import ipaddress
 import threading
 from collections.abc import Callable, Iterable
 from http.cookies import CookieError, SimpleCookie
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, HTTPException, Request
@@ -28,8 +28,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from ..settings import Network, Settings, parse_networks
 
 if TYPE_CHECKING:
-    from ..runtime.worker import Job
+    from ..runtime.jobs import BaseJob
 
+JobKind = TypeVar("JobKind", bound="BaseJob")
 SESSION_COOKIE = "ddpm_session"
 OPEN_PATHS = ("/healthz", "/readyz")
 OPEN_PREFIXES = ("/static/",)
@@ -65,14 +66,14 @@ class ClientJobs:
 
     def __init__(self, limit: int, trusted_proxies: str) -> None:
         self.limit, self.proxies = limit, parse_networks(trusted_proxies, "trusted_proxies")
-        self._jobs: dict[str, list[Job]] = {}
+        self._jobs: dict[str, list[BaseJob]] = {}
         self._lock = threading.Lock()
 
     def client(self, request: Request) -> str:
         peer = request.client.host if request.client else ""
         return client_address(peer, request.headers.get("x-forwarded-for"), self.proxies)
 
-    def submit(self, client: str, submit: Callable[[], Job]) -> Job:
+    def submit(self, client: str, submit: Callable[[], JobKind]) -> JobKind:
         """``submit()``, unless ``client`` already holds ``limit`` live jobs (429). Checking and recording
         under one lock keeps concurrent requests from one client from slipping past the limit together."""
         with self._lock:

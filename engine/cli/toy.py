@@ -7,11 +7,12 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..data.toy2d import TOY_DATASETS
+    from ..data.toy2d import DEFAULT_TOY_DATASET, TOY_DATASETS
     from ..training.toy import TOY_SAMPLERS
 
     p = sub.add_parser("toy", help="train a 2D point denoiser for S seconds and write N samples (float32 (N, 2))")
-    p.add_argument("--dataset", choices=TOY_DATASETS, default="8gaussians", help="default: 8gaussians")
+    p.add_argument("--dataset", choices=TOY_DATASETS, default=DEFAULT_TOY_DATASET,
+                   help=f"default: {DEFAULT_TOY_DATASET}")
     p.add_argument("--points", default=None, metavar="FILE.npy",
                    help="your own points, an array of shape (N, 2), instead of --dataset")
     p.add_argument("--seconds", type=float, default=20.0, help="training time budget (default 20)")

@@ -17,6 +17,7 @@ from torch import Tensor
 
 ToyName = Literal["8gaussians", "moons", "swissroll", "checkerboard"]
 TOY_DATASETS: tuple[ToyName, ...] = ("8gaussians", "moons", "swissroll", "checkerboard")
+DEFAULT_TOY_DATASET: ToyName = "8gaussians"
 #: The 8gaussians modes' centres ``(8, 2)`` and spread.
 EIGHT_CENTRES = torch.tensor([[2 * math.cos(math.pi * k / 4), 2 * math.sin(math.pi * k / 4)] for k in range(8)])
 EIGHT_STD = 0.1
