@@ -130,11 +130,11 @@ def shoot_explorables(page: Page, out_dir: Path, steps: int | None, toy_seconds:
     page.click("#toy-go")
     page.wait_for_selector("#toy[data-state=done]")
     page.select_option("#toy-view", "flows")
-    page.wait_for_selector("#toy[data-flowed=true]")
-    for view, path in (("flows", out_dir / "playground-flows.png"), ("field", out_dir / "playground-field.png")):
-        page.select_option("#toy-view", view)
-        page.locator("#toy").screenshot(path=str(path))
-        shots.append(("toy", path))
+    page.wait_for_selector("#toy[data-flowed=true]")  # the replay's last frame: every trail drawn in full
+    page.locator("#toy").screenshot(path=str(out_dir / "playground-flows.png"))
+    page.select_option("#toy-view", "field")
+    page.locator("#toy").screenshot(path=str(out_dir / "playground-field.png"))
+    shots += [("toy", out_dir / "playground-flows.png"), ("toy", out_dir / "playground-field.png")]
     return [path for _, path in shots]
 
 

@@ -44,13 +44,14 @@ class Board {
     }
   }
 
-  /** ``paths[level][particle]``, drawn up to ``upTo`` (fractional) levels, with a dot at each head. */
-  trails(paths, upTo, color) {
+  /** ``paths[level][particle]``, drawn up to ``upTo`` (fractional) levels as lines ``alpha`` opaque and
+   * ``width`` wide, with a dot at each head. */
+  trails(paths, upTo, color, alpha, width) {
     const last = Math.min(paths.length - 1, Math.floor(upTo));
     const ctx = this.ctx;
     ctx.strokeStyle = color;
-    ctx.lineWidth = 0.8;
-    ctx.globalAlpha = 0.4; // the SDE's trails cross a lot: faint lines, solid heads
+    ctx.lineWidth = width;
+    ctx.globalAlpha = alpha;
     for (let i = 0; i < paths[0].length; i++) {
       ctx.beginPath();
       for (let k = 0; k <= last; k++) {
@@ -146,8 +147,8 @@ export function initPlayground(boot) {
     if (view === "samples") board.dots(done ? done.points : cloud, COLORS.cloud);
     if (view === "flows") {
       const level = upTo === null ? done.sde.length - 1 : upTo;
-      board.trails(done.sde, level, COLORS.sde);
-      board.trails(done.ode, level, COLORS.ode);
+      board.trails(done.sde, level, COLORS.sde, 0.22, 0.7); // the SDE's trails zigzag and cross: faint
+      board.trails(done.ode, level, COLORS.ode, 0.9, 1.4);
     }
     if (view === "field") {
       const i = Number($("toy-t").value);
@@ -160,6 +161,7 @@ export function initPlayground(boot) {
 
   function replay() {
     cancelAnimationFrame(anim);
+    panel.dataset.flowed = "false";
     const t0 = performance.now();
     const levels = done.sde.length - 1;
     const frame = (now) => {
