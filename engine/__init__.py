@@ -72,7 +72,7 @@ from .sampling import (
 )
 from .sampling.interpolate import interpolation_run
 from .sampling.invert import Inversion, invert
-from .training.toy import FIELD_TIMESTEPS, TOY_SAMPLERS, Flows, ToyTrainer, toy_plan
+from .training.toy import DEFAULT_TOY_STEPS, FIELD_TIMESTEPS, TOY_SAMPLERS, Flows, ToyTrainer, toy_plan
 
 __all__ = [
     "BOARD",
@@ -82,6 +82,7 @@ __all__ = [
     "DEFAULT_PRIOR",
     "DEFAULT_SAMPLER",
     "DEFAULT_TOY_DATASET",
+    "DEFAULT_TOY_STEPS",
     "FIELD_TIMESTEPS",
     "GUIDANCE_RANGE",
     "GUIDED_DEFAULT_SAMPLER",

@@ -103,9 +103,22 @@ def test_the_field_at_t_T_is_the_identity_and_the_score_points_to_the_modes(trai
 def test_toy_plan_names_the_field_it_refuses():
     from engine import SpecError, toy_plan
 
-    for sampler, steps, field in (("ode_rk45", 10, "sampler"), ("pndm", 2, "steps"), ("ddpm", 1001, "steps"),
-                                  ("dpmpp_2m", 1000, "steps")):
+    for sampler, steps, field in (("euler", 10, "sampler"), ("ode_rk45", 10, "steps"), ("pndm", 2, "steps"),
+                                  ("ddpm", 1001, "steps"), ("dpmpp_2m", 1000, "steps")):
         with pytest.raises(SpecError) as e:
             toy_plan(sampler, steps)
         assert e.value.field == field
-    assert toy_plan("pc", 10).K > 0
+    assert toy_plan("pc", 10).K > 0 and toy_plan("ddim").K == 100 and toy_plan("ode_rk45").sampler == "ode_rk45"
+
+
+def test_every_sampler_the_images_have_draws_the_modes(trained):
+    """The toy model samples through the one stepper with each sampler, the adaptive ODE included (an untrained
+    one puts about a tenth of its samples near a mode). PC's Langevin corrector, at the images' signal-to-noise
+    ratio, blurs the modes: 0.78 at 50 steps, 0.81 at 200 on this model."""
+    from engine import SAMPLERS
+
+    for sampler in SAMPLERS:
+        steps = {"ode_rk45": None, "pc": 200}.get(sampler, 50)
+        x = trained.sample(1000, sampler, steps, seed=1)
+        cov, _ = mode_coverage(x)
+        assert cov > (0.75 if sampler == "pc" else 0.85), (sampler, cov)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 from engine import (
     BOARD,
     DEFAULT_TOY_DATASET,
+    DEFAULT_TOY_STEPS,
     MAX_DRAWN_POINTS,
     MAX_SEED,
     TOY_SAMPLERS,
@@ -113,7 +114,8 @@ class ToyRequest(BaseModel):
                                                             "(at most the server's max_toy_seconds)")
     n: int = Field(2000, ge=1, le=MAX_TOY_N, description="points to sample once trained")
     sampler: Literal[TOY_SAMPLERS] = Field("ddpm", description="their sampler")  # type: ignore[valid-type]
-    steps: int = Field(100, ge=1, le=1000, description="its steps (within what the sampler takes)")
+    steps: int | None = Field(None, ge=1, le=1000, description=f"its steps (within what the sampler takes); null: "
+                                                               f"{DEFAULT_TOY_STEPS}, and ode_rk45 picks its own")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seeds the data, the network and the samples")
 
 

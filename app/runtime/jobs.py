@@ -94,7 +94,7 @@ class ToyOrder:
     seconds: float
     n: int
     sampler: str
-    steps: int
+    steps: int | None  # None: the sampler's default (ode_rk45 picks its own)
     seed: int
 
     def data(self) -> Callable[[int, torch.Generator], Tensor]:

@@ -21,6 +21,7 @@ from ..models.mlp import PointDenoiser
 from ..sampling.errors import SpecError
 from ..sampling.guidance import as_denoiser
 from ..sampling.loop import last_frame
+from ..sampling.ode import DEFAULT_ATOL, DEFAULT_RTOL, OdePlan
 from ..sampling.plan import SamplingPlan, steps_limit
 from ..sampling.solvers import ADAPTIVE, SAMPLERS, SamplerName
 from ..sampling.spec import MIN_STEPS
@@ -30,8 +31,10 @@ from .trainer import EMA
 #: Points drawn per training step, and the optimiser's settings: chosen so that 8gaussians is recognisable
 #: within seconds on two CPU cores (BENCHMARKS §11).
 BATCH, LR, EMA_DECAY = 512, 3e-3, 0.995
-#: The samplers a toy model takes: every fixed-step one (ode_rk45 sizes its steps to images' tolerances).
-TOY_SAMPLERS: tuple[SamplerName, ...] = tuple(s for s in SAMPLERS if s != ADAPTIVE)
+#: A toy model's samplers: every one the images have (ode_rk45 at its default tolerances).
+TOY_SAMPLERS: tuple[SamplerName, ...] = SAMPLERS
+#: The steps of a fixed-step sampler that is given none.
+DEFAULT_TOY_STEPS = 100
 #: The timesteps at which :meth:`ToyTrainer.field` is drawn, for the playground's t slider.
 FIELD_TIMESTEPS = (0, 25, 50, 100, 200, 300, 400, 500, 650, 800, 999)
 
@@ -42,11 +45,17 @@ def toy_diffusion() -> GaussianDiffusion:
     return GaussianDiffusion(NoiseSchedule.linear(1000))
 
 
-def toy_plan(sampler: str, steps: int) -> SamplingPlan:
-    """The plan of ``steps`` levels of ``sampler`` for a toy model; :class:`SpecError` naming the field it refuses."""
+def toy_plan(sampler: str, steps: int | None = None) -> SamplingPlan | OdePlan:
+    """The plan of ``steps`` levels of ``sampler`` (default :data:`DEFAULT_TOY_STEPS`; ode_rk45 takes none and
+    picks its own) for a toy model; :class:`SpecError` naming the field it refuses."""
     diffusion = toy_diffusion()
     if sampler not in TOY_SAMPLERS:
         raise SpecError("sampler", f"sampler must be one of {', '.join(TOY_SAMPLERS)}", sampler)
+    if sampler == ADAPTIVE:
+        if steps is not None:
+            raise SpecError("steps", f"steps: {ADAPTIVE} chooses its own steps; leave steps out", steps)
+        return OdePlan.build(diffusion, DEFAULT_RTOL, DEFAULT_ATOL)
+    steps = DEFAULT_TOY_STEPS if steps is None else steps
     lo, hi = MIN_STEPS.get(sampler, 1), steps_limit(diffusion, sampler)  # type: ignore[arg-type]
     if not lo <= steps <= hi:
         raise SpecError("steps", f"steps must lie in [{lo}, {hi}] for {sampler}", steps)
@@ -120,18 +129,19 @@ class ToyTrainer:
         return m.eval()
 
     @torch.inference_mode()
-    def sample_iter(self, n: int, sampler: SamplerName = "ddpm", steps: int = 100,
+    def sample_iter(self, n: int, sampler: SamplerName = "ddpm", steps: int | None = None,
                     generator: torch.Generator | None = None) -> Iterator[SampleFrame]:
         """Points ``(n, 2)`` from the EMA model through the one stepper, a frame per step (unclipped: points are
         not pixels). :class:`SpecError` for a sampler or a step count a toy model cannot take."""
         stepper, lane = self._start(n, sampler, steps, generator)
         yield from stepper.iterate(lane)
 
-    def _start(self, n: int, sampler: str, steps: int, generator: torch.Generator | None) -> tuple[Stepper, AnyLane]:
+    def _start(self, n: int, sampler: str, steps: int | None,
+               generator: torch.Generator | None) -> tuple[Stepper, AnyLane]:
         stepper = Stepper(as_denoiser(self.ema_model(), False), self.diffusion, "cpu")
         return stepper, stepper.start(toy_plan(sampler, steps), (n, 2), generator, clip=False)
 
-    def sample(self, n: int, sampler: SamplerName, steps: int, seed: int) -> Tensor:
+    def sample(self, n: int, sampler: SamplerName, steps: int | None, seed: int) -> Tensor:
         """The last frame of :meth:`sample_iter`: ``n`` points ``(n, 2)``."""
         return last_frame(self.sample_iter(n, sampler, steps, torch.Generator().manual_seed(seed))).x_t
 
