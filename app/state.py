@@ -41,10 +41,10 @@ class AppState:
     def sampling_defaults(self) -> ServerDefaults:
         return self.settings.sampling_defaults
 
-    def new_log(self, fmt: FrameFormat, columns: int | None = None) -> JobLog:
-        """A log for a new job, keeping ``event_buffer`` frames for slow clients and Last-Event-ID replays; its
-        grids ``columns`` images wide (default ⌈√n⌉)."""
-        return JobLog(fmt, self.settings.event_buffer, self.worker.encoder, self.model.card.value_range,
+    def new_log(self, fmt: FrameFormat, columns: int | None = None, buffer: int | None = None) -> JobLog:
+        """A log for a new job, keeping ``buffer`` (default ``event_buffer``) frames for slow clients and
+        Last-Event-ID replays; its grids ``columns`` images wide (default ⌈√n⌉)."""
+        return JobLog(fmt, buffer or self.settings.event_buffer, self.worker.encoder, self.model.card.value_range,
                       self.worker.metrics.frames_dropped.inc, columns)
 
     def remember_noised(self, handle: str, x_t: torch.Tensor, t: int) -> None:

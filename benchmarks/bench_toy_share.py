@@ -7,7 +7,8 @@ One ``ddpm serve`` of the bundled model at torch's default threads (as ``make de
 given. The sampling job is the page's (16 images, the server's default sampler, a frame every step as raw
 pixels, over ``/stream``). Runs alternate: alone, then beside a playground job (8gaussians, 60 s budget, its
 events read by a client as the page does) that is cancelled after the run. Medians with every run; and the
-playground job's training steps per wall second alone and while it shares the worker.
+playground job's training steps per wall second alone and while it shares the worker (from its state, GET
+/jobs/{id}, before and after).
 """
 
 from __future__ import annotations
@@ -34,34 +35,31 @@ API = "/api/v1"
 
 
 class Toy:
-    """A playground job whose events a thread reads, noting each progress event's (wall time, step)."""
+    """A playground job whose events a thread reads, as the page does."""
 
     def __init__(self, url: str) -> None:
         self.url = url
         self.id = httpx.post(url + API + "/toy/jobs", json={"seconds": 60}).json()["id"]
-        self.progress: list[tuple[float, int]] = []
-        self.started = threading.Event()
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
-        self.started.wait(60)
 
     def _read(self) -> None:
         with httpx.stream("GET", f"{self.url}{API}/jobs/{self.id}/events", timeout=120) as r:
             for ev in sse_events(r):
-                if ev.event == "toy_progress":
-                    self.progress.append((time.perf_counter(), ev.data["step"]))
-                    self.started.set()
                 if ev.event in ("toy_done", "cancelled", "error"):
                     return
 
-    def steps_per_second(self, since: float, until: float) -> float:
-        inside = [(t, s) for t, s in self.progress if since <= t <= until]
-        (t0, s0), (t1, s1) = inside[0], inside[-1]
-        return (s1 - s0) / (t1 - t0)
+    def step(self) -> tuple[float, int]:
+        """(now, the training steps it has taken)."""
+        return time.perf_counter(), httpx.get(f"{self.url}{API}/jobs/{self.id}").json()["step"]
 
     def stop(self) -> None:
         httpx.delete(f"{self.url}{API}/jobs/{self.id}")
         self.thread.join(30)
+
+
+def rate(a: tuple[float, int], b: tuple[float, int]) -> float:
+    return (b[1] - a[1]) / (b[0] - a[0])
 
 
 def main() -> None:
@@ -82,13 +80,14 @@ def main() -> None:
             for _ in range(args.repeats):
                 alone.append(stream_seconds(url, JOB))
                 toy = Toy(url)
+                time.sleep(1.0)  # past its start
+                a = toy.step()
                 time.sleep(2.0)  # the playground alone for a while: its own pace
-                t0 = time.perf_counter()
+                b = toy.step()
                 beside.append(stream_seconds(url, JOB))
-                t1 = time.perf_counter()
-                time.sleep(1.0)
-                toy_alone.append(toy.steps_per_second(t0 - 2.0, t0))
-                toy_shared.append(toy.steps_per_second(t0, t1))
+                c = toy.step()
+                toy_alone.append(rate(a, b))
+                toy_shared.append(rate(b, c))
                 toy.stop()
         finally:
             server.stop()

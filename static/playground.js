@@ -188,8 +188,16 @@ export function initPlayground(boot) {
 
   function busy(on) {
     $("toy-go").disabled = on;
-    $("toy-cancel").disabled = !on;
+    $("toy-dataset").disabled = on;
+    $("toy-cancel").disabled = true; // until the server names the job
     panel.dataset.state = on ? "running" : "idle";
+  }
+
+  /** Forget the last run's data, samples and results (a new drawing, dataset or run). */
+  function forget() {
+    data = []; cloud = []; done = null;
+    cancelAnimationFrame(anim);
+    $("toy-after").hidden = true;
   }
 
   function end(state, message = null) {
@@ -207,8 +215,8 @@ export function initPlayground(boot) {
       seed: $("toy-seed").value.trim() };
     if (drawing()) body.points = drawn.map(([x, y]) => [Number(x.toFixed(3)), Number(y.toFixed(3))]);
     else body.dataset = $("toy-dataset").value;
-    data = []; cloud = []; losses = []; done = null;
-    $("toy-after").hidden = true;
+    forget();
+    losses = [];
     $("toy-bar").value = 0;
     drawLoss($("toy-loss"), losses);
     render();
@@ -223,6 +231,7 @@ export function initPlayground(boot) {
       return;
     }
     const t0 = performance.now();
+    $("toy-cancel").disabled = false;
     const source = new EventSource(`${API}/jobs/${encodeURIComponent(created.id)}/events`);
     job = { id: created.id, source };
     panel.dataset.jobId = created.id;
@@ -280,6 +289,7 @@ export function initPlayground(boot) {
     if (!drawing() || job || drawn.length >= cfg.max_points) return;
     const p = board.at(ev);
     if (!p || (last && Math.hypot(p[0] - last[0], p[1] - last[1]) < 0.05)) return;
+    if (data.length) forget(); // drawing again: the board shows the new drawing, not the last run
     drawn.push(p);
     last = p;
     status(`${drawn.length} points drawn (at most ${cfg.max_points})`);
@@ -290,12 +300,11 @@ export function initPlayground(boot) {
   $("toy-dataset").addEventListener("change", () => {
     $("toy-clear").hidden = !drawing();
     board.canvas.classList.toggle("drawing", drawing());
-    data = []; cloud = []; done = null;
-    $("toy-after").hidden = true;
+    forget();
     status(drawing() ? "draw points on the board (click or drag), then Train" : "idle");
     render();
   });
-  $("toy-clear").addEventListener("click", () => { drawn = []; render(); });
+  $("toy-clear").addEventListener("click", () => { drawn = []; forget(); render(); });
   $("toy-form").addEventListener("submit", train);
   $("toy-cancel").addEventListener("click", cancel);
   $("toy-view").addEventListener("change", setView);

@@ -113,13 +113,17 @@ def test_an_unread_toy_job_is_cancelled(model_file, tmp_path, monkeypatch):
         s.stop()
 
 
-def test_a_training_job_keeps_to_its_share_of_the_worker_while_sampling_runs(model_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize("toy_job", [{"seconds": 60}, {"seconds": 0.2, "n": 4000, "steps": 1000}],
+                         ids=["training", "final-sampling"])
+def test_a_playground_job_keeps_to_its_share_of_the_worker_while_sampling_runs(model_file, tmp_path, monkeypatch,
+                                                                              toy_job):
     """The worker's own accounts: while a sampling job is live, the playground gets at most toy_share of the
-    worker's time (its seconds against the sampling ticks' seconds); and neither job starves."""
+    worker's time (its seconds against the sampling ticks' seconds), whether it is training or drawing its final
+    samples (4000 points × 1000 steps here); and neither job starves."""
     monkeypatch.setenv("DDPM_TOY_SHARE", "0.2")
     s = start_server(model_file, tmp_path / "server.log")
     try:
-        toy = httpx.post(s.url + API + "/toy/jobs", json={"seconds": 60}).json()["id"]
+        toy = httpx.post(s.url + API + "/toy/jobs", json=toy_job).json()["id"]
         reader = threading.Thread(target=_events, args=(s.url, toy), daemon=True)
         reader.start()
         _wait(s.url, toy, "running")
@@ -141,5 +145,36 @@ def test_a_training_job_keeps_to_its_share_of_the_worker_while_sampling_runs(mod
         assert 0 < trained <= 0.25 * sampled + 0.1, (trained, sampled)
         httpx.delete(f"{s.url}{API}/jobs/{toy}")
         reader.join(30)
+    finally:
+        s.stop()
+
+
+def test_cancelling_playground_jobs_at_once_leaves_the_worker_serving(model_file, tmp_path):
+    """DELETE right after POST, however far the worker got with the job (queued, starting, training, drawing its
+    samples), ends it exactly once; places in the playground queue move up; sampling goes on."""
+    s = start_server(model_file, tmp_path / "server.log")
+    try:
+        jobs = []
+        for i in range(12):
+            job = httpx.post(s.url + API + "/toy/jobs", json={"seconds": 0.01 * (i % 3 + 1), "n": 10}).json()["id"]
+            httpx.delete(f"{s.url}{API}/jobs/{job}")
+            jobs.append(job)
+        for job in jobs:
+            evs = _events(s.url, job)
+            ends = [e.event for e in evs if e.event in ("toy_done", "cancelled", "error")]
+            assert len(ends) == 1 and ends[0] != "error", [e.event for e in evs]
+        # three waiting: cancelling the second moves the third up
+        a, b, c = (httpx.post(s.url + API + "/toy/jobs", json={"seconds": 30}).json() for _ in range(3))
+        assert (b["position"], c["position"]) == (1, 2)
+        httpx.delete(f"{s.url}{API}/jobs/{b['id']}")
+        assert httpx.get(f"{s.url}{API}/jobs/{c['id']}").json()["position"] == 1
+        for job in (a["id"], c["id"]):
+            httpx.delete(f"{s.url}{API}/jobs/{job}")
+        with httpx.stream("GET", f"{s.url}{API}/jobs/{c['id']}/events", timeout=60) as r:
+            queued = [e.data["position"] for e in sse_events(r) if e.event == "queued"]
+        assert queued[:2] == [2, 1]
+        assert httpx.get(s.url + "/readyz").status_code == 200
+        r = httpx.post(s.url + API + "/samples", json={"n": 1, "steps": 3}, timeout=60)
+        assert r.status_code == 200
     finally:
         s.stop()

@@ -42,6 +42,7 @@ from engine import (
 
 from ..runtime.frames import FrameFormat, data_url, grid_png
 from ..runtime.jobs import BaseJob, Job, QueueFull, ToyJob, ToyOrder
+from ..runtime.toy import PROGRESS_KEPT
 from ..runtime.worker import SamplingWorker
 from ..state import AppState, State, current
 from ..threads import on_a_thread_that_exits
@@ -152,7 +153,7 @@ def post_toy_job(request: Request, st: State, req: ToyRequest) -> JobCreated:
     points = None if req.points is None else torch.tensor(req.points, dtype=torch.float32)
     order = ToyOrder(dataset=req.dataset or DEFAULT_TOY_DATASET, points=points, seconds=req.seconds, n=req.n,
                      sampler=req.sampler, steps=req.steps, seed=req.seed)
-    job = _as_client(request, st, lambda: st.worker.submit_toy(order, st.new_log("png")))
+    job = _as_client(request, st, lambda: st.worker.submit_toy(order, st.new_log("png", buffer=PROGRESS_KEPT)))
     return JobCreated(id=job.id, position=st.worker.position(job))
 
 

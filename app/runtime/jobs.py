@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -109,7 +109,8 @@ class ToyJob(BaseJob):
     """A playground job; ``step`` counts its training steps, ``trained_s`` the worker's seconds spent on them."""
 
     order: ToyOrder
-    trainer: ToyTrainer | None = None  # built on the worker thread when the job starts
+    units: Iterator[None] | None = None  # its work (app.runtime.toy.units), advanced on the worker thread
+    trainer: ToyTrainer | None = None  # built by its first unit
     trained_s: float = 0.0
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss) per progress event
     window: list[float] = field(default_factory=list)  # losses since the last progress event

@@ -4,7 +4,7 @@ A sampling job's results, in order: :class:`Queued` (again whenever its place ch
 :class:`Frame` every ``frame_every`` steps and at the last step, then exactly one terminal result:
 :class:`Done`, :class:`Cancelled` or :class:`Failed`. A playground job's: :class:`Queued`, :class:`ToyStarted`,
 a :class:`ToyProgress` about every half second, then :class:`ToyDone`, :class:`Cancelled` or :class:`Failed`;
-its points are plain lists already, small enough to need no encoding. The frames layer (:mod:`app.runtime.frames`)
+their points are small tensors, which the SSE layer writes as JSON lists. The frames layer (:mod:`app.runtime.frames`)
 turns the tensors into pixels and encodings; the SSE layer (:mod:`app.http.sse`) into events.
 """
 
@@ -76,46 +76,43 @@ class Failed:
     message: str
 
 
-Points = list[list[float]]  # (N, 2) points as JSON holds them
-
-
 @dataclass(frozen=True)
 class ToyStarted:
-    """A playground job started training; ``data`` is a draw of the points it trains on."""
+    """A playground job started training; ``data`` ``(N, 2)`` is a draw of the points it trains on."""
 
-    data: Points
+    data: Tensor
 
 
 @dataclass(frozen=True)
 class ToyProgress:
     """After training step ``step``: the mean ``loss`` since the last progress, the worker's ``seconds`` spent
-    training so far, and ``points`` freshly sampled from the EMA model."""
+    training so far, and ``points`` ``(N, 2)`` freshly sampled from the EMA model."""
 
     step: int
     loss: float
     seconds: float
-    points: Points
+    points: Tensor
 
 
 @dataclass(frozen=True)
 class ToyDone:
     """A playground job finished training and sampling.
 
-    ``points``: the ``n`` samples. ``sde`` and ``ode``: particles ``[level][particle] = [x, y]`` from the same x_T
-    along the reverse SDE and the probability-flow ODE. ``field``: the model's ε̂ ``[timestep][row][column] =
-    [ex, ey]`` on a grid over ``[−extent, extent]²`` at each of ``field_t``, whose noise levels √(1 − ᾱ_t) are
-    ``field_sigma``. ``losses``: (step, loss) of every progress event."""
+    ``points`` ``(n, 2)``: the samples. ``sde`` and ``ode`` ``(levels, m, 2)``: particles from the same x_T (first)
+    along the reverse SDE and the probability-flow ODE. ``field`` ``(len(field_t), k, k, 2)``: the model's ε̂ on a
+    grid over ``[−extent, extent]²`` (rows by y, columns by x) at each of ``field_t``, whose noise levels
+    √(1 − ᾱ_t) are ``field_sigma``. ``losses``: (step, loss) of every progress event."""
 
     steps: int
     seconds: float
     elapsed_ms: float
-    points: Points
-    sde: list[Points]
-    ode: list[Points]
+    points: Tensor
+    sde: Tensor
+    ode: Tensor
     extent: float
     field_t: list[int]
     field_sigma: list[float]
-    field: list[list[Points]]
+    field: Tensor
     losses: list[tuple[int, float]]
 
 

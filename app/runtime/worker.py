@@ -142,7 +142,7 @@ class SamplingWorker:
     def _check_queue(self) -> None:
         """Callers hold ``_cv``. Sampling jobs in _pending while there are free slots start at the next tick, and
         the first playground job starts at the next turn; the rest wait, and count against ``max_queue``."""
-        waiting = len(self._pending) - max(0, self.max_active - len(self._live)) + max(0, len(self._toys) - 1)
+        waiting = max(0, len(self._pending) - max(0, self.max_active - len(self._live))) + max(0, len(self._toys) - 1)
         if waiting >= self.max_queue:
             raise QueueFull(f"{waiting} jobs are already waiting (max_queue={self.max_queue})")
         self._gc()
@@ -159,8 +159,14 @@ class SamplingWorker:
             job = self.jobs.get(job_id)
             if job is not None and not job.done:
                 job.cancel_requested = True
-                if job.status == "queued" and (job in self._pending or job in self._toys):  # cancel now
-                    (self._toys if isinstance(job, ToyJob) else self._pending).remove(job)  # type: ignore[arg-type]
+                if isinstance(job, ToyJob):
+                    # one waiting ends now; the first is the worker's to end at its next turn (it may be mid-unit)
+                    if job in self._toys and job is not self._toys[0]:
+                        self._toys.remove(job)
+                        self._finish(job, "cancelled")
+                        self._renumber_toys()
+                elif job.status == "queued" and job in self._pending:  # never started: cancel now
+                    self._pending.remove(job)
                     self._finish(job, "cancelled")
                 self._cv.notify_all()
         return job
@@ -183,7 +189,7 @@ class SamplingWorker:
         with self._cv:  # deque.index compares in Python code, so another thread could mutate the deque mid-search
             if job.status != "queued":
                 return 0
-            if isinstance(job, ToyJob):
+            if isinstance(job, ToyJob):  # the first starts at the next turn
                 return self._toys.index(job) if job in self._toys else 0
             try:
                 index = self._pending.index(job)
@@ -300,47 +306,55 @@ class SamplingWorker:
     def _toy_turn(self, tick_s: float | None) -> None:
         """The first playground job's turn on this thread. While sampling jobs are live, each tick of ``tick_s``
         seconds earns it ``toy_share / (1 − toy_share)`` of that in credit, and it works only while its credit is
-        positive, paying for all it does (training, progress samples, its final samples), so sampling keeps
-        ``1 − toy_share`` of the thread however long a tick or a training step is. With no sampling job live it
-        works in slices of :data:`TOY_SLICE_S`. Cancelled and orphaned playground jobs end here."""
+        positive, paying for every unit it runs (training steps, progress samples, its final samples), so sampling
+        keeps ``1 − toy_share`` of the thread however long a tick is, and waits at most one unit (a training or
+        sampler step). With no sampling job live it works in slices of :data:`TOY_SLICE_S`. Only this thread ends
+        the first playground job, cancelled, orphaned or done."""
         with self._cv:
             now = time.monotonic()
             for job in list(self._toys):
                 orphaned = not job.readers and now - max(job.created, job.left or 0.0) > self.toy_orphan_s
                 if job.cancel_requested or orphaned:
-                    self._toys.remove(job)
-                    self._finish(job, "cancelled")
+                    self._end_toy(job, "cancelled")
             job = self._toys[0] if self._toys else None
+            if job is not None and job.units is None:
+                job.units = toy.units(job)
+                job.status, job.started = "running", time.monotonic()
+                self._renumber_toys()
         if tick_s is None:
-            self._toy_credit = 0.0
+            self._toy_credit = 0.0  # nobody samples: nothing is owed
         else:
             self._toy_credit = min(TOY_SLICE_S, self._toy_credit + tick_s * self.toy_share / (1.0 - self.toy_share))
         if job is None or (tick_s is not None and self._toy_credit <= 0):
             return
         t0 = time.perf_counter()
+        error = None
         try:
-            if job.trainer is None:
-                toy.start(job)
-                with self._cv:
-                    job.status, job.started = "running", time.monotonic()
-                    for i, waiting in enumerate(list(self._toys)[1:]):
-                        if waiting.position_sent != i + 1:
-                            waiting.position_sent = i + 1
-                            waiting.log.put(Queued(i + 1))
             finished = toy.work(job, TOY_SLICE_S if tick_s is None else self._toy_credit)
         except Exception as e:
             log.exception("playground job %s failed", job.id)
-            finished = True
-            self._finish(job, "error", f"training failed: {type(e).__name__}: {e}")
+            finished, error = True, f"training failed: {type(e).__name__}: {e}"
         spent = time.perf_counter() - t0
         self.metrics.toy_seconds.inc(spent)
         if tick_s is not None:
             self._toy_credit -= spent
         if finished:
             with self._cv:
-                self._toys.remove(job)
-                job.trainer = None
-            self._finish(job, "done")
+                self._end_toy(job, "error" if error else "done", error)
+
+    def _end_toy(self, job: ToyJob, status: JobStatus, error: str | None = None) -> None:
+        """Callers hold ``_cv``: take ``job`` out of the playground queue, drop its model and end it."""
+        self._toys.remove(job)
+        job.units = job.trainer = None
+        self._finish(job, status, error)
+        self._renumber_toys()
+
+    def _renumber_toys(self) -> None:
+        """Callers hold ``_cv``: a ``queued`` event to each waiting playground job whose place changed."""
+        for i, job in enumerate(self._toys):
+            if job.status == "queued" and job.position_sent != i:
+                job.position_sent = i
+                job.log.put(Queued(i))
 
     def _report(self, stepped: list[tuple[Job, SampleFrame]]) -> None:
         """Each stepped job's frame when it is due, and its images at its last step."""

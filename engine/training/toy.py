@@ -146,17 +146,17 @@ class ToyTrainer:
         return last_frame(self.sample_iter(n, sampler, steps, torch.Generator().manual_seed(seed))).x_t
 
     @torch.inference_mode()
+    def trail_iter(self, m: int, sampler: SamplerName, steps: int, seed: int) -> Iterator[Tensor]:
+        """``m`` particles ``(m, 2)`` from x_T (drawn from a generator seeded ``seed``, whatever the sampler) to the
+        data: x_T, then after each of ``steps`` levels."""
+        stepper, lane = self._start(m, sampler, steps, torch.Generator().manual_seed(seed))
+        yield lane.x.clone()
+        for frame in stepper.iterate(lane):
+            yield frame.x_t
+
     def flows(self, m: int, steps: int, seed: int) -> Flows:
         """``m`` particles along the SDE and the ODE, each ``steps`` levels, from the same x_T."""
-        x_T: Tensor | None = None
-        paths = []
-        for sampler in ("ddpm", "ddim"):
-            stepper, lane = self._start(m, sampler, steps, torch.Generator().manual_seed(seed))
-            if x_T is None:
-                x_T = lane.x.clone()
-            lane.x = x_T.clone()
-            paths.append(torch.stack([x_T, *(f.x_t for f in stepper.iterate(lane))]))
-        return Flows(*paths)
+        return Flows(*(torch.stack(list(self.trail_iter(m, s, steps, seed))) for s in ("ddpm", "ddim")))
 
     @torch.inference_mode()
     def field(self, extent: float, k: int, timesteps: Sequence[int] = FIELD_TIMESTEPS) -> Tensor:
