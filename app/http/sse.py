@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
-import torch
+import numpy as np
 from fastapi import Request
 from pydantic import BaseModel
 from sse_starlette.sse import EventSourceResponse, ServerSentEvent
@@ -91,8 +91,10 @@ def payload(result: Logged, job: BaseJob) -> BaseModel:
 
 
 def as_points(x: Tensor) -> list:
-    """Points ``(..., 2)`` as nested lists, rounded to 1e-4 (finer than the page draws, and a third of the JSON)."""
-    return (torch.round(x.float() * 1e4) / 1e4).tolist()
+    """Points ``(..., 2)`` (the worker's host copies) as nested lists, rounded to 1e-4 (finer than the page draws,
+    and a third of the JSON). With NumPy: a torch op here would give this thread an OpenMP team of its own (see
+    app.runtime.worker)."""
+    return np.round(x.numpy().astype(np.float64), 4).tolist()
 
 
 def to_sse(result: Logged, job: BaseJob) -> ServerSentEvent:
