@@ -9,8 +9,9 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from engine import SamplingSpec, SpecError, last_frame, load_model_file, resolve, run_frames
+from engine import SamplingSpec, SpecError, Start, last_frame, load_model_file, resolve, run_frames
 from engine.sampling.interpolate import interpolation_run, slerp
 
 from .server_utils import start_server, tiny_model_file
@@ -48,6 +49,28 @@ def test_the_strip_runs_from_one_seeds_image_to_the_others(model_file):
         alone = _final(resolve(SamplingSpec(n=1, seed=seed, labels=label, sampler="ddim", steps=5), m), m)
         torch.testing.assert_close(strip[end], alone[0], atol=1e-5, rtol=0)
     assert not torch.allclose(strip[2], strip[3], atol=1e-3)  # the middle moves
+
+
+def test_an_end_may_be_an_x_T_such_as_an_inversion(model_file, tmp_path, capsys):
+    """A strip from a given x_T (here an inverted image's, through the CLI) starts at that x_T's own decode."""
+    from app.cli import main
+
+    m = load_model_file(model_file)
+    x_T = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(5))
+    strip = _final(interpolation_run(SamplingSpec(n=4, steps=5), m, (x_T, 12), (3, 8)), m)
+    spec = SamplingSpec(n=1, labels=3, sampler="ddim", steps=5)
+    alone = _final(resolve(spec, m, start=Start(x_T, m.diffusion.T - 1)), m)
+    torch.testing.assert_close(strip[0], alone[0], atol=1e-5, rtol=0)
+    png = tmp_path / "d.png"
+    Image.fromarray(np.full((8, 8), 200, np.uint8)).save(png)
+    inv, out = tmp_path / "inv.npz", tmp_path / "strip.npz"
+    assert main(["invert", "--model", str(model_file), "--image", str(png), "--steps", "5", "--out", str(inv)]) == 0
+    argv = ["interpolate", "--model", str(model_file), "--k", "3", "--steps", "5", "--out", str(out)]
+    assert main([*argv, "--seeds", "none,2", "--from-inversion", str(inv)]) == 0
+    assert np.load(out)["images"].shape == (3, 8, 8, 1)
+    capsys.readouterr()
+    assert main([*argv, "--seeds", "1,2", "--from-inversion", str(inv)]) == 2
+    assert "--seeds: end A needs a seed or --from-inversion" in capsys.readouterr().err
 
 
 def test_a_full_blend_is_the_other_class(model_file):

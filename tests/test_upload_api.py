@@ -17,7 +17,7 @@ from PIL import Image
 
 from engine import DEFAULT_MODEL, load_dataset, to_uint8_array
 
-from .server_utils import decode_png, start_server
+from .server_utils import decode_png, sse_events, start_server
 
 API = "/api/v1"
 
@@ -92,3 +92,27 @@ def test_invert_names_the_field_it_refuses(server, data, field):
     png, _ = _digit_png()
     r = httpx.post(server.url + API + "/invert", files={"image": ("d.png", png, "image/png")}, data=data)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == field
+
+
+def test_a_strip_from_your_inverted_digit_to_a_seeds_digit(server):
+    """The inverted x_T as one end of a walk through noise space (inits): its end is the round trip's own
+    reconstruction, decoded the same way; an id that is not an x_T, or an end with both a seed and an init,
+    is named in a 422."""
+    png, label = _digit_png(7)
+    inv = httpx.post(server.url + API + "/invert", files={"image": ("d.png", png, "image/png")},
+                     data={"steps": "20", "label": str(label)}, timeout=300).json()
+    body = {"seeds": [None, 2], "inits": [inv["id"], None], "labels": [label, 8], "k": 5, "steps": 20,
+            "guidance": 1.0, "guidance_interval": [0, 999]}
+    r = httpx.post(server.url + API + "/interpolate", json=body)
+    assert r.status_code == 202, r.text
+    with httpx.stream("GET", f"{server.url}{API}/jobs/{r.json()['id']}/events", timeout=300) as stream:
+        done = next(e for e in sse_events(stream) if e.event == "done").data
+    first = decode_png(done["images"][0]).astype(int)
+    rec = decode_png(inv["reconstruction"]).astype(int)[2:-2, 2:-2]
+    assert first.shape == rec.shape and np.abs(first - rec).max() <= 1
+    noised = httpx.post(server.url + API + "/noise", files={"image": ("d.png", png, "image/png")},
+                        data={"t": "300"}).json()["id"]
+    for bad, loc in (({"inits": [noised, None]}, "inits"), ({"inits": ["feedface", None]}, "inits"),
+                     ({"seeds": [1, 2]}, "seeds"), ({"seeds": [None, None]}, "seeds")):
+        r = httpx.post(server.url + API + "/interpolate", json={**body, **bad})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", loc], (bad, r.text)

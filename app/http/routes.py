@@ -122,17 +122,42 @@ def _as_client(request: Request, st: AppState, submit: Callable[[], JobKind]) ->
 
 
 @api.post("/interpolate", status_code=202, response_model=JobCreated,
-          summary="a strip between two seeds' x_T (and two classes): a job; stream it from /jobs/{id}/events",
+          summary="a strip between two seeds' x_T, or an inverted image's (and two classes): a job; stream it "
+                  "from /jobs/{id}/events",
           responses={**ERRORS, **BODY_ERRORS})
 def post_interpolate(request: Request, st: State, req: InterpolateRequest) -> JobCreated:
     spec = SamplingSpec(n=req.k, **{name: getattr(req, name) for name in INTERPOLATE_FIELDS})
     try:
-        run = interpolation_run(spec, st.model, req.seeds, req.labels, st.sampling_defaults, st.worker.max_batch)
+        run = interpolation_run(spec, st.model, _strip_ends(st, req.seeds, req.inits), req.labels,
+                                st.sampling_defaults, st.worker.max_batch)
     except SpecError as e:  # the strip's own names: its n is k
         field = "k" if e.field == "n" else e.field
         raise _invalid(field, field + e.message[len(e.field):], e.value) from None
     job = _enqueue(request, st, run, req.frame_every, req.frame_format, columns=req.k)
     return JobCreated(id=job.id, position=st.worker.position(job))
+
+
+def _strip_ends(st: AppState, seeds: tuple[int | None, int | None],
+                inits: tuple[str | None, str | None] | None) -> tuple[int | torch.Tensor, int | torch.Tensor]:
+    """Each end of a strip: its seed, or the x_T an inversion left under its init id; 422 unless exactly one."""
+    T = st.model.diffusion.T
+    ends: list[int | torch.Tensor] = []
+    for i, (seed, init) in enumerate(zip(seeds, inits or (None, None), strict=True)):
+        if (seed is None) == (init is None):
+            raise _invalid("seeds", f"seeds: end {i} needs a seed or an init (inits[{i}]), not both nor neither",
+                           list(seeds))
+        if init is None:
+            ends.append(seed)  # type: ignore[arg-type]
+            continue
+        held = st.noised.get(init)
+        if held is None:
+            raise _invalid("inits", "inits: unknown or expired id; POST /api/v1/invert again", init)
+        x, t = held
+        if t != T - 1:
+            raise _invalid("inits", f"inits: {init} is an image noised to t = {t}, not an x_T; the ends take "
+                                    "inverted images (POST /api/v1/invert)", init)
+        ends.append(x)
+    return ends[0], ends[1]
 
 
 @api.post("/toy/jobs", status_code=202, response_model=JobCreated,

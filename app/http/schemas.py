@@ -73,7 +73,11 @@ InterpolateRequest: type[BaseModel] = create_model(  # type: ignore[call-overloa
         "examples": [{"seeds": [1, 2], "labels": [3, 8], "k": 9, "sampler": "ddim", "steps": 50}]}),
     __doc__="A strip of k images from one seed's x_T to another's along a great circle, decoded by a deterministic "
             "sampler; on a class-conditional model the class embedding blends from the first label to the second.",
-    seeds=(tuple[Seed, Seed], Field(description="the strip's two ends: each end is that seed's one-image job")),
+    seeds=(tuple[Seed | None, Seed | None], Field(
+        description="the strip's two ends: each end is that seed's one-image job (null where `inits` gives the end)")),
+    inits=(tuple[str | None, str | None] | None, Field(
+        None, description="ends given as an inverted image's x_T instead of a seed: the `id` from POST /invert "
+                          "(null where `seeds` gives the end)")),
     labels=(tuple[int | None, int | None] | None, Field(
         None, description="class-conditional models: the classes at the two ends (null: no label), blended along "
                           "the strip; null: no label throughout")),

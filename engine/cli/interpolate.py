@@ -18,7 +18,7 @@ def _two(text: str, what: str, none: bool) -> tuple[int | None, int | None]:
 
 
 def _seeds(text: str) -> tuple[int | None, int | None]:
-    return _two(text, "seeds", none=False)
+    return _two(text, "seeds (none for an end --from-inversion gives)", none=True)
 
 
 def _labels(text: str) -> tuple[int | None, int | None]:
@@ -31,6 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("interpolate", help="a strip from one seed's x_T to another's (and one class to another)")
     add_model_args(p)
     p.add_argument("--seeds", type=_seeds, required=True, metavar="A,B", help="the strip's two ends")
+    p.add_argument("--from-inversion", default=None, metavar="INV.npz",
+                   help="start the strip at this x_T (ddpm invert --out) instead of seed A: give --seeds none,B")
     p.add_argument("--labels", type=_labels, default=None, metavar="LA,LB",
                    help="class-conditional models: the classes at the two ends, blended along the strip (none: no "
                         "label); default: no label throughout")
@@ -56,8 +58,15 @@ def run_interpolate(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     m = load_model(args.model, device, args.uncond_model)
     spec = SamplingSpec(n=args.k, sampler=args.sampler, steps=args.steps, guidance=args.guidance)
+    first, second = args.seeds
+    if second is None:
+        raise UserError("--seeds: end B needs a seed")
+    if (first is None) == (args.from_inversion is None):
+        raise UserError("--seeds: end A needs a seed or --from-inversion, not both nor neither")
+    if args.from_inversion is not None:
+        first = _inverted_x_T(args.from_inversion, m.sample_shape)
     try:
-        run = interpolation_run(spec, m, args.seeds, args.labels)
+        run = interpolation_run(spec, m, (first, second), args.labels)
     except SpecError as e:  # this command's own names for the strip's fields
         flag = {"labels": "--labels", "n": "--k"}.get(e.field)
         if flag is None:
@@ -68,3 +77,20 @@ def run_interpolate(args: argparse.Namespace) -> int:
     out = save_samples(args.out, to_uint8(last.x_t, m.card.value_range), nrow=args.k)
     print(f"wrote a strip of {args.k} images to {out} ({run.plan.sampler}, {last.step} model evaluations)")
     return 0
+
+
+def _inverted_x_T(path: str, shape: tuple[int, ...]):
+    """The ``x_T`` ``(1, C, H, W)`` of a ``ddpm invert --out`` file; UserError naming the flag otherwise."""
+    import numpy as np
+    import torch
+
+    from . import UserError
+
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            x = f["x_T"]
+    except (OSError, KeyError, ValueError) as e:
+        raise UserError(f"--from-inversion: cannot read an x_T from {path!r} ({type(e).__name__})") from None
+    if tuple(x.shape) != (1, *shape):
+        raise UserError(f"--from-inversion: x_T has shape {tuple(x.shape)}, this model's is {(1, *shape)}")
+    return torch.from_numpy(np.asarray(x, dtype=np.float32))

@@ -47,11 +47,13 @@ def seed_noise(seed: int, shape: tuple[int, ...]) -> Tensor:
     return draw_noise((1, *shape), torch.Generator().manual_seed(seed), "cpu")
 
 
-def interpolation_run(spec: SamplingSpec, model: SamplingModel, seeds: tuple[int, int],
+def interpolation_run(spec: SamplingSpec, model: SamplingModel, ends: tuple[int | Tensor, int | Tensor],
                       labels: tuple[int | None, int | None] | None = None, defaults: ServerDefaults = ServerDefaults(),
                       max_n: int | None = None) -> SamplingRun:
-    """A run of ``spec.n`` images from ``seeds[0]``'s x_T to ``seeds[1]``'s, under ``labels`` blended from the
-    first to the second (None: "no label" throughout); ``spec`` gives the sampler and its options.
+    """A run of ``spec.n`` images from one end's x_T to the other's, under ``labels`` blended from the first to the
+    second (None: "no label" throughout); ``spec`` gives the sampler and its options. An end is a seed (the x_T
+    its one-image job draws) or an x_T ``(1, C, H, W)`` itself, such as an image's inversion
+    (:func:`engine.sampling.invert.invert`), so a strip can run from your digit to a seed's.
 
     Raises :class:`SpecError` naming ``sampler`` when it is not deterministic, and ``labels`` for a bad label."""
     k = spec.n
@@ -62,8 +64,13 @@ def interpolation_run(spec: SamplingSpec, model: SamplingModel, seeds: tuple[int
         raise SpecError("labels", "labels: this model is unconditional", list(labels))
     first, last = labels if labels is not None else (None, None)
     w = torch.linspace(0.0, 1.0, k)
-    x_T = slerp(seed_noise(seeds[0], model.sample_shape), seed_noise(seeds[1], model.sample_shape), w)
-    run = resolve(spec.replace(seed=seeds[0], sampler=spec.sampler or DEFAULT_INTERPOLATION_SAMPLER,
+    for e in ends:
+        if isinstance(e, Tensor) and tuple(e.shape) != (1, *model.sample_shape):
+            raise ValueError(f"an x_T end must have shape {(1, *model.sample_shape)}, got {tuple(e.shape)}")
+    a, b = (seed_noise(e, model.sample_shape) if isinstance(e, int) else e.detach().float().cpu() for e in ends)
+    x_T = slerp(a, b, w)
+    seed = next((e for e in ends if isinstance(e, int)), 0)  # a deterministic run draws nothing that shows
+    run = resolve(spec.replace(seed=seed, sampler=spec.sampler or DEFAULT_INTERPOLATION_SAMPLER,
                                labels=[first] * k if conditional else None),
                   model, defaults, Start(x_T, model.diffusion.T - 1), max_n)
     full = run.spec
