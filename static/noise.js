@@ -2,6 +2,7 @@
 
 import { request, showError } from "./api.js";
 import { readConditioning } from "./generate.js";
+import { INVERTED } from "./interpolate.js";
 import { JobRunner } from "./job.js";
 import { FrameViewer } from "./viewer.js";
 import { dataUrlBytes } from "./zip.js";
@@ -122,6 +123,9 @@ export class NoisePanel {
       $("noise-rec").src = r.reconstruction;
       $("noise-inv-facts").textContent = `PSNR ${r.psnr.toFixed(1)} dB over ${r.steps} steps each way`;
       this.noised = { id: r.id, t: this.T - 1 };
+      // the walk through noise space may start here (static/interpolate.js)
+      document.dispatchEvent(new CustomEvent(INVERTED, { detail: { id: r.id, steps: r.steps,
+        label: label && label.value !== "" ? Number(label.value) : null } }));
       $("noise-sampler").value = "ddim";
       this.stepsIn.max = this.T;
       this.stepsIn.value = r.steps;

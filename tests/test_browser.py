@@ -395,6 +395,23 @@ def test_noise_panel_inverts_an_image_and_decodes_its_x_T(page, server):
     assert job["sampler"] == "ddim" and job["of"] == 8
     decoded = img(pg, "#noise-viewer .xt")
     assert decoded.shape == rec.shape and np.abs(decoded.astype(int) - rec.astype(int)).max() <= 1
+
+    # the walk through noise space now starts at the inverted image, on the inversion's grid: its first image
+    # is the round trip's
+    assert pg.is_checked("#interp-from-inv") and pg.is_disabled("#interp-seed-a")
+    assert pg.input_value("#interp-steps") == "8"
+    pg.fill("#interp-k", "3")
+    with pg.expect_request(lambda r: r.url.endswith("/api/v1/interpolate") and r.method == "POST") as req:
+        pg.click("#interp-go")
+    sent = req.value.post_data_json
+    assert sent["seeds"] == [None, "2"] and sent["inits"][1] is None and len(sent["inits"][0]) == 16
+    pg.wait_for_selector("#interp-viewer[data-state=done]", timeout=TIMEOUT_MS)
+    strip = img(pg, "#interp-viewer .xt")
+    cell = rec.shape[0] - 2  # an image and its border
+    first = strip[: cell + 2, : cell + 2]
+    assert np.abs(first.astype(int) - rec.astype(int)).max() <= 1
+    pg.uncheck("#interp-from-inv")
+    assert not pg.is_disabled("#interp-seed-a")
     assert console.errors == []
 
 
