@@ -119,6 +119,8 @@ def shoot_explorables(page: Page, out_dir: Path, steps: int | None, toy_seconds:
         page.click("#grid-go")
         page.wait_for_selector("#grid-viewer[data-state=done]")
         shots.append(("grid", out_dir / "guidance-grid.png"))
+    if page.is_checked("#interp-from-inv"):  # the inversion above offers itself as an end: walk seed to seed
+        page.uncheck("#interp-from-inv")
     if steps is not None:
         page.fill("#interp-steps", str(steps))
     page.click("#interp-go")
