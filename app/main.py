@@ -194,7 +194,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                               + ", ".join(name for name, _ in sse.EVENTS.values())
                               + "; their payloads are documented on the SSE routes.")
     app.add_middleware(BodyLimit, max_upload_bytes=settings.max_upload_bytes,
-                       upload_paths=tuple(api.prefix + route for route in UPLOAD_ROUTES))
+                       upload_paths=tuple(api.prefix + route for route in UPLOAD_ROUTES),
+                       points_paths=(api.prefix + "/toy/jobs",))
     secure(app, settings)
     app.add_exception_handler(RequestValidationError, validation_error)
     app.include_router(api)

@@ -83,6 +83,14 @@ def test_toy_requests_are_checked_and_share_the_client_limit(model_file, tmp_pat
                           ({"epochs": 3}, ["epochs"])):
             r = httpx.post(s.url + API + "/toy/jobs", json=body)
             assert r.status_code == 422 and r.json()["detail"][0]["loc"][1:] == loc, (body, r.text)
+        # the most points, written at full precision, fit the body limit; and they are the job's
+        many = [[-2.9999999999999996, -2.9999999999999996]] * 2000
+        r = httpx.post(s.url + API + "/toy/jobs", json={"points": many, "seconds": 30})
+        assert r.status_code == 202, r.text
+        httpx.delete(f"{s.url}{API}/jobs/{r.json()['id']}")
+        _wait(s.url, r.json()["id"], "cancelled")  # the client's one live job is over
+        r = httpx.post(s.url + API + "/toy/jobs", json={"points": [*many, [0, 0]], "seconds": 1})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "points"]
         drawn = [[0.5, 0.5], [-0.5, -0.5], [0.5, -0.5]]
         r = httpx.post(s.url + API + "/toy/jobs", json={"points": drawn, "seconds": 30})
         assert r.status_code == 202

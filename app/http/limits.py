@@ -1,4 +1,5 @@
-"""Cap every request body: uploads at the operator's limit, everything else at a few KiB.
+"""Cap every request body: uploads at the operator's limit, a playground job's drawn points at what the most of
+them take, everything else at a few KiB.
 
 A body that declares too large a Content-Length is refused before a byte of it is read. A body sent
 without one (chunked) is counted as it arrives and refused at the first chunk past the limit, so the
@@ -13,7 +14,9 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MULTIPART_SLACK = 64 * 1024  # boundaries, part headers and the small form fields around the file
-MAX_JSON_BODY = 64 * 1024  # the largest valid request is a few hundred bytes
+MAX_JSON_BODY = 64 * 1024  # the largest valid request is a few hundred bytes, except a playground job's
+#: A playground job's body: MAX_DRAWN_POINTS pairs written at full float precision (46 bytes each), and the rest.
+MAX_POINTS_BODY = 128 * 1024
 
 
 class BodyLimit:
@@ -21,14 +24,16 @@ class BodyLimit:
     ``max_other_bytes`` elsewhere."""
 
     def __init__(self, app: ASGIApp, max_upload_bytes: int, upload_paths: tuple[str, ...],
-                 max_other_bytes: int = MAX_JSON_BODY) -> None:
-        self.app, self.upload_paths = app, upload_paths
+                 points_paths: tuple[str, ...] = (), max_other_bytes: int = MAX_JSON_BODY) -> None:
+        self.app, self.upload_paths, self.points_paths = app, upload_paths, points_paths
         self.max_upload, self.max_other = max_upload_bytes, max_other_bytes
 
     def _limit(self, path: str) -> tuple[int, str]:
         if path in self.upload_paths:
             return (self.max_upload + MULTIPART_SLACK,
                     f"the limit of {self.max_upload} bytes per image (plus {MULTIPART_SLACK} for the form)")
+        if path in self.points_paths:
+            return MAX_POINTS_BODY, f"the limit of {MAX_POINTS_BODY} bytes per playground request"
         return self.max_other, f"the limit of {self.max_other} bytes per request body"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
