@@ -21,10 +21,12 @@ from prometheus_client import Gauge
 from engine import (
     BOARD,
     BUNDLED_DATASET,
+    DEFAULT_TOY_STEPS,
     MAX_DRAWN_POINTS,
     SAMPLER_INFO,
     SAMPLERS,
     TOY_DATASETS,
+    TOY_SAMPLERS,
     LoadedModel,
     SamplingSpec,
     ServerDefaults,
@@ -86,7 +88,7 @@ def model_info(m: LoadedModel, device: torch.device, settings: Settings) -> dict
 def toy_page(settings: Settings) -> dict[str, Any]:
     """The playground panel's form: its datasets, board, limits and default seconds (the API's)."""
     return {"datasets": list(TOY_DATASETS), "board": BOARD, "max_points": MAX_DRAWN_POINTS,
-            "max_seconds": settings.max_toy_seconds,
+            "samplers": list(TOY_SAMPLERS), "steps": DEFAULT_TOY_STEPS, "max_seconds": settings.max_toy_seconds,
             "seconds": min(ToyRequest.model_fields["seconds"].default, settings.max_toy_seconds)}
 
 

@@ -10,6 +10,7 @@ const SVG = "http://www.w3.org/2000/svg";
 const COLORS = { data: "rgba(120,120,120,0.35)", cloud: "rgba(30,90,200,0.55)", drawn: "#222",
   sde: "rgb(230,120,20)", ode: "rgb(0,140,140)", arrow: "#1e5ac8" };
 const FLOW_MS = 3000; // one replay of the flows
+const ADAPTIVE = "ode_rk45"; // takes no steps
 
 /** A board of [−extent, extent]² drawn on a square canvas, y up. */
 class Board {
@@ -211,8 +212,10 @@ export function initPlayground(boot) {
   async function train(ev) {
     ev.preventDefault();
     showError($("toy-error"), null);
+    const sampler = $("toy-sampler").value;
     const body = { seconds: $("toy-seconds").value === "" ? null : Number($("toy-seconds").value),
-      seed: $("toy-seed").value.trim() };
+      seed: $("toy-seed").value.trim(), sampler };
+    if (sampler !== ADAPTIVE) body.steps = Number($("toy-steps").value); // the adaptive ODE picks its own
     if (drawing()) body.points = drawn.map(([x, y]) => [Number(x.toFixed(3)), Number(y.toFixed(3))]);
     else body.dataset = $("toy-dataset").value;
     forget();
@@ -306,6 +309,7 @@ export function initPlayground(boot) {
   });
   $("toy-clear").addEventListener("click", () => { drawn = []; forget(); render(); });
   $("toy-form").addEventListener("submit", train);
+  $("toy-sampler").addEventListener("change", () => { $("toy-steps").disabled = $("toy-sampler").value === ADAPTIVE; });
   $("toy-cancel").addEventListener("click", cancel);
   $("toy-view").addEventListener("change", setView);
   $("toy-t").addEventListener("input", () => { showT(); render(); });

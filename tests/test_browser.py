@@ -672,7 +672,8 @@ def test_playground_trains_while_you_watch_then_shows_flows_and_the_field(page, 
     pg.fill("#toy-seconds", "2")
     with pg.expect_request(lambda r: r.url.endswith("/api/v1/toy/jobs") and r.method == "POST") as req:
         pg.click("#toy-go")
-    assert req.value.post_data_json["dataset"] == "8gaussians" and req.value.post_data_json["seconds"] == 2
+    sent = req.value.post_data_json
+    assert (sent["dataset"], sent["seconds"], sent["sampler"], sent["steps"]) == ("8gaussians", 2, "ddpm", 100)
     pg.wait_for_selector("#toy[data-progress='2']")
     assert pg.locator("#toy-loss polyline.curve").count() == 1
     assert "training: step" in pg.inner_text("#toy-status")
@@ -703,8 +704,11 @@ def test_playground_trains_while_you_watch_then_shows_flows_and_the_field(page, 
         pg.mouse.move(box["x"] + 60 + 6 * i, box["y"] + 60 + 3 * i)
     pg.mouse.up()
     pg.fill("#toy-seconds", "30")
+    pg.select_option("#toy-sampler", "ode_rk45")
+    assert pg.is_disabled("#toy-steps")
     with pg.expect_request(lambda r: r.url.endswith("/api/v1/toy/jobs") and r.method == "POST") as req:
         pg.click("#toy-go")
+    assert req.value.post_data_json["sampler"] == "ode_rk45" and "steps" not in req.value.post_data_json
     points = req.value.post_data_json["points"]
     assert len(points) >= 20 and "dataset" not in req.value.post_data_json
     assert all(-3 <= x <= 3 and -3 <= y <= 3 for x, y in points) and points[0][0] < points[-1][0]
