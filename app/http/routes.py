@@ -81,6 +81,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     422: {"model": ValidationErrorResponse, "description": "a field is out of range; `loc` names it"},
     429: {"model": ErrorResponse, "description": "queue full; retry after Retry-After seconds"},
 }
+#: What every image-upload route may answer besides its own 422 and 429.
+UPLOAD_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: BODY_ERRORS[400],
+    413: {"model": ErrorResponse, "description": "too many bytes or pixels"},
+    415: {"model": ErrorResponse, "description": "not an image"},
+}
 NOT_FOUND: dict[int | str, dict[str, Any]] = {
     404: {"model": ErrorResponse, "description": "no such job (finished jobs are forgotten after a while)"}}
 
@@ -331,9 +337,7 @@ def _decode_upload(data: bytes, max_pixels: int, channels: int, size: int,
 
 
 @api.post("/noise", response_model=NoiseResponse, summary="q(x_t | x0) of an uploaded image",
-          responses={400: BODY_ERRORS[400],
-                     413: {"model": ErrorResponse, "description": "too many bytes or pixels"},
-                     415: {"model": ErrorResponse, "description": "not an image"},
+          responses={**UPLOAD_ERRORS,
                      429: {"model": ErrorResponse, "description": "too many uploads at once; retry after Retry-After"},
                      422: {"model": ValidationErrorResponse,
                            "description": "bad t, or an image that cannot be decoded; `loc` names the field"}})
@@ -364,9 +368,7 @@ async def post_noise(st: State, image: Annotated[UploadFile, File(description="P
 
 @api.post("/likelihood", response_model=LikelihoodResponse, summary="bits/dim of an uploaded image, by the "
           "probability-flow ODE and by the variational bound",
-          responses={400: BODY_ERRORS[400],
-                     413: {"model": ErrorResponse, "description": "too many bytes or pixels"},
-                     415: {"model": ErrorResponse, "description": "not an image"},
+          responses={**UPLOAD_ERRORS,
                      429: {"model": ErrorResponse, "description": "a likelihood is being computed already; retry "
                                                                   "after Retry-After"},
                      422: {"model": ValidationErrorResponse,
@@ -400,9 +402,7 @@ async def post_likelihood(st: State, image: Annotated[UploadFile, File(descripti
 
 
 @api.post("/invert", response_model=InvertResponse, summary="DDIM inversion of an uploaded image to its x_T",
-          responses={400: BODY_ERRORS[400],
-                     413: {"model": ErrorResponse, "description": "too many bytes or pixels"},
-                     415: {"model": ErrorResponse, "description": "not an image"},
+          responses={**UPLOAD_ERRORS,
                      429: {"model": ErrorResponse, "description": "too many uploads at once; retry after Retry-After"},
                      422: {"model": ValidationErrorResponse,
                            "description": "bad label or steps, or an image that cannot be decoded; `loc` names the "

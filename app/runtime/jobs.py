@@ -11,7 +11,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from engine import AnyLane, OdePlan, SamplingPlan, SamplingRun, ToyName, ToyTrainer, resample, toy_points
+from engine import AnyLane, OdePlan, SamplingPlan, SamplingRun, ToyName, resample, toy_points
 
 from .frames import JobLog
 
@@ -110,7 +110,6 @@ class ToyJob(BaseJob):
 
     order: ToyOrder
     units: Iterator[None] | None = None  # its work (app.runtime.toy.units), advanced on the worker thread
-    trainer: ToyTrainer | None = None  # built by its first unit
     trained_s: float = 0.0
     losses: list[tuple[int, float]] = field(default_factory=list)  # (step, mean loss) per progress event
     window: list[float] = field(default_factory=list)  # losses since the last progress event

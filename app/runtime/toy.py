@@ -1,11 +1,11 @@
 """A playground job's work on the worker thread, as a generator of small units: build the trainer, one training
-step, one step of a progress or final sampler, one timestep of the field.
+step, one step of a progress or final sampler, the field.
 
 The worker advances a job's units between sampling ticks for as long as its share allows (see
 :meth:`app.runtime.worker.SamplingWorker._toy_turn`), so training and sampling never run torch ops at once and
-no unit holds a sampling job up for longer than one training or sampler step. The job's ``seconds`` are the
-worker's seconds spent on its training steps: a busy server stretches its wall time instead of slowing the
-sampling jobs beyond the share the operator set (``toy_share``).
+no unit holds a sampling job up for longer than one training or sampler step (or the field's one evaluation,
+about as long). The job's ``seconds`` are the worker's seconds spent on its training steps: a busy server
+stretches its wall time instead of slowing the sampling jobs beyond the share the operator set (``toy_share``).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def units(job: ToyJob) -> Iterator[None]:
     """The job's work, yielding after each unit; it logs ``toy_started``, the progress and ``toy_done``."""
     order = job.order
     with torch.inference_mode(False):  # the worker's loop runs in inference mode; a trainer needs autograd
-        trainer = job.trainer = ToyTrainer(order.data(), order.seed)
+        trainer = ToyTrainer(order.data(), order.seed)
     shown = order.data()(SHOWN_DATA, torch.Generator().manual_seed(order.seed + 1))
     job.log.put(ToyStarted(shown))
     yield
@@ -55,9 +55,8 @@ def units(job: ToyJob) -> Iterator[None]:
 
 
 def _close_window(job: ToyJob) -> float:
-    """The mean loss since the last progress event, recorded with the step it ends at."""
-    if not job.window:
-        return job.losses[-1][1]
+    """The mean loss since the last progress event (at least one training step), recorded with the step it ends
+    at."""
     loss = round(sum(job.window) / len(job.window), 5)
     job.window.clear()
     job.losses.append((job.step, loss))
@@ -85,16 +84,14 @@ def _finish(job: ToyJob, trainer: ToyTrainer) -> Iterator[None]:
             path.append(x)
             yield
         flows.append(torch.stack(path))
-    field = []
-    for t in FIELD_TIMESTEPS:
-        field.append(trainer.field(BOARD, FIELD_GRID, (t,))[0])
-        yield
+    field = trainer.field(BOARD, FIELD_GRID)  # one unit: 11 × 441 points through the MLP
+    yield
     alpha_bars = trainer.diffusion.schedule.alpha_bars
     job.log.put(ToyDone(
         steps=job.step, seconds=round(job.trained_s, 3), elapsed_ms=round(job.elapsed_ms or 0.0, 1),
         points=points, sde=flows[0], ode=flows[1], extent=BOARD, field_t=list(FIELD_TIMESTEPS),
         field_sigma=[round(math.sqrt(1 - float(alpha_bars[t])), 5) for t in FIELD_TIMESTEPS],
-        field=torch.stack(field), losses=list(job.losses)))
+        field=field, losses=list(job.losses)))
 
 
 def work(job: ToyJob, budget_s: float) -> bool:

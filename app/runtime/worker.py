@@ -310,6 +310,8 @@ class SamplingWorker:
         keeps ``1 − toy_share`` of the thread however long a tick is, and waits at most one unit (a training or
         sampler step). With no sampling job live it works in slices of :data:`TOY_SLICE_S`. Only this thread ends
         the first playground job, cancelled, orphaned or done."""
+        if not self._toys:  # the common case, on every tick: no lock taken (a job queued meanwhile waits a tick)
+            return
         with self._cv:
             now = time.monotonic()
             for job in list(self._toys):
@@ -345,7 +347,7 @@ class SamplingWorker:
     def _end_toy(self, job: ToyJob, status: JobStatus, error: str | None = None) -> None:
         """Callers hold ``_cv``: take ``job`` out of the playground queue, drop its model and end it."""
         self._toys.remove(job)
-        job.units = job.trainer = None
+        job.units = None  # closing its work lets its model go
         self._finish(job, status, error)
         self._renumber_toys()
 

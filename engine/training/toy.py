@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..data.toy2d import EIGHT_CENTRES
 from ..diffusion.gaussian import GaussianDiffusion
 from ..diffusion.losses import sample_timesteps, simple_loss
 from ..diffusion.schedule import NoiseSchedule
@@ -173,8 +174,6 @@ class ToyTrainer:
 
 def mode_coverage(points: Tensor, radius: float = 0.5) -> tuple[float, list[float]]:
     """For 8gaussians: the share of ``points`` within ``radius`` of a mode centre, and each mode's share."""
-    from ..data.toy2d import EIGHT_CENTRES
-
     d = torch.cdist(points.float(), EIGHT_CENTRES)
     nearest, which = d.min(dim=1)
     near = nearest < radius
